@@ -1,0 +1,65 @@
+# Continual-learning pipeline. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+VENV := .venv
+PY := $(VENV)/bin/python
+# uv from PATH when present, else a private copy bootstrapped with pip into .tools/
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+STAMP := $(VENV)/.installed
+
+EXP ?= seed_forgetting
+ARGS ?=
+DATA ?= data
+
+.PHONY: help install data forget run test test-slow lint format bench ui clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: EXP=<conf/experiment name> ARGS=\"key=value ...\" DATA=<data dir>"
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked
+	@touch $@
+
+install: $(STAMP) ## create .venv from uv.lock (a no-op when up to date)
+
+data: install ## provision MNIST and Fashion-MNIST into data/ (verified by MD5)
+	$(PY) -m pipeline data --root $(DATA)
+
+forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain fine-tuning
+	$(PY) -m pipeline run seed_forgetting data.root=$(DATA) $(ARGS)
+
+run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..."
+	$(PY) -m pipeline run $(EXP) $(ARGS)
+
+test: install ## the test suite (synthetic data, a few minutes; real-data tests are `make test-slow`)
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: install data ## the tests that need the real datasets
+	$(PY) -m pytest -m slow -q
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check pipeline tests benchmarks
+	$(VENV)/bin/ruff format --check pipeline tests benchmarks
+	$(VENV)/bin/mypy
+
+format: install ## apply ruff's formatting and import order
+	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
+	$(VENV)/bin/ruff format pipeline tests benchmarks
+
+bench: install data ## training samples/s: the pipeline against a bare PyTorch loop
+	$(PY) benchmarks/throughput.py --root $(DATA) $(ARGS)
+
+ui: install ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
+	$(PY) -m pipeline ui --store mlruns
+
+clean: ## remove caches (keeps .venv, data/ and the MLflow store)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache lightning_logs
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

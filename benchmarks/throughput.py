@@ -1,0 +1,93 @@
+"""Training throughput of the pipeline against a bare PyTorch loop, measured in one run.
+
+Both train the same model (the config's, default LeNet-style CNN) on the same in-memory task
+(default MNIST's 54,000 training samples) with the same optimizer, batch size and thread count.
+The pipeline side is the real thing: ``run_sequence`` with its Lightning Trainer, strategy hooks,
+MLflow logging and progress bar; its time is the TrainTimer's (validation excluded). The two are
+run alternately, ``--repeats`` times each, and the medians compared, so that machine noise hits
+both alike.
+
+    make bench                       # MNIST, 1 epoch, 3 repeats
+    make bench ARGS="--dataset synthetic --repeats 1"
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import compose
+from pipeline.data.datamodule import ContinualDataModule
+from pipeline.models import build_model
+from pipeline.runner import run_sequence
+
+
+def bare_loop(cfg, epochs: int) -> tuple[float, int]:
+    """Plain PyTorch: slice, normalise, forward, backward, step. Returns (seconds, samples)."""
+    dm = ContinualDataModule(cfg.data, cfg.seed)
+    dm.setup()
+    task = dm.tasks[0]
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, dm.input_shape, dm.num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    images, labels = task.train.images, task.train.labels
+    g = torch.Generator().manual_seed(0)
+    samples = 0
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(labels), generator=g).split(cfg.data.batch_size):
+            x = (images[idx].float() / 255 - task.mean) / task.std
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            samples += len(idx)
+    return time.perf_counter() - start, samples
+
+
+def pipeline_run(cfg) -> tuple[float, int]:
+    result = run_sequence(cfg)
+    return result.train_seconds[0], result.train_samples[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="data")
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist",
+                                                               "synthetic"])
+    parser.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    store = tempfile.mkdtemp(prefix="bench-mlruns-")
+    cfg = compose("seed_forgetting", [
+        f"data.root={args.root}", f"data.tasks=[{{dataset: {args.dataset}}}]",
+        f"model={args.model}", f"trainer.epochs={args.epochs}", f"trainer.threads={args.threads}",
+        "trainer.validate_every_epoch=false", "tracking.log_checkpoints=false",
+        f"tracking.store={store}", "data.synthetic.n_train=60000",
+    ])
+    bare, pipe = [], []
+    for r in range(args.repeats):
+        s, n = bare_loop(cfg, args.epochs)
+        bare.append(n / s)
+        s, n = pipeline_run(cfg)
+        pipe.append(n / s)
+        print(f"repeat {r + 1}: bare {bare[-1]:,.0f} samples/s, pipeline {pipe[-1]:,.0f} samples/s")
+    b, p = statistics.median(bare), statistics.median(pipe)
+    print(f"\n{args.dataset}, {args.model}, batch {cfg.data.batch_size}, {args.epochs} epoch(s), "
+          f"{args.threads} threads, median of {args.repeats}:")
+    print(f"  bare PyTorch loop  {b:10,.0f} training samples/s")
+    print(f"  pipeline           {p:10,.0f} training samples/s")
+    print(f"  ratio pipeline/bare  {p / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+"""Typed experiment configuration, composed from the YAML files in ``conf/``.
+
+An experiment file (``conf/experiment/<name>.yaml``) names one file per config group in its
+``defaults`` block (``data``, ``model``) and overrides anything below it. Command-line overrides
+come last, as ``key=value`` (dotted keys, YAML values) or ``group=choice`` to pick another file of
+a group (``model=mlp``, ``data=synthetic``, ``strategy=[naive]``).
+
+Every layer is merged into the dataclass schema below, so an unknown key, a wrong type or a bad
+value fails here (type errors at merge, value rules in each
+class's ``check``), before any data is read or any MLflow run exists, as one ``ConfigError`` line
+that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = Path(os.environ.get("PIPELINE_CONF_DIR", REPO_ROOT / "conf"))
+# Config groups that are folders of conf/ and can be picked by name (`model=mlp`).
+GROUPS = ("data", "model")
+SCENARIOS = ("domain",)  # task- and class-incremental arrive with the scenarios issue
+DATASET_KINDS = ("mnist", "fashion_mnist", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line (exit code 2)."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class TaskConfig:
+    """One task of the sequence.
+
+    Attributes:
+        dataset: ``mnist``, ``fashion_mnist`` or ``synthetic``.
+        name: key used in metric names and reports; defaults to the dataset name.
+        seed: for ``synthetic`` tasks, the seed of the task's class prototypes.
+    """
+
+    dataset: str = MISSING
+    name: str = ""
+    seed: int = 0
+
+    def check(self) -> None:
+        _check(self.dataset in DATASET_KINDS, "data.tasks.dataset",
+               f"'{self.dataset}' is not one of {', '.join(DATASET_KINDS)}")
+        if not self.name:
+            self.name = self.dataset if self.dataset != "synthetic" else f"synthetic{self.seed}"
+        _check(self.name.replace("_", "").replace("-", "").isalnum(), "data.tasks.name",
+               f"'{self.name}' must be letters, digits, '_' or '-' (it becomes a metric key)")
+
+
+@dataclass
+class SyntheticConfig:
+    """Size of the synthetic tasks used by tests and smoke runs (no files needed)."""
+
+    n_train: int = 1000
+    n_test: int = 500
+    noise: float = 0.35
+
+    def check(self) -> None:
+        _check(self.n_train >= 20, "data.synthetic.n_train", "must be >= 20")
+        _check(self.n_test >= 1, "data.synthetic.n_test", "must be >= 1")
+        _check(self.noise >= 0, "data.synthetic.noise", "must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    """The task sequence and how it is batched.
+
+    Attributes:
+        root: directory of the datasets in torchvision's layout (``make data`` fills it).
+        tasks: the ordered task sequence.
+        val_fraction: share of each task's training set held out for validation.
+        split_seed: seed of the train/validation split; fixed apart from the experiment seed so
+            that runs with different seeds are selected on the same validation samples.
+        batch_size: training batch size.
+        eval_batch_size: batch size of evaluation passes.
+    """
+
+    root: str = "data"
+    tasks: list[TaskConfig] = field(default_factory=list)
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def check(self) -> None:
+        _check(len(self.tasks) >= 1, "data.tasks", "the sequence needs at least one task")
+        names = [t.name for t in self.tasks]
+        _check(len(set(names)) == len(names), "data.tasks",
+               f"task names must be unique, got {names} (set `name:` on repeated datasets)")
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
+        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    """Network shape. The output head is shared by all tasks (domain-incremental).
+
+    Attributes:
+        name: ``cnn`` (LeNet-style) or ``mlp``.
+        channels: CNN convolution channels, one 5x5 conv + 2x2 max-pool per entry.
+        hidden: sizes of the fully connected hidden layers (after the convs for ``cnn``).
+        dropout: dropout before each fully connected layer.
+    """
+
+    name: str = "cnn"
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    kernel_size: int = 5
+    hidden: list[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.0
+
+    def check(self) -> None:
+        _check(self.name in ("cnn", "mlp"), "model.name", f"'{self.name}' is not cnn or mlp")
+        _check(all(c >= 1 for c in self.channels), "model.channels", "must be positive")
+        _check(all(h >= 1 for h in self.hidden), "model.hidden", "must be positive")
+        _check(self.kernel_size >= 1, "model.kernel_size", "must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, rebuilt fresh at the start of every task."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+
+    def check(self) -> None:
+        _check(self.name in ("adam", "adamw", "sgd"), "optim.name",
+               f"'{self.name}' is not adam, adamw or sgd")
+        _check(self.lr > 0, "optim.lr", "must be > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings, applied to the fresh Trainer built for each task.
+
+    Attributes:
+        epochs: epochs per task.
+        accelerator: ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``.
+        threads: CPU threads for torch; 0 keeps torch's default (one per core).
+        max_batches: cap on training batches per epoch (0: all); shrinks smoke runs.
+        validate_every_epoch: run the current task's validation split after each epoch.
+        check_finite_every: check the loss for NaN/inf every this many steps (0: never).
+    """
+
+    epochs: int = 3
+    accelerator: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = True
+    threads: int = 0
+    max_batches: int = 0
+    validate_every_epoch: bool = True
+    log_every_n_steps: int = 50
+    progress_bar: bool = True
+    gradient_clip_val: float = 0.0
+    check_finite_every: int = 10
+
+    def check(self) -> None:
+        _check(self.epochs >= 1, "trainer.epochs", "must be >= 1")
+        _check(self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"), "trainer.accelerator",
+               f"'{self.accelerator}' is not auto, cpu, gpu, cuda or mps")
+        _check(self.threads >= 0, "trainer.threads", "must be >= 0")
+        _check(self.max_batches >= 0, "trainer.max_batches", "must be >= 0")
+        _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
+        _check(self.gradient_clip_val >= 0, "trainer.gradient_clip_val", "must be >= 0")
+        _check(self.check_finite_every >= 0, "trainer.check_finite_every", "must be >= 0")
+
+
+@dataclass
+class TrackingConfig:
+    """Where and what MLflow records.
+
+    Attributes:
+        store: folder of the MLflow store (SQLite database + artifact root).
+        experiment: MLflow experiment name; defaults to the experiment config's name.
+        run_name: MLflow run name; MLflow picks one when empty.
+        log_checkpoints: log a checkpoint after every task.
+    """
+
+    store: str = "mlruns"
+    experiment: str = ""
+    run_name: str = ""
+    log_checkpoints: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: the task sequence, the model, the strategies and how to train.
+
+    Attributes:
+        name: experiment name (the file name in conf/experiment/).
+        seed: seeds model initialisation and data order.
+        scenario: continual-learning scenario; ``domain`` = one shared head, no task id.
+        strategy: strategy plugins, applied in this order (``naive`` = plain fine-tuning).
+        strategies: hyperparameters per strategy, read from ``conf/strategy/<name>.yaml``.
+    """
+
+    name: str = MISSING
+    description: str = ""
+    seed: int = 0
+    scenario: str = "domain"
+    strategy: list[str] = field(default_factory=lambda: ["naive"])
+    strategies: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def check(self) -> None:
+        _check(self.scenario in SCENARIOS, "scenario",
+               f"'{self.scenario}' is not available; choose from {', '.join(SCENARIOS)}")
+        _check(len(self.strategy) >= 1, "strategy", "name at least one strategy (e.g. naive)")
+        _check(len(set(self.strategy)) == len(self.strategy), "strategy", "names repeat")
+        extra = sorted(set(self.strategies) - set(self.strategy))
+        _check(not extra, "strategies", f"{extra} configured but not in strategy={self.strategy}")
+
+
+def check_values(node: Any) -> None:
+    """Run every nested dataclass's ``check()`` (value rules a type cannot express).
+
+    Children are checked first, so a task name is filled in before the sequence checks that
+    names are unique.
+    """
+    children = [getattr(node, f.name) for f in fields(node)] if is_dataclass(node) else []
+    for child in children:
+        for item in child if isinstance(child, list) else [child]:
+            if is_dataclass(item):
+                check_values(item)
+    if hasattr(node, "check"):
+        node.check()
+
+
+def available(group: str) -> list[str]:
+    """Names of the YAML files of a config group folder (``experiment``, ``model``...)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _load_yaml(group: str, name: str) -> DictConfig:
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        choices = ", ".join(available(group)) or "none"
+        raise ConfigError(f"conf/{group}/{name}.yaml: no such {group} config "
+                          f"(available: {choices})")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends: report the file, not a traceback
+        raise ConfigError(f"conf/{group}/{name}.yaml: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"conf/{group}/{name}.yaml: must hold a mapping at top level")
+    return loaded
+
+
+def _describe(e: OmegaConfBaseException) -> str:
+    """One line out of OmegaConf's multi-line error messages."""
+    key = getattr(e, "full_key", None) or "?"
+    if isinstance(e, ConfigKeyError | ConfigAttributeError):
+        return f"unknown key '{key}'"
+    if isinstance(e, MissingMandatoryValue):
+        return f"missing value for '{key}'"
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"{key}: {first}" if isinstance(e, ValidationError) else first
+
+
+def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
+    try:
+        merged = OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {_describe(e)}") from e
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _parse_overrides(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """Split ``group=choice`` selections from ``key=value`` overrides."""
+    choices: dict[str, Any] = {}
+    dotlist: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': expected key=value")
+        if key in GROUPS or key == "strategy":
+            try:
+                parsed = OmegaConf.from_dotlist([item])[key]
+            except OmegaConfBaseException as e:
+                raise ConfigError(f"override '{item}': {_describe(e)}") from e
+            choices[key] = list(parsed) if key == "strategy" else parsed
+        else:
+            dotlist.append(item)
+    return choices, dotlist
+
+
+def _strategy_defaults(names: Sequence[str]) -> dict[str, Any]:
+    """Each strategy's default hyperparameters, from ``conf/strategy/<name>.yaml``."""
+    params: dict[str, Any] = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"strategy: expected a list of names, got {name!r}")
+        node = _load_yaml("strategy", name)
+        unknown = set(node.keys()) - {"description", "params", "search"}
+        if unknown:
+            raise ConfigError(f"conf/strategy/{name}.yaml: unknown key '{sorted(unknown)[0]}'")
+        raw = node.get("params")
+        if raw is not None and not isinstance(raw, DictConfig):
+            raise ConfigError(f"conf/strategy/{name}.yaml: params must be a mapping")
+        params[name] = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
+    return params
+
+
+def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Build the validated config of an experiment.
+
+    Args:
+        experiment: name of a file in ``conf/experiment/`` (without ``.yaml``).
+        overrides: ``key=value`` or ``group=choice`` strings, applied last.
+
+    Returns:
+        The typed config, every value checked.
+
+    Raises:
+        ConfigError: unknown key, wrong type, bad value or missing file (one line).
+    """
+    body = _load_yaml("experiment", experiment)
+    choices, dotlist = _parse_overrides(overrides)
+    defaults = body.pop("defaults", None) or {}
+    if not isinstance(defaults, DictConfig):
+        raise ConfigError(f"conf/experiment/{experiment}.yaml: defaults must be a mapping")
+    cfg = OmegaConf.structured(ExperimentConfig)
+    for group, default in defaults.items():
+        if group not in GROUPS:
+            raise ConfigError(f"conf/experiment/{experiment}.yaml: unknown group '{group}' "
+                              f"in defaults (groups: {', '.join(GROUPS)})")
+        choice = choices.pop(group, default)
+        cfg = _merge(cfg, {group: _load_yaml(str(group), str(choice))}, f"conf/{group}/{choice}.yaml")
+    for group in [g for g in GROUPS if g in choices]:
+        choice = choices.pop(group)
+        cfg = _merge(cfg, {group: _load_yaml(group, str(choice))}, f"conf/{group}/{choice}.yaml")
+
+    names = choices.get("strategy", body.get("strategy", ["naive"]))
+    cfg = _merge(cfg, {"strategies": _strategy_defaults(list(names))}, "conf/strategy")
+    cfg = _merge(cfg, {"name": experiment}, "name")
+    cfg = _merge(cfg, body, f"conf/experiment/{experiment}.yaml")
+    if "strategy" in choices:
+        cfg.strategy = choices["strategy"]
+    try:
+        cfg = _merge(cfg, OmegaConf.from_dotlist(dotlist), "override")
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"override: {_describe(e)}") from e
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e)) from e
+    assert isinstance(obj, ExperimentConfig)
+    check_values(obj)
+    from pipeline.strategies import parse_params  # deferred: strategies import this module
+
+    for name in obj.strategy:
+        parse_params(name, obj.strategies.get(name))
+    return obj
+
+
+def from_dict(tree: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild and re-check a config saved with :func:`to_dict` (e.g. inside a checkpoint)."""
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), tree))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e)) from e
+    assert isinstance(obj, ExperimentConfig)
+    check_values(obj)
+    return obj
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (logged with every run; ``compose`` can read it back)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The resolved config as plain containers."""
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts and lists into ``a.b.0.c`` keys (MLflow params)."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = ((str(i), v) for i, v in enumerate(tree))
+        if all(not isinstance(v, dict | list) for v in tree):
+            return {prefix: tree} if prefix else {}
+    else:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out

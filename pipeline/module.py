@@ -1,0 +1,137 @@
+"""The one LightningModule: a classifier trained task after task, hosting strategy plugins."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.config import OptimConfig
+from pipeline.data.tasks import Batch
+from pipeline.models import Classifier
+from pipeline.strategies.base import Strategy, TaskContext
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class ContinualModule(pl.LightningModule):
+    """Trains ``model`` on the current task with the loss shaped by ``strategies``.
+
+    The runner calls :meth:`start_task` before building each task's Trainer and :meth:`end_task`
+    after it; inside ``fit`` the strategies see every batch (``transform_batch``), add their
+    ``penalty`` to the loss and act after the backward pass and the optimizer step, in list
+    order. The optimizer is built anew by ``configure_optimizers`` at every ``fit``, i.e. per
+    task, so no optimizer state (Adam moments) leaks from one task into the next.
+
+    Args:
+        model: backbone + head.
+        strategies: plugins, applied in order.
+        optim: optimizer settings.
+        check_finite_every: check the loss for NaN/inf every this many steps (0: never).
+    """
+
+    def __init__(self, model: Classifier, strategies: Sequence[Strategy], optim: OptimConfig,
+                 check_finite_every: int = 10) -> None:
+        super().__init__()
+        self.model = model
+        self.strategies = list(strategies)
+        self.optim = optim
+        self.check_finite_every = check_finite_every
+        self.ctx: TaskContext | None = None
+        self.extra_checkpoint: dict[str, Any] = {}
+
+    def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
+        return self.model(x, task)
+
+    # -- task boundaries (called by the runner) ---------------------------------------------
+    def start_task(self, ctx: TaskContext) -> None:
+        """Enter a task: every strategy's ``on_task_start``, in order."""
+        self.ctx = ctx
+        for s in self.strategies:
+            s.on_task_start(ctx)
+
+    def end_task(self, ctx: TaskContext) -> None:
+        """Leave a task: every strategy's ``on_task_end``, in order."""
+        for s in self.strategies:
+            s.on_task_end(ctx)
+
+    # -- training -----------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        assert self.ctx is not None, "start_task() must be called before fit()"
+        for s in self.strategies:
+            batch = s.transform_batch(batch, self.ctx)
+        logits = self.model(batch.x, batch.task)
+        loss = F.cross_entropy(logits, batch.y)
+        total = loss
+        for s in self.strategies:
+            extra = s.penalty(self.model, batch, logits)
+            if extra is not None:
+                total = total + extra
+                self.log(f"train/penalty_{s.name}", extra, on_step=True, on_epoch=False)
+        if self.check_finite_every and batch_idx % self.check_finite_every == 0 \
+                and not torch.isfinite(total):
+            raise DivergenceError(
+                f"training loss is {total.item()} at task {self.ctx.index} ({self.ctx.task.name}),"
+                f" epoch {self.current_epoch}, batch {batch_idx}: lower optim.lr or the "
+                "regularisation strength")
+        acc = (logits.detach().argmax(1) == batch.y).float().mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        return total
+
+    def on_after_backward(self) -> None:
+        for s in self.strategies:
+            s.after_backward(self.model)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Lightning calls this after the optimizer step of the batch.
+        for s in self.strategies:
+            s.after_optimizer_step(self.model)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        logits = self.model(batch.x, batch.task)
+        self.log("val/loss", F.cross_entropy(logits, batch.y), on_epoch=True, prog_bar=False)
+        self.log("val/acc", (logits.argmax(1) == batch.y).float().mean(), on_epoch=True,
+                 prog_bar=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        o = self.optim
+        if o.name == "sgd":
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
+                                   weight_decay=o.weight_decay)
+        cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def accuracy(self, loader: Any, device: torch.device) -> float:
+        """Accuracy of the model on every batch of ``loader`` (eval mode, no gradients)."""
+        was_training = self.training
+        self.eval()
+        correct = total = 0
+        for batch in loader:
+            x, y, task = (t.to(device, non_blocking=True) for t in batch)
+            correct += int((self.model(x, task).argmax(1) == y).sum())
+            total += int(y.numel())
+        self.train(was_training)
+        return correct / max(total, 1)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["strategies"] = {s.name: s.state_dict() for s in self.strategies}
+        checkpoint["pipeline"] = dict(self.extra_checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("strategies", {})
+        for s in self.strategies:
+            if s.name not in states:
+                raise KeyError(f"checkpoint has no state for strategy '{s.name}' "
+                               f"(it holds {sorted(states)})")
+            s.load_state_dict(states[s.name])

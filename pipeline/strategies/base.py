@@ -1,0 +1,143 @@
+"""Strategy plugins: the typed hooks through which every method against forgetting acts.
+
+A strategy never subclasses the LightningModule. It is a plugin hosted by
+:class:`pipeline.module.ContinualModule`, which calls its hooks in list order, so strategies
+compose (``strategy=[ewc,replay]``). The hooks return values instead of mutating the host:
+
+============================  ===============================================================
+hook                          when / what it returns
+============================  ===============================================================
+``on_task_start(ctx)``        before the task's Trainer is built (add parameters here: the
+                              optimizer is created afterwards)
+``transform_batch(b, ctx)``   each training batch, before the forward; returns the batch to
+                              train on (replay appends stored samples)
+``penalty(model, b, logits)`` each training step; returns a loss term added to the task loss,
+                              or ``None``
+``after_backward(model)``     after the backward pass, before the optimizer step (gradient
+                              projection, importance accumulation)
+``after_optimizer_step()``    after the optimizer step (path integrals need the update)
+``on_task_end(ctx)``          after the task's training, model on the evaluation device
+                              (Fisher information, anchors, buffer updates)
+``state_dict()`` / ``load_state_dict(s)``  saved into and restored from every checkpoint
+============================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor, nn
+
+from pipeline.config import ConfigError
+from pipeline.data.tasks import Batch, Task
+
+if TYPE_CHECKING:
+    from pipeline.data.datamodule import ContinualDataModule
+    from pipeline.module import ContinualModule
+
+
+@dataclass
+class NoParams:
+    """Hyperparameters of a strategy that has none."""
+
+
+@dataclass
+class TaskContext:
+    """What a strategy may look at when a task starts or ends.
+
+    Attributes:
+        index: position of the task in the sequence.
+        task: the task (its splits, names, normalisation).
+        datamodule: the whole sequence (``datamodule.tasks``) and its loaders.
+        module: the hosting LightningModule (``module.model`` is the network).
+        device: where the model is during this hook.
+    """
+
+    index: int
+    task: Task
+    datamodule: ContinualDataModule
+    module: ContinualModule
+    device: torch.device
+
+
+class Strategy:
+    """Base class of every strategy plugin. Subclasses override the hooks they need.
+
+    Class attributes:
+        name: registry name (``conf/strategy/<name>.yaml`` holds its defaults).
+        Params: dataclass of its hyperparameters; ``params`` is an instance of it.
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def on_task_start(self, ctx: TaskContext) -> None:
+        """Called before training on ``ctx.task``."""
+
+    def transform_batch(self, batch: Batch, ctx: TaskContext) -> Batch:
+        """Return the batch to train on (default: unchanged)."""
+        return batch
+
+    def penalty(self, model: nn.Module, batch: Batch, logits: Tensor) -> Tensor | None:
+        """Return a term added to the loss, or ``None`` for no penalty."""
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Called after ``loss.backward()``, before the optimizer step."""
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Called after the optimizer step."""
+
+    def on_task_end(self, ctx: TaskContext) -> None:
+        """Called after training on ``ctx.task``, before the evaluation of every task."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to store in each checkpoint (tensors, numbers, lists, dicts)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+REGISTRY: dict[str, type[Strategy]] = {}
+S = TypeVar("S", bound=type[Strategy])
+
+
+def register(cls: S) -> S:
+    """Class decorator: make a strategy available by its ``name``."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"strategy name {cls.name!r} is empty or already registered")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def parse_params(name: str, raw: dict[str, Any] | None) -> Any:
+    """Validate a strategy's hyperparameters against its ``Params`` dataclass.
+
+    Raises:
+        ConfigError: unknown strategy, unknown key, wrong type or bad value.
+    """
+    if name not in REGISTRY:
+        raise ConfigError(f"strategy: unknown strategy '{name}' (available: "
+                          f"{', '.join(sorted(REGISTRY))})")
+    schema = REGISTRY[name].Params
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), raw or {})
+        return OmegaConf.to_object(node)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(f"strategies.{name}.{key}: {str(e).splitlines()[0]}") from e
+    except ConfigError as e:
+        raise ConfigError(f"strategies.{name}.{e}") from e
+
+
+def build_strategies(names: list[str], params: dict[str, Any]) -> list[Strategy]:
+    """Instantiate the named strategies, in order, with validated hyperparameters."""
+    return [REGISTRY[n](parse_params(n, params.get(n))) for n in names]

@@ -1,0 +1,12 @@
+"""Naive fine-tuning: train on each task in turn with no defence against forgetting."""
+
+from __future__ import annotations
+
+from pipeline.strategies.base import Strategy, register
+
+
+@register
+class Naive(Strategy):
+    """Plain fine-tuning (the lower bound). Every hook is the base class's no-op."""
+
+    name = "naive"

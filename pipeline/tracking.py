@@ -1,0 +1,221 @@
+"""MLflow tracking: the store in ``mlruns/``, one run per task sequence, and a Lightning logger
+that writes each task's training curves into that run.
+
+The store is a SQLite database (``mlruns/mlflow.db``) plus an artifact root
+(``mlruns/artifacts``): MLflow 3.13+ refuses the old plain-folder store. Every experiment is
+created with an explicit artifact location inside the store, so ``make ui`` (which serves exactly
+this store) finds every artifact.
+
+Runs are driven through ``MlflowClient`` with explicit run ids, never the fluent API's global
+"active run", so that a sweep or a comparison can open a parent run and nest these runs under it
+(``parent_run_id``), from threads or processes.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import REPO_ROOT
+
+MAX_BATCH = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
+TRACKED_PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "mlflow", "omegaconf",
+                    "numpy")
+
+
+def tracking_uri(store: str | Path) -> str:
+    """SQLite URI of the store's database (the store folder is created if needed)."""
+    path = Path(store).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def artifact_root(store: str | Path) -> Path:
+    """Folder under which every experiment of the store keeps its artifacts."""
+    return Path(store).resolve() / "artifacts"
+
+
+def client_for(store: str | Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri(store))
+
+
+def ensure_experiment(client: MlflowClient, name: str, store: str | Path) -> str:
+    """Id of the experiment ``name``, created with its artifacts inside the store."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = (artifact_root(store) / name).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def ui_url(experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
+    """Link to the runs table (MLflow 3.17 opens experiments on a GenAI page otherwise)."""
+    url = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
+    return f"{url}/{run_id}" if run_id else url
+
+
+def git_commit() -> str:
+    """Commit of the working tree (with ``-dirty`` when it has uncommitted changes)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class Run:
+    """One MLflow run, written through an explicit client and run id.
+
+    Use :meth:`start` as a context manager: the run ends FINISHED when the block completes,
+    FAILED (with the error as the ``error`` tag) when it raises, KILLED on Ctrl-C.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+
+    @classmethod
+    @contextmanager
+    def start(cls, store: str | Path, experiment: str, run_name: str = "",
+              parent_run_id: str | None = None, tags: Mapping[str, str] | None = None,
+              ) -> Iterator[Run]:
+        client = client_for(store)
+        exp_id = ensure_experiment(client, experiment, store)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        info = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info
+        run = cls(client, info.run_id, exp_id)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            run.end("KILLED", "interrupted")
+            raise
+        except BaseException as e:
+            run.end("FAILED", f"{type(e).__name__}: {e}")
+            raise
+        run.end("FINISHED")
+
+    def end(self, status: str, error: str = "") -> None:
+        if error:
+            self.client.set_tag(self.run_id, "error", error[:5000])
+        self.client.set_terminated(self.run_id, status=status)
+
+    @property
+    def status(self) -> str:
+        return str(self.client.get_run(self.run_id).info.status)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        ms = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
+        for i in range(0, len(ms), MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=ms[i:i + MAX_BATCH])
+
+    def log_file(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def log_json(self, obj: Any, name: str) -> None:
+        self.log_text(json.dumps(obj, indent=2), name)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self.client.log_figure(self.run_id, figure, name)
+
+    def artifact_dir(self) -> Path:
+        """Local folder of this run's artifacts (the store is on this machine)."""
+        uri = self.client.get_run(self.run_id).info.artifact_uri
+        return Path(uri.removeprefix("file://"))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TaskLogger(Logger):
+    """Lightning logger that writes one task's training curves into an existing MLflow run.
+
+    Metric names get a task prefix (``t0/train/loss``) because each task's fresh Trainer starts
+    its ``global_step`` at 0 again. Metrics are buffered and written in batches; ``finalize``
+    only flushes: the runner, not Lightning, decides when the run ends (Lightning's
+    MLFlowLogger would mark the run FINISHED after the first task's ``fit``).
+    """
+
+    def __init__(self, run: Run, task_index: int) -> None:
+        super().__init__()
+        self.run = run
+        self.prefix = f"t{task_index}/"
+        self._buffer: list[Metric] = []
+
+    @property
+    def name(self) -> str:
+        return "mlflow-task"
+
+    @property
+    def version(self) -> str:
+        return self.run.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Hyperparameters are logged once per run by the runner, not per task."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = _now_ms()
+        for k, v in metrics.items():
+            if k != "epoch":
+                self._buffer.append(Metric(self.prefix + k, float(v), now, step or 0))
+        if len(self._buffer) >= MAX_BATCH:
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
+            self.run.client.log_batch(self.run.run_id, metrics=chunk)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A temporary folder for files that are logged as artifacts and then dropped."""
+    with tempfile.TemporaryDirectory(prefix="pipeline-") as d:
+        yield Path(d)

@@ -1,0 +1,107 @@
+"""Tasks in memory: validation carving, normalisation, batch slicing, loaders."""
+
+import pytest
+import torch
+
+from pipeline.config import DataConfig, SyntheticConfig, TaskConfig, compose
+from pipeline.data.datamodule import ContinualDataModule
+from pipeline.data.tasks import (
+    BatchIndices,
+    DataError,
+    Split,
+    Task,
+    TaskDataset,
+    carve_validation,
+    load_task,
+    make_synthetic,
+)
+
+
+def split(n: int) -> Split:
+    return Split(torch.arange(n).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 28, 28).clone(),
+                 torch.arange(n) % 10)
+
+
+def test_validation_is_carved_deterministically_and_disjoint():
+    train = split(200)
+    a_train, a_val = carve_validation(train, 0.1, seed=0)
+    b_train, b_val = carve_validation(train, 0.1, seed=0)
+    _, c_val = carve_validation(train, 0.1, seed=1)
+    assert len(a_val) == 20 and len(a_train) == 180
+    assert torch.equal(a_val.images, b_val.images) and torch.equal(a_train.labels, b_train.labels)
+    assert not torch.equal(a_val.images, c_val.images)
+    ids = torch.cat([a_train.images[:, 0, 0, 0], a_val.images[:, 0, 0, 0]]).sort().values
+    assert torch.equal(ids, torch.arange(200).to(torch.uint8))  # disjoint and complete
+
+
+@pytest.mark.parametrize("fraction", [0.0001, 0.9999])
+def test_validation_fraction_that_empties_a_split(fraction):
+    with pytest.raises(DataError, match="val_fraction"):
+        carve_validation(split(50), fraction, seed=0)
+
+
+def test_normalisation_uses_the_tasks_own_statistics():
+    s = split(10)
+    mnist = Task(0, "mnist", "MNIST", 0.1307, 0.3081, s, s, s, {})
+    fashion = Task(1, "fashion_mnist", "Fashion-MNIST", 0.2860, 0.3530, s, s, s, {})
+    index = torch.tensor([3, 7])
+    for task in (mnist, fashion):
+        batch = TaskDataset(s, task)[index]
+        expected = (s.images[index].float() / 255 - task.mean) / task.std
+        assert torch.allclose(batch.x, expected)
+        assert batch.x.dtype == torch.float32 and batch.x.shape == (2, 1, 28, 28)
+        assert torch.equal(batch.y, s.labels[index])
+        assert batch.task.tolist() == [task.index] * 2
+
+
+def test_batch_indices_shuffle_per_epoch_and_cap():
+    sampler = BatchIndices(10, 4, shuffle=True, seed=0)
+    first, second = torch.cat(list(sampler)), torch.cat(list(sampler))
+    assert sorted(first.tolist()) == list(range(10)) and not torch.equal(first, second)
+    again = BatchIndices(10, 4, shuffle=True, seed=0)
+    assert torch.equal(torch.cat(list(again)), first)
+    assert len(sampler) == 3 and [len(b) for b in sampler] == [4, 4, 2]
+    assert len(BatchIndices(10, 4, shuffle=True, max_batches=2)) == 2
+    ordered = BatchIndices(10, 4, shuffle=False)
+    assert torch.cat(list(ordered)).tolist() == list(range(10))
+
+
+def test_synthetic_tasks_are_fixed_by_seed_and_differ():
+    cfg = SyntheticConfig(n_train=100, n_test=50)
+    (a, _), (b, _), (c, _) = make_synthetic(0, cfg), make_synthetic(0, cfg), make_synthetic(1, cfg)
+    assert a.images.dtype == torch.uint8 and a.images.shape == (100, 1, 28, 28)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    assert torch.bincount(a.labels).tolist() == [10] * 10
+
+
+def test_datamodule_serves_current_task_and_all_tasks_for_eval():
+    cfg = compose("synthetic_forgetting").data
+    dm = ContinualDataModule(cfg, seed=0)
+    dm.setup()
+    assert [t.name for t in dm.tasks] == ["synthetic0", "synthetic1"]
+    dm.set_task(1)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.task.unique().tolist() == [1] and len(batch.y) == cfg.batch_size
+    val = list(dm.val_dataloader())
+    assert sum(len(b.y) for b in val) == len(dm.tasks[1].val) == 100
+    tests = dm.eval_loaders("test")
+    assert [sum(len(b.y) for b in loader) for loader in tests] == [500, 500]
+    with pytest.raises(IndexError):
+        dm.set_task(2)
+
+
+def test_missing_dataset_files_raise_data_error(tmp_path):
+    cfg = DataConfig(root=str(tmp_path), tasks=[TaskConfig(dataset="mnist", name="mnist")])
+    with pytest.raises(DataError, match="make data"):
+        load_task(0, cfg.tasks[0], cfg)
+
+
+@pytest.mark.slow
+def test_real_tasks_load_with_their_sizes():
+    cfg = compose("seed_forgetting").data
+    dm = ContinualDataModule(cfg)
+    dm.setup()
+    for task in dm.tasks:
+        assert (len(task.train), len(task.val), len(task.test)) == (54000, 6000, 10000)
+        x = TaskDataset(task.train, task)[torch.arange(len(task.train))].x
+        assert abs(float(x.mean())) < 0.02 and abs(float(x.std()) - 1) < 0.02

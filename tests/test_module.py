@@ -1,0 +1,140 @@
+"""The strategy hooks, driven by the real runner through a toy plugin."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import small_synthetic
+
+from pipeline.module import ContinualModule, DivergenceError
+from pipeline.runner import load_checkpoint, run_sequence
+from pipeline.strategies import REGISTRY, Strategy
+from pipeline.tracking import client_for
+
+
+@dataclass
+class ToyParams:
+    relabel: int = -1        # >= 0: train every sample with this label
+    nan_at_task: int = -1    # >= 0: return a NaN penalty at this task
+
+
+class Toy(Strategy):
+    """Records every hook call; optionally rewrites the batch or poisons the loss."""
+
+    name = "toy"
+    Params = ToyParams
+
+    def __init__(self, params: ToyParams) -> None:
+        super().__init__(params)
+        self.events: list[str] = []
+        self.task = -1
+        self.steps = 0
+
+    def on_task_start(self, ctx):
+        self.task = ctx.index
+        self.events.append(f"start{ctx.index}")
+
+    def transform_batch(self, batch, ctx):
+        self.events.append("batch")
+        if self.params.relabel >= 0:
+            batch = batch._replace(y=torch.full_like(batch.y, self.params.relabel))
+        return batch
+
+    def penalty(self, model, batch, logits):
+        self.events.append("penalty")
+        if self.task == self.params.nan_at_task:
+            return torch.tensor(float("nan"))
+        return 0.0 * logits.sum()
+
+    def after_backward(self, model):
+        assert any(p.grad is not None for p in model.parameters()), "called before backward"
+        self.events.append("backward")
+
+    def after_optimizer_step(self, model):
+        self.steps += 1
+        self.events.append("step")
+
+    def on_task_end(self, ctx):
+        self.events.append(f"end{ctx.index}")
+
+    def state_dict(self):
+        return {"steps": self.steps, "events": len(self.events)}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "toy", Toy)
+    made: list[Toy] = []
+    real_init = Toy.__init__
+
+    def spy(self, params):
+        real_init(self, params)
+        made.append(self)
+
+    monkeypatch.setattr(Toy, "__init__", spy)
+    return made
+
+
+def toy_cfg(store: Path, **params):
+    cfg = small_synthetic(store, "trainer.epochs=1", "trainer.max_batches=5")
+    cfg.strategy, cfg.strategies = ["toy"], {"toy": params}
+    return cfg
+
+
+def test_hook_order(toy, store):
+    run_sequence(toy_cfg(store))
+    events = toy[0].events
+    per_step = ["batch", "penalty", "backward", "step"]
+    assert events == ["start0", *per_step * 5, "end0", "start1", *per_step * 5, "end1"]
+
+
+def test_transformed_batch_is_what_trains(toy, store):
+    result = run_sequence(toy_cfg(store, relabel=3))
+    assert result.matrix["test"][1, 1] < 0.2  # every label was rewritten to 3: task not learned
+
+
+def test_optimizer_is_fresh_per_task(toy, store, monkeypatch):
+    made = []
+    real = ContinualModule.configure_optimizers
+
+    def spy(self):
+        opt = real(self)
+        assert not opt.state, "optimizer state carried over"
+        made.append(opt)
+        return opt
+
+    monkeypatch.setattr(ContinualModule, "configure_optimizers", spy)
+    run_sequence(toy_cfg(store))
+    assert len(made) == 2 and made[0] is not made[1]
+
+
+def test_strategy_state_in_checkpoint(toy, store):
+    result = run_sequence(toy_cfg(store))
+    art = Path(client_for(store).get_run(result.run_id).info.artifact_uri.removeprefix("file://"))
+    module, _, _ = load_checkpoint(art / "checkpoints/task00-synthetic0.ckpt")
+    assert module.strategies[0].steps == 5  # restored from the task-0 checkpoint
+    module, _, _ = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
+    assert module.strategies[0].steps == 10
+
+
+def test_divergence_fails_the_run_and_keeps_earlier_checkpoints(toy, store):
+    with pytest.raises(DivergenceError, match="task 1"):
+        run_sequence(toy_cfg(store, nan_at_task=1))
+    client = client_for(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("synthetic_forgetting")
+                                 .experiment_id])
+    assert run.info.status == "FAILED"
+    assert "DivergenceError" in run.data.tags["error"]
+    ckpts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert ckpts == ["checkpoints/task00-synthetic0.ckpt"]
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "x.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a pipeline checkpoint"):
+        load_checkpoint(bad)

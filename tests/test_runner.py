@@ -1,0 +1,87 @@
+"""End to end on two synthetic tasks: forgetting shows, and the MLflow run holds what it must."""
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_synthetic
+
+from pipeline.runner import load_checkpoint, run_sequence
+from pipeline.tracking import client_for
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    store = tmp_path_factory.mktemp("e2e") / "mlruns"
+    cfg = small_synthetic(store)
+    return cfg, store, run_sequence(cfg)
+
+
+def test_forgetting_shows(finished):
+    _, _, result = finished
+    R = result.matrix["test"]
+    assert R.shape == (2, 2)
+    assert R[0, 0] > 0.8, "task 0 not learned"
+    assert R[1, 1] > 0.8, "task 1 not learned"
+    assert R[1, 0] < R[0, 0] - 0.3, f"no forgetting: {R.tolist()}"
+    s = result.summary["test"]
+    assert s["bwt"] == pytest.approx(R[1, 0] - R[0, 0])
+    assert s["forgetting"] == pytest.approx(R[0, 0] - R[1, 0])
+    assert s["fwt"] == pytest.approx(R[0, 1] - result.init["test"][1])
+    assert all(0.0 <= x <= 1.0 for x in result.init["test"])
+
+
+def test_mlflow_run_holds_everything(finished):
+    cfg, store, result = finished
+    client = client_for(store)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    p, tags, m = run.data.params, run.data.tags, run.data.metrics
+    assert p["seed"] == "0" and p["trainer.epochs"] == str(cfg.trainer.epochs)
+    assert p["data.tasks.1.name"] == "synthetic1"
+    assert tags["mlflow.source.git.commit"]
+    assert tags["version.torch"] == metadata.version("torch")
+    assert {"md5.synthetic0.tensors", "md5.synthetic1.tensors"} <= set(tags)
+    for name in result.tasks:
+        for split in ("test", "val"):
+            history = client.get_metric_history(result.run_id, f"acc/{name}/{split}")
+            assert [h.step for h in sorted(history, key=lambda h: h.step)] == [0, 1]
+    for key in ("summary/test/bwt", "summary/test/forgetting", "summary/val/avg_acc",
+                "summary/test/fwt", "summary/test/plasticity", "time/train_total_s"):
+        assert key in m
+    for t in (0, 1):  # per-task curves, namespaced because global_step restarts per Trainer
+        assert client.get_metric_history(result.run_id, f"t{t}/train/loss")
+        assert client.get_metric_history(result.run_id, f"t{t}/val/acc")
+        assert len(client.get_metric_history(result.run_id, "time/train_s")) == 2
+    files = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "accuracy_matrix.json", "accuracy_matrix.png",
+            "data_checksums.json", "checkpoints"} <= files
+    ckpts = sorted(a.path for a in client.list_artifacts(result.run_id, "checkpoints"))
+    assert ckpts == ["checkpoints/task00-synthetic0.ckpt", "checkpoints/task01-synthetic1.ckpt"]
+    art = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert art.is_relative_to(store.resolve())
+    matrix = json.loads((art / "accuracy_matrix.json").read_text())
+    assert np.allclose(matrix["test"]["matrix"], result.matrix["test"])
+    assert matrix["scenario"] == "domain"
+
+
+def test_checkpoint_per_task_reloads(finished):
+    _, _, result = finished
+    run = client_for(finished[1]).get_run(result.run_id)
+    art = Path(run.info.artifact_uri.removeprefix("file://"))
+    module0, cfg0, meta0 = load_checkpoint(art / "checkpoints/task00-synthetic0.ckpt")
+    module1, _, meta1 = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
+    assert meta0["run_id"] == result.run_id and meta0["task_index"] == 0
+    assert meta1["task_index"] == 1 and cfg0.name == "synthetic_forgetting"
+    w0, w1 = module0.model.state_dict(), module1.model.state_dict()
+    assert not all(torch.equal(w0[k], w1[k]) for k in w0), "task 1 overwrote task 0's file"
+
+
+def test_same_seed_same_matrix(finished, tmp_path):
+    cfg, _, result = finished
+    again = run_sequence(small_synthetic(tmp_path / "other"))
+    for split in ("test", "val"):
+        assert np.array_equal(again.matrix[split], result.matrix[split])

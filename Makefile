@@ -39,7 +39,7 @@ forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain f
 run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..."
 	$(PY) -m pipeline run $(EXP) $(ARGS)
 
-test: install ## the test suite (synthetic data, a few minutes; real-data tests are `make test-slow`)
+test: lint ## lint, then the test suite (synthetic data, about a minute; real data: `make test-slow`)
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: install data ## the tests that need the real datasets

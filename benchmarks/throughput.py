@@ -56,11 +56,13 @@ def pipeline_run(cfg) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--root", default="data")
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist",
-                                                               "synthetic"])
+    parser.add_argument(
+        "--dataset", default="mnist", choices=["mnist", "fashion_mnist", "synthetic"]
+    )
     parser.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -68,12 +70,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     store = tempfile.mkdtemp(prefix="bench-mlruns-")
-    cfg = compose("seed_forgetting", [
-        f"data.root={args.root}", f"data.tasks=[{{dataset: {args.dataset}}}]",
-        f"model={args.model}", f"trainer.epochs={args.epochs}", f"trainer.threads={args.threads}",
-        "trainer.validate_every_epoch=false", "tracking.log_checkpoints=false",
-        f"tracking.store={store}", "data.synthetic.n_train=60000",
-    ])
+    cfg = compose(
+        "seed_forgetting",
+        [
+            f"data.root={args.root}",
+            f"data.tasks=[{{dataset: {args.dataset}}}]",
+            f"model={args.model}",
+            f"trainer.epochs={args.epochs}",
+            f"trainer.threads={args.threads}",
+            "trainer.validate_every_epoch=false",
+            "tracking.log_checkpoints=false",
+            f"tracking.store={store}",
+            "data.synthetic.n_train=60000",
+        ],
+    )
     bare, pipe = [], []
     for r in range(args.repeats):
         s, n = bare_loop(cfg, args.epochs)
@@ -82,8 +92,10 @@ def main() -> None:
         pipe.append(n / s)
         print(f"repeat {r + 1}: bare {bare[-1]:,.0f} samples/s, pipeline {pipe[-1]:,.0f} samples/s")
     b, p = statistics.median(bare), statistics.median(pipe)
-    print(f"\n{args.dataset}, {args.model}, batch {cfg.data.batch_size}, {args.epochs} epoch(s), "
-          f"{args.threads} threads, median of {args.repeats}:")
+    print(
+        f"\n{args.dataset}, {args.model}, batch {cfg.data.batch_size}, {args.epochs} epoch(s), "
+        f"{args.threads} threads, median of {args.repeats}:"
+    )
     print(f"  bare PyTorch loop  {b:10,.0f} training samples/s")
     print(f"  pipeline           {p:10,.0f} training samples/s")
     print(f"  ratio pipeline/bare  {p / b:.3f}")

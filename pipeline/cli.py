@@ -26,8 +26,9 @@ def _print_result(result: object, store: str) -> None:
         print()
     print(headline(result.matrix["test"], result.displays))
     print(format_summary(result.summary["test"], "test"))
-    seconds = ", ".join(f"{n} {s:.1f} s" for n, s in zip(result.displays, result.train_seconds,
-                                                          strict=True))
+    seconds = ", ".join(
+        f"{n} {s:.1f} s" for n, s in zip(result.displays, result.train_seconds, strict=True)
+    )
     print(f"training time per task: {seconds}")
     print(f"\nMLflow run {result.run_id} (store: {store}/)")
     print(f"  open the UI:  make ui   then  {ui_url(result.experiment_id, result.run_id)}")
@@ -39,8 +40,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.module import DivergenceError
     from pipeline.runner import run_sequence
 
-    print(f"experiment {cfg.name}: {' -> '.join(t.name for t in cfg.data.tasks)}, "
-          f"strategy {'+'.join(cfg.strategy)}, {cfg.scenario}-incremental, seed {cfg.seed}")
+    print(
+        f"experiment {cfg.name}: {' -> '.join(t.name for t in cfg.data.tasks)}, "
+        f"strategy {'+'.join(cfg.strategy)}, {cfg.scenario}-incremental, seed {cfg.seed}"
+    )
     try:
         result = run_sequence(cfg)
     except (DataError, DivergenceError) as e:
@@ -55,41 +58,54 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data(args: argparse.Namespace) -> int:
-    from pipeline.data.provision import main as provision_main
-
-    return provision_main(args.rest)
-
-
 def cmd_ui(args: argparse.Namespace) -> int:
     from pipeline.tracking import artifact_root, tracking_uri
 
-    cmd = ["mlflow", "ui", "--backend-store-uri", tracking_uri(args.store),
-           "--default-artifact-root", str(artifact_root(args.store)),
-           "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port}/#/experiments (store: {args.store}/); "
-          "Ctrl-C stops it", flush=True)
+    cmd = [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri(args.store),
+        "--default-artifact-root",
+        str(artifact_root(args.store)),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
+    print(
+        f"MLflow UI on http://127.0.0.1:{args.port}/#/experiments (store: {args.store}/); "
+        "Ctrl-C stops it",
+        flush=True,
+    )
     exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
     os.execv(exe, cmd)
     return 0  # pragma: no cover  (execv does not return)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     experiments = ", ".join(available("experiment"))
-    for name, fn, help_ in (("run", cmd_run, "run an experiment, tracked in MLflow"),
-                            ("config", cmd_config, "print an experiment's resolved config")):
+    for name, fn, help_ in (
+        ("run", cmd_run, "run an experiment, tracked in MLflow"),
+        ("config", cmd_config, "print an experiment's resolved config"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("experiment", help=f"file in conf/experiment/ ({experiments})")
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="overrides: trainer.epochs=1, model=mlp, strategy=[naive] ...")
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help="overrides: trainer.epochs=1, model=mlp, strategy=[naive] ...",
+        )
         p.set_defaults(fn=fn)
-    p = sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_data)
+    # `data` is handed whole to the provisioning CLI (its own --help), see main().
+    sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
     p = sub.add_parser("ui", help="serve the MLflow UI over the project's store")
     p.add_argument("--store", default="mlruns")
     p.add_argument("--port", type=int, default=5000)
@@ -99,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["data"]:
+        from pipeline.data.provision import main as provision_main
+
+        return provision_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -60,12 +60,18 @@ class TaskConfig:
     seed: int = 0
 
     def check(self) -> None:
-        _check(self.dataset in DATASET_KINDS, "data.tasks.dataset",
-               f"'{self.dataset}' is not one of {', '.join(DATASET_KINDS)}")
+        _check(
+            self.dataset in DATASET_KINDS,
+            "data.tasks.dataset",
+            f"'{self.dataset}' is not one of {', '.join(DATASET_KINDS)}",
+        )
         if not self.name:
             self.name = self.dataset if self.dataset != "synthetic" else f"synthetic{self.seed}"
-        _check(self.name.replace("_", "").replace("-", "").isalnum(), "data.tasks.name",
-               f"'{self.name}' must be letters, digits, '_' or '-' (it becomes a metric key)")
+        _check(
+            self.name.replace("_", "").replace("-", "").isalnum(),
+            "data.tasks.name",
+            f"'{self.name}' must be letters, digits, '_' or '-' (it becomes a metric key)",
+        )
 
 
 @dataclass
@@ -107,8 +113,11 @@ class DataConfig:
     def check(self) -> None:
         _check(len(self.tasks) >= 1, "data.tasks", "the sequence needs at least one task")
         names = [t.name for t in self.tasks]
-        _check(len(set(names)) == len(names), "data.tasks",
-               f"task names must be unique, got {names} (set `name:` on repeated datasets)")
+        _check(
+            len(set(names)) == len(names),
+            "data.tasks",
+            f"task names must be unique, got {names} (set `name:` on repeated datasets)",
+        )
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
         _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
         _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
@@ -149,8 +158,11 @@ class OptimConfig:
     momentum: float = 0.9
 
     def check(self) -> None:
-        _check(self.name in ("adam", "adamw", "sgd"), "optim.name",
-               f"'{self.name}' is not adam, adamw or sgd")
+        _check(
+            self.name in ("adam", "adamw", "sgd"),
+            "optim.name",
+            f"'{self.name}' is not adam, adamw or sgd",
+        )
         _check(self.lr > 0, "optim.lr", "must be > 0")
         _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _check(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
@@ -183,8 +195,11 @@ class TrainerConfig:
 
     def check(self) -> None:
         _check(self.epochs >= 1, "trainer.epochs", "must be >= 1")
-        _check(self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"), "trainer.accelerator",
-               f"'{self.accelerator}' is not auto, cpu, gpu, cuda or mps")
+        _check(
+            self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"),
+            "trainer.accelerator",
+            f"'{self.accelerator}' is not auto, cpu, gpu, cuda or mps",
+        )
         _check(self.threads >= 0, "trainer.threads", "must be >= 0")
         _check(self.max_batches >= 0, "trainer.max_batches", "must be >= 0")
         _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
@@ -234,8 +249,11 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def check(self) -> None:
-        _check(self.scenario in SCENARIOS, "scenario",
-               f"'{self.scenario}' is not available; choose from {', '.join(SCENARIOS)}")
+        _check(
+            self.scenario in SCENARIOS,
+            "scenario",
+            f"'{self.scenario}' is not available; choose from {', '.join(SCENARIOS)}",
+        )
         _check(len(self.strategy) >= 1, "strategy", "name at least one strategy (e.g. naive)")
         _check(len(set(self.strategy)) == len(self.strategy), "strategy", "names repeat")
         extra = sorted(set(self.strategies) - set(self.strategy))
@@ -266,12 +284,15 @@ def _load_yaml(group: str, name: str) -> DictConfig:
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
         choices = ", ".join(available(group)) or "none"
-        raise ConfigError(f"conf/{group}/{name}.yaml: no such {group} config "
-                          f"(available: {choices})")
+        raise ConfigError(
+            f"conf/{group}/{name}.yaml: no such {group} config (available: {choices})"
+        )
     try:
         loaded = OmegaConf.load(path)
     except Exception as e:  # yaml.YAMLError and friends: report the file, not a traceback
-        raise ConfigError(f"conf/{group}/{name}.yaml: not valid YAML ({str(e).splitlines()[0]})") from e
+        raise ConfigError(
+            f"conf/{group}/{name}.yaml: not valid YAML ({str(e).splitlines()[0]})"
+        ) from e
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"conf/{group}/{name}.yaml: must hold a mapping at top level")
     return loaded
@@ -302,7 +323,7 @@ def _parse_overrides(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str
     choices: dict[str, Any] = {}
     dotlist: list[str] = []
     for item in overrides:
-        key, sep, value = item.partition("=")
+        key, sep, _ = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value")
         if key in GROUPS or key == "strategy":
@@ -323,7 +344,7 @@ def _strategy_defaults(names: Sequence[str]) -> dict[str, Any]:
         if not isinstance(name, str):
             raise ConfigError(f"strategy: expected a list of names, got {name!r}")
         node = _load_yaml("strategy", name)
-        unknown = set(node.keys()) - {"description", "params", "search"}
+        unknown = {str(k) for k in node} - {"description", "params", "search"}
         if unknown:
             raise ConfigError(f"conf/strategy/{name}.yaml: unknown key '{sorted(unknown)[0]}'")
         raw = node.get("params")
@@ -352,12 +373,17 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
     if not isinstance(defaults, DictConfig):
         raise ConfigError(f"conf/experiment/{experiment}.yaml: defaults must be a mapping")
     cfg = OmegaConf.structured(ExperimentConfig)
-    for group, default in defaults.items():
+    for key, default in defaults.items():
+        group = str(key)
         if group not in GROUPS:
-            raise ConfigError(f"conf/experiment/{experiment}.yaml: unknown group '{group}' "
-                              f"in defaults (groups: {', '.join(GROUPS)})")
+            raise ConfigError(
+                f"conf/experiment/{experiment}.yaml: unknown group '{group}' "
+                f"in defaults (groups: {', '.join(GROUPS)})"
+            )
         choice = choices.pop(group, default)
-        cfg = _merge(cfg, {group: _load_yaml(str(group), str(choice))}, f"conf/{group}/{choice}.yaml")
+        cfg = _merge(
+            cfg, {group: _load_yaml(str(group), str(choice))}, f"conf/{group}/{choice}.yaml"
+        )
     for group in [g for g in GROUPS if g in choices]:
         choice = choices.pop(group)
         cfg = _merge(cfg, {group: _load_yaml(group, str(choice))}, f"conf/{group}/{choice}.yaml")
@@ -412,12 +438,12 @@ def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten nested dicts and lists into ``a.b.0.c`` keys (MLflow params)."""
+    if isinstance(tree, list) and all(not isinstance(v, dict | list) for v in tree):
+        return {prefix: tree} if prefix else {}  # a list of scalars stays one param
     if isinstance(tree, dict):
-        items = tree.items()
+        items = [(str(k), v) for k, v in tree.items()]
     elif isinstance(tree, list):
-        items = ((str(i), v) for i, v in enumerate(tree))
-        if all(not isinstance(v, dict | list) for v in tree):
-            return {prefix: tree} if prefix else {}
+        items = [(str(i), v) for i, v in enumerate(tree)]
     else:
         return {prefix: tree}
     out: dict[str, Any] = {}

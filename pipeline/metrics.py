@@ -119,6 +119,9 @@ def summarize(R: ArrayLike, b: Sequence[float] | NDArray[np.float64]) -> dict[st
     m = _matrix(R)
     out = {"avg_acc": average_accuracy(m), "plasticity": plasticity(m)}
     if m.shape[0] >= 2:
-        out |= {"bwt": backward_transfer(m), "fwt": forward_transfer(m, b),
-                "forgetting": forgetting(m)}
+        out |= {
+            "bwt": backward_transfer(m),
+            "fwt": forward_transfer(m, b),
+            "forgetting": forgetting(m),
+        }
     return out

@@ -67,7 +67,9 @@ def _fc_stack(in_features: int, hidden: Sequence[int], dropout: float) -> list[n
     return layers
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> Classifier:
+def build_model(
+    cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int
+) -> Classifier:
     """Build the network named by the config.
 
     ``cnn`` is LeNet-style: per entry of ``channels`` a ``kernel_size`` convolution, ReLU and 2x2
@@ -85,8 +87,10 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes
             layers += [nn.Conv2d(c, out_c, cfg.kernel_size), nn.ReLU(), nn.MaxPool2d(2)]
             c, h, w = out_c, (h - cfg.kernel_size + 1) // 2, (w - cfg.kernel_size + 1) // 2
             if h < 1 or w < 1:
-                raise ValueError(f"model.channels: {len(cfg.channels)} conv layers shrink a "
-                                 f"{input_shape[1]}x{input_shape[2]} image to nothing")
+                raise ValueError(
+                    f"model.channels: {len(cfg.channels)} conv layers shrink a "
+                    f"{input_shape[1]}x{input_shape[2]} image to nothing"
+                )
         layers.append(nn.Flatten())
         features = c * h * w
     else:

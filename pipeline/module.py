@@ -36,8 +36,13 @@ class ContinualModule(pl.LightningModule):
         check_finite_every: check the loss for NaN/inf every this many steps (0: never).
     """
 
-    def __init__(self, model: Classifier, strategies: Sequence[Strategy], optim: OptimConfig,
-                 check_finite_every: int = 10) -> None:
+    def __init__(
+        self,
+        model: Classifier,
+        strategies: Sequence[Strategy],
+        optim: OptimConfig,
+        check_finite_every: int = 10,
+    ) -> None:
         super().__init__()
         self.model = model
         self.strategies = list(strategies)
@@ -74,12 +79,16 @@ class ContinualModule(pl.LightningModule):
             if extra is not None:
                 total = total + extra
                 self.log(f"train/penalty_{s.name}", extra, on_step=True, on_epoch=False)
-        if self.check_finite_every and batch_idx % self.check_finite_every == 0 \
-                and not torch.isfinite(total):
+        if (
+            self.check_finite_every
+            and batch_idx % self.check_finite_every == 0
+            and not torch.isfinite(total)
+        ):
             raise DivergenceError(
                 f"training loss is {total.item()} at task {self.ctx.index} ({self.ctx.task.name}),"
                 f" epoch {self.current_epoch}, batch {batch_idx}: lower optim.lr or the "
-                "regularisation strength")
+                "regularisation strength"
+            )
         acc = (logits.detach().argmax(1) == batch.y).float().mean()
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -97,15 +106,17 @@ class ContinualModule(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self.model(batch.x, batch.task)
         self.log("val/loss", F.cross_entropy(logits, batch.y), on_epoch=True, prog_bar=False)
-        self.log("val/acc", (logits.argmax(1) == batch.y).float().mean(), on_epoch=True,
-                 prog_bar=True)
+        self.log(
+            "val/acc", (logits.argmax(1) == batch.y).float().mean(), on_epoch=True, prog_bar=True
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
         o = self.optim
         if o.name == "sgd":
-            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
-                                   weight_decay=o.weight_decay)
+            return torch.optim.SGD(
+                params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+            )
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
         return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
@@ -132,6 +143,7 @@ class ContinualModule(pl.LightningModule):
         states = checkpoint.get("strategies", {})
         for s in self.strategies:
             if s.name not in states:
-                raise KeyError(f"checkpoint has no state for strategy '{s.name}' "
-                               f"(it holds {sorted(states)})")
+                raise KeyError(
+                    f"checkpoint has no state for strategy '{s.name}' (it holds {sorted(states)})"
+                )
             s.load_state_dict(states[s.name])

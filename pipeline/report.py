@@ -21,8 +21,10 @@ def format_matrix(R: ArrayLike, names: Sequence[str], split: str = "test") -> st
     """The accuracy matrix as a text table: rows "after task i", columns "acc on task j" (%)."""
     m = np.asarray(R, dtype=float) * 100
     width = max(8, *(len(n) for n in names)) + 1
-    lines = [f"{split} accuracy (%)  rows: after training task i; columns: task j",
-             " " * (width + 6) + "".join(f"{n:>{width}}" for n in names)]
+    lines = [
+        f"{split} accuracy (%)  rows: after training task i; columns: task j",
+        " " * (width + 6) + "".join(f"{n:>{width}}" for n in names),
+    ]
     for i, name in enumerate(names):
         cells = "".join(f"{m[i, j]:>{width}.1f}" for j in range(len(names)))
         lines.append(f"{'after ' + name:<{width + 6}}{cells}")
@@ -44,8 +46,11 @@ def format_summary(summary: Mapping[str, float], split: str = "test") -> str:
     lines = [f"summary ({split} split)"]
     for key, label in METRIC_LABELS.items():
         if key in summary:
-            lines.append(f"  {label:<26}{summary[key] * 100:+7.1f}" if key in ("bwt", "fwt")
-                         else f"  {label:<26}{summary[key] * 100:7.1f}")
+            lines.append(
+                f"  {label:<26}{summary[key] * 100:+7.1f}"
+                if key in ("bwt", "fwt")
+                else f"  {label:<26}{summary[key] * 100:7.1f}"
+            )
     return "\n".join(lines)
 
 
@@ -59,8 +64,14 @@ def heatmap(matrices: Mapping[str, ArrayLike], names: Sequence[str], title: str)
         im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis")
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center",
-                        color="white" if m[i, j] < 60 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.1f}",
+                    ha="center",
+                    va="center",
+                    color="white" if m[i, j] < 60 else "black",
+                )
         ax.set_xticks(range(n), names)
         ax.set_yticks(range(n), [f"after {x}" for x in names])
         ax.set_xlabel("evaluated on task")

@@ -70,8 +70,14 @@ class TrainTimer(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start, self._val = time.perf_counter(), 0.0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         self.samples += int(batch.y.shape[0])
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -100,33 +106,43 @@ def quiet_lightning() -> None:
     # In-memory batches: worker processes would only add copies.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")  # inside Lightning 2.6
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema-creation lines
 
 
-def make_trainer(cfg: TrainerConfig, device: torch.device, logger: TaskLogger,
-                 timer: TrainTimer, root_dir: str) -> pl.Trainer:
+def make_trainer(
+    cfg: TrainerConfig, device: torch.device, logger: TaskLogger, timer: TrainTimer, root_dir: str
+) -> pl.Trainer:
     """A fresh Trainer for one task (a reused Trainer would carry epochs and callbacks over)."""
     callbacks: list[Callback] = [timer]
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     return pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else device.type, devices=1,
-        max_epochs=cfg.epochs, precision=cfg.precision,  # type: ignore[arg-type]
-        deterministic=cfg.deterministic, logger=logger, callbacks=callbacks,
-        enable_checkpointing=False, enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="gpu" if device.type == "cuda" else device.type,
+        devices=1,
+        max_epochs=cfg.epochs,
+        precision=cfg.precision,  # type: ignore[arg-type]
+        deterministic=cfg.deterministic,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every_n_steps,
         limit_val_batches=1.0 if cfg.validate_every_epoch else 0,
-        gradient_clip_val=cfg.gradient_clip_val or None, default_root_dir=root_dir,
+        gradient_clip_val=cfg.gradient_clip_val or None,
+        default_root_dir=root_dir,
         enable_autolog_hparams=False,
     )
 
 
-def evaluate(module: ContinualModule, data: ContinualDataModule,
-             device: torch.device) -> dict[str, list[float]]:
+def evaluate(
+    module: ContinualModule, data: ContinualDataModule, device: torch.device
+) -> dict[str, list[float]]:
     """Accuracy on every task of the sequence, seen or not, per split."""
     module.to(device)
-    return {s: [module.accuracy(loader, device) for loader in data.eval_loaders(s)]
-            for s in SPLITS}
+    return {s: [module.accuracy(loader, device) for loader in data.eval_loaders(s)] for s in SPLITS}
 
 
 def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> SequenceResult:
@@ -148,15 +164,32 @@ def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> Seq
     data.setup()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
-    module = ContinualModule(model, build_strategies(cfg.strategy, cfg.strategies), cfg.optim,
-                             cfg.trainer.check_finite_every)
+    module = ContinualModule(
+        model,
+        build_strategies(cfg.strategy, cfg.strategies),
+        cfg.optim,
+        cfg.trainer.check_finite_every,
+    )
     device = resolve_device(cfg.trainer.accelerator)
 
-    with Run.start(cfg.tracking.store, cfg.tracking.experiment or cfg.name,
-                   cfg.tracking.run_name, parent_run_id) as run, scratch_dir() as tmp:
+    with (
+        Run.start(
+            cfg.tracking.store,
+            cfg.tracking.experiment or cfg.name,
+            cfg.tracking.run_name,
+            parent_run_id,
+        ) as run,
+        scratch_dir() as tmp,
+    ):
         log_run_info(run, cfg, data.tasks, device)
-        result = SequenceResult(run.run_id, run.experiment_id, [t.name for t in data.tasks],
-                                [t.display for t in data.tasks], {}, evaluate(module, data, device))
+        result = SequenceResult(
+            run.run_id,
+            run.experiment_id,
+            [t.name for t in data.tasks],
+            [t.display for t in data.tasks],
+            {},
+            evaluate(module, data, device),
+        )
         rows: dict[str, list[list[float]]] = {s: [] for s in SPLITS}
         for task in data.tasks:
             data.set_task(task.index)
@@ -164,7 +197,9 @@ def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> Seq
             module.to(device)
             module.start_task(ctx)
             timer = TrainTimer()
-            trainer = make_trainer(cfg.trainer, device, TaskLogger(run, task.index), timer, str(tmp))
+            trainer = make_trainer(
+                cfg.trainer, device, TaskLogger(run, task.index), timer, str(tmp)
+            )
             trainer.fit(module, datamodule=data)
             module.to(device)  # fit's teardown moved it to the CPU
             module.end_task(ctx)
@@ -209,52 +244,94 @@ def log_run_info(run: Run, cfg: ExperimentConfig, tasks: list[Task], device: tor
     """Config (params + YAML artifact), data checksums, commit, package versions, seed."""
     run.log_params(flatten(to_dict(cfg)))
     run.log_text(to_yaml(cfg), "config.yaml")
-    run.set_tags({"mlflow.source.git.commit": git_commit(), "scenario": cfg.scenario,
-                  "strategy": "+".join(cfg.strategy), "tasks": " -> ".join(t.name for t in tasks),
-                  "device": str(device), "torch_threads": torch.get_num_threads(),
-                  **{f"version.{k}": v for k, v in package_versions().items()},
-                  **{f"md5.{t.name}.{f}": h for t in tasks for f, h in t.md5.items()}})
+    run.set_tags(
+        {
+            "mlflow.source.git.commit": git_commit(),
+            "scenario": cfg.scenario,
+            "strategy": "+".join(cfg.strategy),
+            "tasks": " -> ".join(t.name for t in tasks),
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            **{f"version.{k}": v for k, v in package_versions().items()},
+            **{f"md5.{t.name}.{f}": h for t in tasks for f, h in t.md5.items()},
+        }
+    )
     run.log_json({t.name: t.md5 for t in tasks}, "data_checksums.json")
 
 
-def log_task(run: Run, task: Task, tasks: list[Task], rows: dict[str, list[list[float]]],
-             timer: TrainTimer) -> None:
+def log_task(
+    run: Run, task: Task, tasks: list[Task], rows: dict[str, list[list[float]]], timer: TrainTimer
+) -> None:
     """Accuracy on every task after ``task`` (step = its index), running ACC, time per task."""
     step = task.index
     values: dict[str, float] = {}
     for s in SPLITS:
         values |= {f"acc/{t.name}/{s}": rows[s][-1][t.index] for t in tasks}
         values[f"avg_acc/{s}"] = metrics.average_accuracy(np.array(rows[s]), step)
-    values |= {"time/train_s": timer.seconds, "train/samples": timer.samples,
-               "train/samples_per_s": timer.samples / max(timer.seconds, 1e-9)}
+    values |= {
+        "time/train_s": timer.seconds,
+        "train/samples": timer.samples,
+        "train/samples_per_s": timer.samples / max(timer.seconds, 1e-9),
+    }
     run.log_metrics(values, step=step)
 
 
-def save_checkpoint(run: Run, trainer: pl.Trainer, module: ContinualModule,
-                    cfg: ExperimentConfig, task: Task, tmp: Path) -> None:
+def save_checkpoint(
+    run: Run,
+    trainer: pl.Trainer,
+    module: ContinualModule,
+    cfg: ExperimentConfig,
+    task: Task,
+    tmp: Path,
+) -> None:
     """Log a checkpoint of the model and strategy state after ``task`` (one file per task)."""
     name = f"task{task.index:02d}-{task.name}.ckpt"
-    module.extra_checkpoint = {"run_id": run.run_id, "task_index": task.index,
-                               "task_name": task.name, "config": to_dict(cfg)}
+    module.extra_checkpoint = {
+        "run_id": run.run_id,
+        "task_index": task.index,
+        "task_name": task.name,
+        "config": to_dict(cfg),
+    }
     path = tmp / name
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # optimizer state too, for resuming
     run.log_file(path, "checkpoints")
     path.unlink()
 
 
 def log_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None:
     """Summary metrics, the accuracy matrix (JSON) and its heatmap (PNG)."""
-    run.log_metrics({f"summary/{s}/{k}": v for s in SPLITS for k, v in result.summary[s].items()}
-                    | {f"init_acc/{n}/{s}": result.init[s][j] for s in SPLITS
-                       for j, n in enumerate(result.tasks)}
-                    | {"time/train_total_s": sum(result.train_seconds)})
-    run.log_json({
-        "rows": "after training task i", "columns": "accuracy on task j",
-        "scenario": cfg.scenario, "tasks": result.tasks, "display": result.displays,
-        **{s: {"matrix": result.matrix[s].tolist(), "init": result.init[s],
-               "summary": result.summary[s]} for s in SPLITS},
-    }, "accuracy_matrix.json")
-    title = f"{cfg.name}: {' -> '.join(result.displays)} ({cfg.scenario}-incremental, " \
-            f"{'+'.join(cfg.strategy)})"
-    run.log_figure(heatmap({s: result.matrix[s] for s in ("test", "val")}, result.displays, title),
-                   "accuracy_matrix.png")
+    run.log_metrics(
+        {f"summary/{s}/{k}": v for s in SPLITS for k, v in result.summary[s].items()}
+        | {
+            f"init_acc/{n}/{s}": result.init[s][j]
+            for s in SPLITS
+            for j, n in enumerate(result.tasks)
+        }
+        | {"time/train_total_s": sum(result.train_seconds)}
+    )
+    run.log_json(
+        {
+            "rows": "after training task i",
+            "columns": "accuracy on task j",
+            "scenario": cfg.scenario,
+            "tasks": result.tasks,
+            "display": result.displays,
+            **{
+                s: {
+                    "matrix": result.matrix[s].tolist(),
+                    "init": result.init[s],
+                    "summary": result.summary[s],
+                }
+                for s in SPLITS
+            },
+        },
+        "accuracy_matrix.json",
+    )
+    title = (
+        f"{cfg.name}: {' -> '.join(result.displays)} ({cfg.scenario}-incremental, "
+        f"{'+'.join(cfg.strategy)})"
+    )
+    run.log_figure(
+        heatmap({s: result.matrix[s] for s in ("test", "val")}, result.displays, title),
+        "accuracy_matrix.png",
+    )

@@ -32,8 +32,15 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import REPO_ROOT
 
 MAX_BATCH = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
-TRACKED_PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "mlflow", "omegaconf",
-                    "numpy")
+TRACKED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "torchmetrics",
+    "mlflow",
+    "omegaconf",
+    "numpy",
+)
 
 
 def tracking_uri(store: str | Path) -> str:
@@ -70,10 +77,15 @@ def ui_url(experiment_id: str, run_id: str | None = None, port: int = 5000) -> s
 def git_commit() -> str:
     """Commit of the working tree (with ``-dirty`` when it has uncommitted changes)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
@@ -103,9 +115,14 @@ class Run:
 
     @classmethod
     @contextmanager
-    def start(cls, store: str | Path, experiment: str, run_name: str = "",
-              parent_run_id: str | None = None, tags: Mapping[str, str] | None = None,
-              ) -> Iterator[Run]:
+    def start(
+        cls,
+        store: str | Path,
+        experiment: str,
+        run_name: str = "",
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Iterator[Run]:
         client = client_for(store)
         exp_id = ensure_experiment(client, experiment, store)
         all_tags = dict(tags or {})
@@ -135,7 +152,7 @@ class Run:
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -143,7 +160,7 @@ class Run:
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         ms = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
         for i in range(0, len(ms), MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=ms[i:i + MAX_BATCH])
+            self.client.log_batch(self.run_id, metrics=ms[i : i + MAX_BATCH])
 
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)

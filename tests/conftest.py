@@ -13,10 +13,15 @@ torch.set_num_threads(1)
 
 def small_synthetic(store: Path, *overrides: str) -> ExperimentConfig:
     """``conf/experiment/synthetic_forgetting.yaml`` with a private MLflow store, no bars."""
-    return compose("synthetic_forgetting", [
-        f"tracking.store={store}", "trainer.progress_bar=false", "trainer.threads=1",
-        *overrides,
-    ])
+    return compose(
+        "synthetic_forgetting",
+        [
+            f"tracking.store={store}",
+            "trainer.progress_bar=false",
+            "trainer.threads=1",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture

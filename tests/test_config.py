@@ -26,8 +26,15 @@ def test_seed_forgetting_is_the_thread_setting():
 
 
 def test_overrides_and_group_choice():
-    cfg = compose("seed_forgetting", ["trainer.epochs=1", "model=mlp", "optim.lr=0.01",
-                                      "data.tasks=[{dataset: fashion_mnist}, {dataset: mnist}]"])
+    cfg = compose(
+        "seed_forgetting",
+        [
+            "trainer.epochs=1",
+            "model=mlp",
+            "optim.lr=0.01",
+            "data.tasks=[{dataset: fashion_mnist}, {dataset: mnist}]",
+        ],
+    )
     assert cfg.trainer.epochs == 1 and cfg.optim.lr == 0.01
     assert cfg.model.name == "mlp" and cfg.model.hidden == [256, 256]
     assert [t.name for t in cfg.data.tasks] == ["fashion_mnist", "mnist"]
@@ -40,20 +47,23 @@ def test_flatten_for_mlflow_params():
     assert flat["strategy"] == ["naive"]
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["trainer.epochz=1"], "unknown key 'trainer.epochz'"),
-    (["trainer.epochs=abc"], "trainer.epochs"),
-    (["trainer.epochs=0"], "trainer.epochs: must be >= 1"),
-    (["optim.name=rmsprop"], "optim.name"),
-    (["data.val_fraction=1.5"], "data.val_fraction"),
-    (["data.tasks=[{dataset: mnist}, {dataset: mnist}]"], "task names must be unique"),
-    (["data.tasks=[{dataset: cifar}]"], "data.tasks.dataset"),
-    (["model=resnet"], "conf/model/resnet.yaml"),
-    (["strategy=[nope]"], "conf/strategy/nope.yaml"),
-    (["strategies.naive.lam=3"], "strategies.naive"),
-    (["scenario=class"], "scenario"),
-    (["epochs"], "expected key=value"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.epochz=1"], "unknown key 'trainer.epochz'"),
+        (["trainer.epochs=abc"], "trainer.epochs"),
+        (["trainer.epochs=0"], "trainer.epochs: must be >= 1"),
+        (["optim.name=rmsprop"], "optim.name"),
+        (["data.val_fraction=1.5"], "data.val_fraction"),
+        (["data.tasks=[{dataset: mnist}, {dataset: mnist}]"], "task names must be unique"),
+        (["data.tasks=[{dataset: cifar}]"], "data.tasks.dataset"),
+        (["model=resnet"], "conf/model/resnet.yaml"),
+        (["strategy=[nope]"], "conf/strategy/nope.yaml"),
+        (["strategies.naive.lam=3"], "strategies.naive"),
+        (["scenario=class"], "scenario"),
+        (["epochs"], "expected key=value"),
+    ],
+)
 def test_bad_input_is_one_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         compose("seed_forgetting", overrides)

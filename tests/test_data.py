@@ -18,8 +18,10 @@ from pipeline.data.tasks import (
 
 
 def split(n: int) -> Split:
-    return Split(torch.arange(n).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 28, 28).clone(),
-                 torch.arange(n) % 10)
+    return Split(
+        torch.arange(n).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 28, 28).clone(),
+        torch.arange(n) % 10,
+    )
 
 
 def test_validation_is_carved_deterministically_and_disjoint():

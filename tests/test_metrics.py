@@ -5,15 +5,11 @@ import pytest
 
 from pipeline import metrics
 
-R = [[0.9, 0.1, 0.2],
-     [0.5, 0.8, 0.3],
-     [0.4, 0.6, 0.7]]
+R = [[0.9, 0.1, 0.2], [0.5, 0.8, 0.3], [0.4, 0.6, 0.7]]
 B = [0.1, 0.1, 0.1]
 # Task 0 peaks after task 1 (0.9), task 1 improves after task 2: the max-based definition and
 # Avalanche's initial-based one disagree here.
-R_PEAK = [[0.5, 0.0, 0.0],
-          [0.9, 0.8, 0.0],
-          [0.4, 0.9, 0.7]]
+R_PEAK = [[0.5, 0.0, 0.0], [0.9, 0.8, 0.0], [0.4, 0.9, 0.7]]
 
 
 def test_average_accuracy_final_and_running():

@@ -15,8 +15,8 @@ from pipeline.tracking import client_for
 
 @dataclass
 class ToyParams:
-    relabel: int = -1        # >= 0: train every sample with this label
-    nan_at_task: int = -1    # >= 0: return a NaN penalty at this task
+    relabel: int = -1  # >= 0: train every sample with this label
+    nan_at_task: int = -1  # >= 0: return a NaN penalty at this task
 
 
 class Toy(Strategy):
@@ -125,8 +125,9 @@ def test_divergence_fails_the_run_and_keeps_earlier_checkpoints(toy, store):
     with pytest.raises(DivergenceError, match="task 1"):
         run_sequence(toy_cfg(store, nan_at_task=1))
     client = client_for(store)
-    (run,) = client.search_runs([client.get_experiment_by_name("synthetic_forgetting")
-                                 .experiment_id])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("synthetic_forgetting").experiment_id]
+    )
     assert run.info.status == "FAILED"
     assert "DivergenceError" in run.data.tags["error"]
     ckpts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]

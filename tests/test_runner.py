@@ -49,16 +49,27 @@ def test_mlflow_run_holds_everything(finished):
         for split in ("test", "val"):
             history = client.get_metric_history(result.run_id, f"acc/{name}/{split}")
             assert [h.step for h in sorted(history, key=lambda h: h.step)] == [0, 1]
-    for key in ("summary/test/bwt", "summary/test/forgetting", "summary/val/avg_acc",
-                "summary/test/fwt", "summary/test/plasticity", "time/train_total_s"):
+    for key in (
+        "summary/test/bwt",
+        "summary/test/forgetting",
+        "summary/val/avg_acc",
+        "summary/test/fwt",
+        "summary/test/plasticity",
+        "time/train_total_s",
+    ):
         assert key in m
     for t in (0, 1):  # per-task curves, namespaced because global_step restarts per Trainer
         assert client.get_metric_history(result.run_id, f"t{t}/train/loss")
         assert client.get_metric_history(result.run_id, f"t{t}/val/acc")
         assert len(client.get_metric_history(result.run_id, "time/train_s")) == 2
     files = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"config.yaml", "accuracy_matrix.json", "accuracy_matrix.png",
-            "data_checksums.json", "checkpoints"} <= files
+    assert {
+        "config.yaml",
+        "accuracy_matrix.json",
+        "accuracy_matrix.png",
+        "data_checksums.json",
+        "checkpoints",
+    } <= files
     ckpts = sorted(a.path for a in client.list_artifacts(result.run_id, "checkpoints"))
     assert ckpts == ["checkpoints/task00-synthetic0.ckpt", "checkpoints/task01-synthetic1.ckpt"]
     art = Path(run.info.artifact_uri.removeprefix("file://"))
@@ -81,7 +92,7 @@ def test_checkpoint_per_task_reloads(finished):
 
 
 def test_same_seed_same_matrix(finished, tmp_path):
-    cfg, _, result = finished
+    _, _, result = finished
     again = run_sequence(small_synthetic(tmp_path / "other"))
     for split in ("test", "val"):
         assert np.array_equal(again.matrix[split], result.matrix[split])

@@ -125,8 +125,9 @@ def parse_params(name: str, raw: dict[str, Any] | None) -> Any:
         ConfigError: unknown strategy, unknown key, wrong type or bad value.
     """
     if name not in REGISTRY:
-        raise ConfigError(f"strategy: unknown strategy '{name}' (available: "
-                          f"{', '.join(sorted(REGISTRY))})")
+        raise ConfigError(
+            f"strategy: unknown strategy '{name}' (available: {', '.join(sorted(REGISTRY))})"
+        )
     schema = REGISTRY[name].Params
     try:
         node = OmegaConf.merge(OmegaConf.structured(schema), raw or {})

@@ -62,6 +62,7 @@ def test_mlflow_run_holds_everything(finished):
         assert client.get_metric_history(result.run_id, f"t{t}/train/loss")
         assert client.get_metric_history(result.run_id, f"t{t}/val/acc")
         assert len(client.get_metric_history(result.run_id, "time/train_s")) == 2
+        assert len(client.get_metric_history(result.run_id, "time/task_wall_s")) == 2
     files = {a.path for a in client.list_artifacts(result.run_id)}
     assert {
         "config.yaml",

@@ -1,0 +1,1 @@
+"""Datasets: provisioning of the raw files, task loading and the Lightning data module."""

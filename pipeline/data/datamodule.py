@@ -54,16 +54,23 @@ class ContinualDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader[Batch]:
         task = self.tasks[self.current]
         # One sampler per task, kept across fits: its generator carries on from epoch to epoch.
-        sampler = self._train_samplers.setdefault(task.index, BatchIndices(
-            len(task.train), self.cfg.batch_size, shuffle=True,
-            seed=self.seed * 1000 + task.index, max_batches=self.max_batches))
+        sampler = self._train_samplers.setdefault(
+            task.index,
+            BatchIndices(
+                len(task.train),
+                self.cfg.batch_size,
+                shuffle=True,
+                seed=self.seed * 1000 + task.index,
+                max_batches=self.max_batches,
+            ),
+        )
         return DataLoader(TaskDataset(task.train, task), sampler=sampler, batch_size=None)
 
     def val_dataloader(self) -> DataLoader[Batch]:
         return self.loader(self.tasks[self.current], "val")
 
     def loader(self, task: Task, split: str) -> DataLoader[Batch]:
-        """An ordered evaluation loader over ``split`` (``train``, ``val`` or ``test``) of a task."""
+        """An ordered evaluation loader over a task's ``train``, ``val`` or ``test`` split."""
         data = getattr(task, split)
         sampler = BatchIndices(len(data), self.cfg.eval_batch_size, shuffle=False)
         return DataLoader(TaskDataset(data, task), sampler=sampler, batch_size=None)

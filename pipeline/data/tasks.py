@@ -98,9 +98,11 @@ class BatchIndices(Sampler[Tensor]):
     whole order is fixed by the seed.
     """
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 max_batches: int = 0) -> None:
-        self.n, self.batch_size, self.shuffle, self.max_batches = n, batch_size, shuffle, max_batches
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, max_batches: int = 0
+    ) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.shuffle, self.max_batches = shuffle, max_batches
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -108,8 +110,11 @@ class BatchIndices(Sampler[Tensor]):
         return min(full, self.max_batches) if self.max_batches else full
 
     def __iter__(self) -> Iterator[Tensor]:
-        order = torch.randperm(self.n, generator=self.generator) if self.shuffle \
+        order = (
+            torch.randperm(self.n, generator=self.generator)
+            if self.shuffle
             else torch.arange(self.n)
+        )
         yield from order.split(self.batch_size)[: len(self)]
 
 
@@ -118,8 +123,9 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
     n = len(train)
     n_val = round(n * fraction)
     if n_val < 1 or n_val >= n:
-        raise DataError(f"val_fraction={fraction} leaves no train or no validation samples "
-                        f"out of {n}")
+        raise DataError(
+            f"val_fraction={fraction} leaves no train or no validation samples out of {n}"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return train.subset(perm[n_val:].sort().values), train.subset(perm[:n_val].sort().values)
 
@@ -140,8 +146,9 @@ def make_synthetic(seed: int, cfg: SyntheticConfig) -> tuple[Split, Split]:
     """
     g = torch.Generator().manual_seed(10_000 + seed)
     coarse = torch.rand(NUM_CLASSES, 1, 7, 7, generator=g)
-    protos = torch.nn.functional.interpolate(coarse, size=IMAGE_SHAPE[1:], mode="bilinear",
-                                             align_corners=False)
+    protos = torch.nn.functional.interpolate(
+        coarse, size=IMAGE_SHAPE[1:], mode="bilinear", align_corners=False
+    )
 
     def sample(n: int) -> Split:
         labels = torch.arange(n) % NUM_CLASSES
@@ -156,8 +163,10 @@ def _load_torchvision(cfg: TaskConfig, root: Path) -> tuple[Split, Split, dict[s
     spec = DATASETS[cfg.dataset]
     md5 = verify(spec, root)
     if md5 is None:
-        raise DataError(f"{spec.display} is missing or does not verify under "
-                        f"{spec.raw_dir(root)}: run `make data` (or `python -m pipeline data`)")
+        raise DataError(
+            f"{spec.display} is missing or does not verify under "
+            f"{spec.raw_dir(root)}: run `make data` (or `python -m pipeline data`)"
+        )
     import torchvision.datasets as tvd  # deferred: torchvision import costs ~1 s
 
     cls = tvd.MNIST if cfg.dataset == "mnist" else tvd.FashionMNIST

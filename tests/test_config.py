@@ -41,8 +41,9 @@ def test_overrides_and_group_choice():
 
 
 def test_flatten_for_mlflow_params():
-    flat = flatten(to_dict(compose("seed_forgetting")))
-    assert flat["trainer.epochs"] == 3
+    cfg = compose("seed_forgetting", ["trainer.epochs=4"])
+    flat = flatten(to_dict(cfg))
+    assert flat["trainer.epochs"] == 4
     assert flat["data.tasks.0.dataset"] == "mnist"
     assert flat["strategy"] == ["naive"]
 

@@ -48,8 +48,14 @@ def test_summarize_keys_and_single_task():
     assert single == pytest.approx({"avg_acc": 0.7, "plasticity": 0.7})
 
 
-@pytest.mark.parametrize("bad", [[], [[0.1, 0.2]], [[[0.1]]]])
+@pytest.mark.parametrize("bad", [[], [[0.1, 0.2]], [[[0.1]]], [[0.1], [0.2]]])
 def test_rejects_non_square(bad):
+    with pytest.raises(ValueError, match="square"):
+        metrics.backward_transfer(bad)
+
+
+@pytest.mark.parametrize("bad", [[], [[0.1], [0.2]], [0.5]])
+def test_running_average_rejects_more_rows_than_tasks(bad):
     with pytest.raises(ValueError, match="square"):
         metrics.average_accuracy(bad)
 

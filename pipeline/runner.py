@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -114,8 +115,10 @@ def make_trainer(
     cfg: TrainerConfig, device: torch.device, logger: TaskLogger, timer: TrainTimer, root_dir: str
 ) -> pl.Trainer:
     """A fresh Trainer for one task (a reused Trainer would carry epochs and callbacks over)."""
+    # Bars only on a terminal: redirected to a file or CI log they are megabytes of redraws.
+    bars = cfg.progress_bar and sys.stderr.isatty()
     callbacks: list[Callback] = [timer]
-    if cfg.progress_bar:
+    if bars:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     return pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else device.type,
@@ -126,7 +129,7 @@ def make_trainer(
         logger=logger,
         callbacks=callbacks,
         enable_checkpointing=False,
-        enable_progress_bar=cfg.progress_bar,
+        enable_progress_bar=bars,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every_n_steps,

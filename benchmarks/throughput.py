@@ -33,7 +33,7 @@ def bare_loop(cfg, epochs: int) -> tuple[float, int]:
     dm.setup()
     task = dm.tasks[0]
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, dm.input_shape, dm.num_classes)
+    model = build_model(cfg.model, dm.input_shape, dm.classes_per_task)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     images, labels = task.train.images, task.train.labels
     g = torch.Generator().manual_seed(0)

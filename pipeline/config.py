@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
@@ -32,7 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = Path(os.environ.get("PIPELINE_CONF_DIR", REPO_ROOT / "conf"))
 # Config groups that are folders of conf/ and can be picked by name (`model=mlp`).
 GROUPS = ("data", "model")
-SCENARIOS = ("domain",)  # task- and class-incremental arrive with the scenarios issue
+SCENARIOS = ("task", "domain", "class")
+BENCHMARKS = ("split_mnist", "permuted_mnist", "rotated_mnist")
 DATASET_KINDS = ("mnist", "fashion_mnist", "synthetic")
 
 
@@ -51,12 +53,19 @@ class TaskConfig:
 
     Attributes:
         dataset: ``mnist``, ``fashion_mnist`` or ``synthetic``.
-        name: key used in metric names and reports; defaults to the dataset name.
+        name: key used in metric names and reports; derived from the other fields when empty
+            (``mnist``, ``mnist_01``, ``mnist_perm3``, ``mnist_rot45``).
+        classes: original labels the task keeps (Split MNIST); empty keeps all ten.
+        permutation: seed of a fixed pixel permutation (Permuted MNIST); -1 for none.
+        rotation: fixed rotation in degrees (Rotated MNIST).
         seed: for ``synthetic`` tasks, the seed of the task's class prototypes.
     """
 
     dataset: str = MISSING
     name: str = ""
+    classes: list[int] = field(default_factory=list)
+    permutation: int = -1
+    rotation: float = 0.0
     seed: int = 0
 
     def check(self) -> None:
@@ -65,8 +74,19 @@ class TaskConfig:
             "data.tasks.dataset",
             f"'{self.dataset}' is not one of {', '.join(DATASET_KINDS)}",
         )
+        _check(
+            all(0 <= c < 10 for c in self.classes) and len(set(self.classes)) == len(self.classes),
+            "data.tasks.classes",
+            f"{self.classes}: classes must be distinct labels in 0..9",
+        )
         if not self.name:
             self.name = self.dataset if self.dataset != "synthetic" else f"synthetic{self.seed}"
+            if self.classes:
+                self.name += "_" + "".join(str(c) for c in self.classes)
+            if self.permutation >= 0:
+                self.name += f"_perm{self.permutation}"
+            if self.rotation:
+                self.name += f"_rot{self.rotation:g}"
         _check(
             self.name.replace("_", "").replace("-", "").isalnum(),
             "data.tasks.name",
@@ -100,17 +120,43 @@ class DataConfig:
             that runs with different seeds are selected on the same validation samples.
         batch_size: training batch size.
         eval_batch_size: batch size of evaluation passes.
+        benchmark: build ``tasks`` from a standard benchmark instead of listing them:
+            ``split_mnist`` (``n_tasks`` tasks of consecutive digits), ``permuted_mnist``
+            (``n_tasks`` fixed pixel permutations, seeds ``benchmark_seed + i``),
+            ``rotated_mnist`` (rotations ``i * 180 / n_tasks`` degrees).
+        stream: single pass: each training sample is seen once, in stream order (needs
+            ``trainer.epochs=1``), for data that exists only once.
     """
 
     root: str = "data"
     tasks: list[TaskConfig] = field(default_factory=list)
+    benchmark: str = ""
+    n_tasks: int = 5
+    benchmark_seed: int = 0
     val_fraction: float = 0.1
     split_seed: int = 0
     batch_size: int = 128
     eval_batch_size: int = 1000
+    stream: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def check(self) -> None:
+        if self.benchmark:
+            _check(
+                self.benchmark in BENCHMARKS,
+                "data.benchmark",
+                f"'{self.benchmark}' is not one of {', '.join(BENCHMARKS)}",
+            )
+            _check(not self.tasks, "data.benchmark", "set data.benchmark or data.tasks, not both")
+            _check(
+                1 <= self.n_tasks <= 10 or self.benchmark != "split_mnist",
+                "data.n_tasks",
+                "Split MNIST has 1 to 10 tasks",
+            )
+            _check(self.n_tasks >= 1, "data.n_tasks", "must be >= 1")
+            self.tasks = benchmark_tasks(self.benchmark, self.n_tasks, self.benchmark_seed)
+            for task in self.tasks:
+                task.check()
         _check(len(self.tasks) >= 1, "data.tasks", "the sequence needs at least one task")
         names = [t.name for t in self.tasks]
         _check(
@@ -121,6 +167,16 @@ class DataConfig:
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
         _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
         _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+
+
+def benchmark_tasks(benchmark: str, n_tasks: int, seed: int = 0) -> list[TaskConfig]:
+    """The task list of a standard benchmark (see :class:`DataConfig`)."""
+    if benchmark == "split_mnist":
+        chunks = [list(map(int, c)) for c in np.array_split(np.arange(10), n_tasks)]
+        return [TaskConfig(dataset="mnist", classes=c) for c in chunks]
+    if benchmark == "permuted_mnist":
+        return [TaskConfig(dataset="mnist", permutation=seed + i) for i in range(n_tasks)]
+    return [TaskConfig(dataset="mnist", rotation=i * 180.0 / n_tasks) for i in range(n_tasks)]
 
 
 @dataclass
@@ -231,7 +287,11 @@ class ExperimentConfig:
     Attributes:
         name: experiment name (the file name in conf/experiment/).
         seed: seeds model initialisation and data order.
-        scenario: continual-learning scenario; ``domain`` = one shared head, no task id.
+        scenario: ``task`` (one head per task, task id given at test), ``domain`` (one
+            shared head, no task id) or ``class`` (labels offset per task, one head over all
+            classes seen so far, no task id).
+        retention: ``any``, or ``none`` to refuse, before training, every strategy that keeps
+            raw samples across task boundaries (data that privacy law may require deleted).
         strategy: strategy plugins, applied in this order (``naive`` = plain fine-tuning).
         strategies: hyperparameters per strategy, read from ``conf/strategy/<name>.yaml``.
     """
@@ -240,6 +300,7 @@ class ExperimentConfig:
     description: str = ""
     seed: int = 0
     scenario: str = "domain"
+    retention: str = "any"
     strategy: list[str] = field(default_factory=lambda: ["naive"])
     strategies: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
@@ -253,6 +314,12 @@ class ExperimentConfig:
             self.scenario in SCENARIOS,
             "scenario",
             f"'{self.scenario}' is not available; choose from {', '.join(SCENARIOS)}",
+        )
+        _check(self.retention in ("any", "none"), "retention", "must be 'any' or 'none'")
+        _check(
+            not self.data.stream or self.trainer.epochs == 1,
+            "data.stream",
+            "a stream is seen once: set trainer.epochs=1",
         )
         _check(len(self.strategy) >= 1, "strategy", "name at least one strategy (e.g. naive)")
         _check(len(set(self.strategy)) == len(self.strategy), "strategy", "names repeat")
@@ -406,10 +473,10 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
         raise ConfigError(_describe(e)) from e
     assert isinstance(obj, ExperimentConfig)
     check_values(obj)
-    from pipeline.strategies import parse_params  # deferred: strategies import this module
+    from pipeline.strategies import REGISTRY, parse_params  # deferred: they import this module
 
     for name in obj.strategy:
-        parse_params(name, obj.strategies.get(name))
+        REGISTRY[name].check_config(parse_params(name, obj.strategies.get(name)), obj)
     return obj
 
 

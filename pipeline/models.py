@@ -1,9 +1,9 @@
 """Networks: a backbone that maps images to features, and a head that maps features to logits.
 
-The head is its own module with the task ids in its signature, so that the scenarios issue can
-add one head per task (task-incremental) or a head that grows with the classes seen
-(class-incremental) by swapping the head, without touching the backbone, the LightningModule or
-the runner.
+The head is its own module with the task ids in its signature; the scenario picks it: one head
+per task (task-incremental), one shared head (domain-incremental) or a head that grows with the
+classes seen (class-incremental). The backbone, the LightningModule and the runner are the same
+in all three.
 """
 
 from __future__ import annotations
@@ -17,18 +17,29 @@ from pipeline.config import ModelConfig
 
 
 class Head(nn.Module):
-    """Maps features to logits. ``task`` holds each sample's task index (or is ``None`` when
-    the scenario does not give it at test time)."""
+    """Maps features to logits; ``task`` holds each sample's task index.
+
+    Attributes:
+        num_classes: outputs over the whole sequence.
+        num_active: outputs the head gives now (a class-incremental head grows with the tasks).
+    """
 
     num_classes: int
+
+    @property
+    def num_active(self) -> int:
+        return self.num_classes
+
+    def start_task(self, index: int) -> None:
+        """Called when task ``index`` starts (before its optimizer is built)."""
 
     def forward(self, features: Tensor, task: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
 class SharedHead(Head):
-    """One linear layer shared by every task (domain-incremental: digit 3 and dress share
-    output 3)."""
+    """Domain-incremental: one linear layer shared by every task (digit 3 and dress share
+    output 3); the task id is not used."""
 
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
@@ -37,6 +48,72 @@ class SharedHead(Head):
 
     def forward(self, features: Tensor, task: Tensor | None = None) -> Tensor:
         return self.linear(features)
+
+
+class MultiHead(Head):
+    """Task-incremental: one linear layer per task, picked by each sample's task id.
+
+    Every task's layer is computed and the sample's own is gathered, so a batch may mix tasks
+    (replay). Tasks with fewer classes than the widest pad with a large negative logit, never
+    predicted and harmless to softmax-based losses.
+    """
+
+    PAD = -1e4
+
+    def __init__(self, in_features: int, classes_per_task: list[int]) -> None:
+        super().__init__()
+        self.num_classes = max(classes_per_task)
+        self.widths = list(classes_per_task)
+        self.heads = nn.ModuleList(nn.Linear(in_features, k) for k in classes_per_task)
+
+    def forward(self, features: Tensor, task: Tensor | None = None) -> Tensor:
+        if task is None:
+            raise ValueError("a task-incremental head needs the task id of every sample")
+        width = self.num_classes
+        out = torch.stack(
+            [
+                nn.functional.pad(h(features), (0, width - k), value=self.PAD)
+                for h, k in zip(self.heads, self.widths, strict=True)
+            ]
+        )  # tasks x batch x width
+        return out[task, torch.arange(features.shape[0], device=features.device)]
+
+
+class IncrementalHead(Head):
+    """Class-incremental: one layer over every class of the sequence, of which only the
+    classes of the tasks started so far are output (a growing head).
+
+    Allocating all rows at once keeps parameter shapes fixed (checkpoints and optimizers need no
+    resizing); rows of classes not yet seen receive no gradient because they are not output.
+    """
+
+    active: Tensor  # buffer: outputs given now (saved in checkpoints)
+
+    def __init__(self, in_features: int, classes_per_task: list[int]) -> None:
+        super().__init__()
+        self.num_classes = sum(classes_per_task)
+        self.ends = [sum(classes_per_task[: i + 1]) for i in range(len(classes_per_task))]
+        self.linear = nn.Linear(in_features, self.num_classes)
+        self.register_buffer("active", torch.tensor(self.ends[0]))
+
+    @property
+    def num_active(self) -> int:
+        return int(self.active)
+
+    def start_task(self, index: int) -> None:
+        self.active.fill_(max(int(self.active), self.ends[index]))
+
+    def forward(self, features: Tensor, task: Tensor | None = None) -> Tensor:
+        return self.linear(features)[:, : self.num_active]
+
+
+def build_head(scenario: str, in_features: int, classes_per_task: list[int]) -> Head:
+    """The head a scenario needs (see :class:`pipeline.config.ExperimentConfig`)."""
+    if scenario == "task":
+        return MultiHead(in_features, classes_per_task)
+    if scenario == "class":
+        return IncrementalHead(in_features, classes_per_task)
+    return SharedHead(in_features, max(classes_per_task))
 
 
 class Classifier(nn.Module):
@@ -68,7 +145,10 @@ def _fc_stack(in_features: int, hidden: Sequence[int], dropout: float) -> list[n
 
 
 def build_model(
-    cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int
+    cfg: ModelConfig,
+    input_shape: tuple[int, int, int],
+    classes_per_task: list[int],
+    scenario: str = "domain",
 ) -> Classifier:
     """Build the network named by the config.
 
@@ -78,7 +158,8 @@ def build_model(
     Args:
         cfg: model config.
         input_shape: (channels, height, width) of one image.
-        num_classes: outputs of the shared head.
+        classes_per_task: number of classes of each task of the sequence.
+        scenario: ``task``, ``domain`` or ``class``; picks the head (:func:`build_head`).
     """
     layers: list[nn.Module] = []
     if cfg.name == "cnn":
@@ -98,4 +179,5 @@ def build_model(
         features = int(torch.tensor(input_shape).prod())
     layers += _fc_stack(features, cfg.hidden, cfg.dropout)
     feature_dim = cfg.hidden[-1] if cfg.hidden else features
-    return Classifier(nn.Sequential(*layers), feature_dim, SharedHead(feature_dim, num_classes))
+    head = build_head(scenario, feature_dim, classes_per_task)
+    return Classifier(nn.Sequential(*layers), feature_dim, head)

@@ -56,8 +56,9 @@ class ContinualModule(pl.LightningModule):
 
     # -- task boundaries (called by the runner) ---------------------------------------------
     def start_task(self, ctx: TaskContext) -> None:
-        """Enter a task: every strategy's ``on_task_start``, in order."""
+        """Enter a task: the head makes room for it, then every strategy's ``on_task_start``."""
         self.ctx = ctx
+        self.model.head.start_task(ctx.index)
         for s in self.strategies:
             s.on_task_start(ctx)
 
@@ -128,7 +129,7 @@ class ContinualModule(pl.LightningModule):
         self.eval()
         correct = total = 0
         for batch in loader:
-            x, y, task = (t.to(device, non_blocking=True) for t in batch)
+            x, y, task = (t.to(device, non_blocking=True) for t in batch[:3])
             correct += int((self.model(x, task).argmax(1) == y).sum())
             total += int(y.numel())
         self.train(was_training)

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from pipeline import metrics
 from pipeline.config import ExperimentConfig, TrainerConfig, flatten, from_dict, to_dict, to_yaml
 from pipeline.data.datamodule import ContinualDataModule
-from pipeline.data.tasks import IMAGE_SHAPE, NUM_CLASSES, Task
+from pipeline.data.tasks import IMAGE_SHAPE, Task
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.report import heatmap
@@ -163,10 +163,10 @@ def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> Seq
     quiet_lightning()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    data = ContinualDataModule(cfg.data, cfg.seed, cfg.trainer.max_batches)
+    data = ContinualDataModule(cfg.data, cfg.seed, cfg.trainer.max_batches, cfg.scenario)
     data.setup()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    model = build_model(cfg.model, data.input_shape, data.classes_per_task, cfg.scenario)
     module = ContinualModule(
         model,
         build_strategies(cfg.strategy, cfg.strategies),
@@ -214,7 +214,7 @@ def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> Seq
             result.train_samples.append(timer.samples)
             log_task(run, task, data.tasks, rows, timer, time.perf_counter() - started)
             if cfg.tracking.log_checkpoints:
-                save_checkpoint(run, trainer, module, cfg, task, tmp)
+                save_checkpoint(run, trainer, module, cfg, task, data.classes_per_task, tmp)
         result.matrix = {s: np.array(rows[s]) for s in SPLITS}
         result.summary = {s: metrics.summarize(result.matrix[s], result.init[s]) for s in SPLITS}
         log_results(run, cfg, result)
@@ -237,7 +237,7 @@ def load_checkpoint(path: str | Path) -> tuple[ContinualModule, ExperimentConfig
         cfg = from_dict(meta["config"])
     except (OSError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
         raise ValueError(f"{path}: not a pipeline checkpoint ({type(e).__name__}: {e})") from e
-    model = build_model(cfg.model, IMAGE_SHAPE, NUM_CLASSES)
+    model = build_model(cfg.model, IMAGE_SHAPE, meta["classes_per_task"], cfg.scenario)
     module = ContinualModule(model, build_strategies(cfg.strategy, cfg.strategies), cfg.optim)
     module.load_state_dict(ckpt["state_dict"])
     module.on_load_checkpoint(ckpt)
@@ -296,6 +296,7 @@ def save_checkpoint(
     module: ContinualModule,
     cfg: ExperimentConfig,
     task: Task,
+    classes_per_task: list[int],
     tmp: Path,
 ) -> None:
     """Log a checkpoint of the model and strategy state after ``task`` (one file per task)."""
@@ -304,6 +305,7 @@ def save_checkpoint(
         "run_id": run.run_id,
         "task_index": task.index,
         "task_name": task.name,
+        "classes_per_task": classes_per_task,
         "config": to_dict(cfg),
     }
     path = tmp / name

@@ -61,7 +61,7 @@ def test_flatten_for_mlflow_params():
         (["model=resnet"], "conf/model/resnet.yaml"),
         (["strategy=[nope]"], "conf/strategy/nope.yaml"),
         (["strategies.naive.lam=3"], "strategies.naive"),
-        (["scenario=class"], "scenario"),
+        (["scenario=continual"], "scenario"),
         (["epochs"], "expected key=value"),
     ],
 )

@@ -21,6 +21,7 @@ def split(n: int) -> Split:
     return Split(
         torch.arange(n).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 28, 28).clone(),
         torch.arange(n) % 10,
+        torch.arange(n),
     )
 
 
@@ -48,12 +49,23 @@ def test_normalisation_uses_the_tasks_own_statistics():
     fashion = Task(1, "fashion_mnist", "Fashion-MNIST", 0.2860, 0.3530, s, s, s, {})
     index = torch.tensor([3, 7])
     for task in (mnist, fashion):
-        batch = TaskDataset(s, task)[index]
+        batch = TaskDataset([(s, task)], [mnist, fashion])[index]
         expected = (s.images[index].float() / 255 - task.mean) / task.std
         assert torch.allclose(batch.x, expected)
         assert batch.x.dtype == torch.float32 and batch.x.shape == (2, 1, 28, 28)
         assert torch.equal(batch.y, s.labels[index])
         assert batch.task.tolist() == [task.index] * 2
+        assert torch.equal(batch.id, s.ids[index])
+
+
+def test_mixed_tasks_keep_their_own_normalisation():
+    s = split(4)
+    a = Task(0, "a", "A", 0.1, 0.2, s, s, s, {})
+    b = Task(1, "b", "B", 0.5, 0.4, s, s, s, {})
+    batch = TaskDataset([(s, a), (s, b)], [a, b])[torch.tensor([1, 5])]
+    assert batch.task.tolist() == [0, 1]
+    assert torch.allclose(batch.x[0], (s.images[1].float() / 255 - 0.1) / 0.2)
+    assert torch.allclose(batch.x[1], (s.images[1].float() / 255 - 0.5) / 0.4)
 
 
 def test_batch_indices_shuffle_per_epoch_and_cap():
@@ -105,5 +117,5 @@ def test_real_tasks_load_with_their_sizes():
     dm.setup()
     for task in dm.tasks:
         assert (len(task.train), len(task.val), len(task.test)) == (54000, 6000, 10000)
-        x = TaskDataset(task.train, task)[torch.arange(len(task.train))].x
+        x = TaskDataset([(task.train, task)], dm.tasks)[torch.arange(len(task.train))].x
         assert abs(float(x.mean())) < 0.02 and abs(float(x.std()) - 1) < 0.02

@@ -3,78 +3,110 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pipeline.config import DataConfig
-from pipeline.data.tasks import IMAGE_SHAPE, Batch, BatchIndices, Task, TaskDataset, load_task
+from pipeline.data.tasks import (
+    IMAGE_SHAPE,
+    Batch,
+    BatchIndices,
+    Task,
+    TaskDataset,
+    load_task,
+    normalise,
+)
 
 
 class ContinualDataModule(pl.LightningDataModule):
     """Serves a sequence of tasks to a Trainer, one task at a time.
 
-    ``train_dataloader`` and ``val_dataloader`` serve the current task (``set_task``), which is
-    what a fresh Trainer fits on; :meth:`eval_loaders` serves every task of the sequence (seen
-    or not) for the evaluation after each task. The test split is only for reporting: model
-    selection and sweeps read ``val``.
+    ``train_dataloader`` serves the tasks in :attr:`train_tasks` (the current task, or every
+    task seen so far for ``joint``) and ``val_dataloader`` the current task, which is what a
+    fresh Trainer fits on; :meth:`eval_loaders` serves every task of the sequence (seen or not)
+    for the evaluation after each task. The test split is only for reporting: model selection
+    and sweeps read ``val``.
 
     Args:
-        cfg: data config (task list, batch sizes, validation fraction).
+        cfg: data config (task list, batch sizes, validation fraction, streaming).
         seed: experiment seed; fixes the training order of every task.
         max_batches: cap on training batches per epoch (0: all).
+        scenario: ``task``, ``domain`` or ``class``: sets the targets (see ``load_task``).
     """
 
-    def __init__(self, cfg: DataConfig, seed: int = 0, max_batches: int = 0) -> None:
+    def __init__(
+        self, cfg: DataConfig, seed: int = 0, max_batches: int = 0, scenario: str = "domain"
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.seed = seed
         self.max_batches = max_batches
+        self.scenario = scenario
         self.tasks: list[Task] = []
         self.current = 0
-        self._train_samplers: dict[int, BatchIndices] = {}
+        self.train_tasks: list[int] = [0]
+        self._samplers: dict[tuple[int, ...], BatchIndices] = {}
 
     def setup(self, stage: str | None = None) -> None:
         """Load every task into memory (once; later calls are no-ops)."""
-        if not self.tasks:
-            self.tasks = [load_task(i, t, self.cfg) for i, t in enumerate(self.cfg.tasks)]
+        if self.tasks:
+            return
+        offset = 0
+        for i, task_cfg in enumerate(self.cfg.tasks):
+            task = load_task(i, task_cfg, self.cfg, self.scenario, offset)
+            offset += task.num_classes
+            self.tasks.append(task)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return IMAGE_SHAPE
 
     @property
-    def num_classes(self) -> int:
-        return max(t.num_classes for t in self.tasks)
+    def classes_per_task(self) -> list[int]:
+        return [t.num_classes for t in self.tasks]
 
     def set_task(self, index: int) -> None:
-        """Make task ``index`` the one that the training and validation loaders serve."""
+        """Make task ``index`` current: the training and validation loaders serve it."""
         if not 0 <= index < len(self.tasks):
             raise IndexError(f"task {index} out of range (sequence of {len(self.tasks)})")
         self.current = index
+        self.train_tasks = [index]
 
     def train_dataloader(self) -> DataLoader[Batch]:
-        task = self.tasks[self.current]
-        # One sampler per task, kept across fits: its generator carries on from epoch to epoch.
-        sampler = self._train_samplers.setdefault(
-            task.index,
+        parts = [(self.tasks[i].train, self.tasks[i]) for i in self.train_tasks]
+        dataset = TaskDataset(parts, self.tasks)
+        key = tuple(self.train_tasks)
+        # One sampler per task set, kept across fits: its generator carries on from epoch to
+        # epoch. A stream is served once, in its order.
+        sampler = self._samplers.setdefault(
+            key,
             BatchIndices(
-                len(task.train),
+                len(dataset),
                 self.cfg.batch_size,
-                shuffle=True,
-                seed=self.seed * 1000 + task.index,
+                shuffle=not self.cfg.stream,
+                seed=self.seed * 1000 + self.current,
                 max_batches=self.max_batches,
             ),
         )
-        return DataLoader(TaskDataset(task.train, task), sampler=sampler, batch_size=None)
+        return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def val_dataloader(self) -> DataLoader[Batch]:
         return self.loader(self.tasks[self.current], "val")
 
-    def loader(self, task: Task, split: str) -> DataLoader[Batch]:
-        """An ordered evaluation loader over a task's ``train``, ``val`` or ``test`` split."""
-        data = getattr(task, split)
-        sampler = BatchIndices(len(data), self.cfg.eval_batch_size, shuffle=False)
-        return DataLoader(TaskDataset(data, task), sampler=sampler, batch_size=None)
+    def loader(self, task: Task, split: str, batch_size: int | None = None) -> DataLoader[Batch]:
+        """An ordered loader over a task's ``train``, ``val`` or ``test`` split."""
+        dataset = TaskDataset([(getattr(task, split), task)], self.tasks)
+        sampler = BatchIndices(len(dataset), batch_size or self.cfg.eval_batch_size, shuffle=False)
+        return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def eval_loaders(self, split: str) -> list[DataLoader[Batch]]:
         """One ordered loader per task of the sequence over ``split`` (``val`` or ``test``)."""
         return [self.loader(t, split) for t in self.tasks]
+
+    def batch_from(self, images: Tensor, labels: Tensor, task: Tensor, ids: Tensor) -> Batch:
+        """A batch from stored raw samples (uint8 images), normalised per task, on the
+        images' device: how rehearsal strategies replay what they kept."""
+        means = torch.tensor([t.mean for t in self.tasks], device=images.device)
+        stds = torch.tensor([t.std for t in self.tasks], device=images.device)
+        return Batch(normalise(images, task, means, stds), labels, task, ids)

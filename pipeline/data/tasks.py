@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,25 +30,35 @@ class DataError(RuntimeError):
 
 
 class Batch(NamedTuple):
-    """A training or evaluation batch: normalised images, labels, each sample's task index."""
+    """A training or evaluation batch.
+
+    Attributes:
+        x: normalised images (float, B x 1 x 28 x 28).
+        y: targets in the scenario's label space (see :func:`load_task`).
+        task: each sample's task index.
+        id: each sample's index in its original dataset split: a stable identity, used to
+            account for and erase stored samples.
+    """
 
     x: Tensor
     y: Tensor
     task: Tensor
+    id: Tensor
 
 
 @dataclass
 class Split:
-    """Images (uint8, N x 1 x 28 x 28) and labels (int64, N) of one split."""
+    """Images (uint8, N x 1 x 28 x 28), targets (int64, N) and sample ids (int64, N)."""
 
     images: Tensor
     labels: Tensor
+    ids: Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: Tensor) -> Split:
-        return Split(self.images[index], self.labels[index])
+        return Split(self.images[index], self.labels[index], self.ids[index])
 
 
 @dataclass
@@ -61,6 +72,8 @@ class Task:
         mean, std: normalisation of this task's pixels (after scaling to [0, 1]).
         train, val, test: the splits; ``val`` is carved from the original training set.
         md5: checksum of each source file (or of the generated tensors), logged with runs.
+        classes: the original labels this task keeps, in the order of its local targets.
+        offset: first target of this task in class-incremental label space (else 0).
     """
 
     index: int
@@ -72,23 +85,48 @@ class Task:
     val: Split
     test: Split
     md5: dict[str, str]
-    num_classes: int = NUM_CLASSES
+    classes: list[int] = field(default_factory=lambda: list(range(NUM_CLASSES)))
+    offset: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def normalise(images: Tensor, task: Tensor, means: Tensor, stds: Tensor) -> Tensor:
+    """uint8 images -> floats normalised with each sample's task statistics.
+
+    Args:
+        images: uint8, B x C x H x W.
+        task: task index of each sample.
+        means, stds: one entry per task of the sequence.
+    """
+    shape = (-1,) + (1,) * (images.dim() - 1)
+    return (images.float() / 255.0 - means[task].view(shape)) / stds[task].view(shape)
 
 
 class TaskDataset(Dataset[Batch]):
-    """A split of a task that returns whole batches: ``dataset[index_tensor] -> Batch``."""
+    """One or more tasks' splits that return whole batches: ``dataset[index_tensor] -> Batch``.
 
-    def __init__(self, split: Split, task: Task) -> None:
-        self.split = split
-        self.task = task
+    Several parts (``joint`` trains on all tasks seen so far) are concatenated once; each
+    sample keeps its task's normalisation.
+    """
+
+    def __init__(self, parts: list[tuple[Split, Task]], tasks: list[Task]) -> None:
+        self.images = torch.cat([s.images for s, _ in parts])
+        self.labels = torch.cat([s.labels for s, _ in parts])
+        self.ids = torch.cat([s.ids for s, _ in parts])
+        self.task = torch.cat([torch.full((len(s),), t.index) for s, t in parts])
+        self.means = torch.tensor([t.mean for t in tasks])
+        self.stds = torch.tensor([t.std for t in tasks])
 
     def __len__(self) -> int:
-        return len(self.split)
+        return int(self.labels.shape[0])
 
     def __getitem__(self, index: Tensor) -> Batch:
-        x = self.split.images[index].float().div_(255.0).sub_(self.task.mean).div_(self.task.std)
-        y = self.split.labels[index]
-        return Batch(x, y, torch.full_like(y, self.task.index))
+        task = self.task[index]
+        x = normalise(self.images[index], task, self.means, self.stds)
+        return Batch(x, self.labels[index], task, self.ids[index])
 
 
 class BatchIndices(Sampler[Tensor]):
@@ -154,13 +192,16 @@ def make_synthetic(seed: int, cfg: SyntheticConfig) -> tuple[Split, Split]:
         labels = torch.arange(n) % NUM_CLASSES
         labels = labels[torch.randperm(n, generator=g)]
         x = protos[labels] + cfg.noise * torch.randn(n, *IMAGE_SHAPE, generator=g)
-        return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+        return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), labels, torch.arange(n))
 
     return sample(cfg.n_train), sample(cfg.n_test)
 
 
-def _load_torchvision(cfg: TaskConfig, root: Path) -> tuple[Split, Split, dict[str, str]]:
-    spec = DATASETS[cfg.dataset]
+@lru_cache(maxsize=4)
+def _load_torchvision(dataset: str, root: Path) -> tuple[Split, Split, dict[str, str]]:
+    """The verified train and test splits of a torchvision dataset (cached: Split MNIST and
+    Permuted MNIST read MNIST once, not once per task)."""
+    spec = DATASETS[dataset]
     md5 = verify(spec, root)
     if md5 is None:
         raise DataError(
@@ -169,16 +210,46 @@ def _load_torchvision(cfg: TaskConfig, root: Path) -> tuple[Split, Split, dict[s
         )
     import torchvision.datasets as tvd  # deferred: torchvision import costs ~1 s
 
-    cls = tvd.MNIST if cfg.dataset == "mnist" else tvd.FashionMNIST
+    cls = tvd.MNIST if dataset == "mnist" else tvd.FashionMNIST
     splits = []
     for train in (True, False):
         ds = cls(str(root), train=train, download=False)
-        splits.append(Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long()))
+        images = ds.data.unsqueeze(1).contiguous()
+        splits.append(Split(images, ds.targets.long(), torch.arange(len(images))))
     return splits[0], splits[1], md5
 
 
-def load_task(index: int, cfg: TaskConfig, data: DataConfig) -> Task:
-    """Load (or generate) one task and carve its validation split.
+def _transform(split: Split, cfg: TaskConfig) -> Split:
+    """Apply the task's fixed input transform (pixel permutation or rotation) to a split."""
+    images = split.images
+    if cfg.permutation >= 0:
+        g = torch.Generator().manual_seed(cfg.permutation)
+        perm = torch.randperm(images[0].numel(), generator=g)
+        images = images.flatten(1)[:, perm].view_as(images)
+    if cfg.rotation:
+        from torchvision.transforms.v2.functional import rotate
+
+        images = rotate(images, cfg.rotation)
+    return Split(images.contiguous(), split.labels, split.ids)
+
+
+def _select_classes(split: Split, classes: list[int], offset: int) -> Split:
+    """Keep the samples of ``classes`` and map their labels to ``offset + position``."""
+    lookup = torch.full((int(split.labels.max()) + 1,), -1, dtype=torch.long)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes)) + offset
+    targets = lookup[split.labels]
+    keep = targets >= 0
+    return Split(split.images[keep], targets[keep], split.ids[keep])
+
+
+def load_task(
+    index: int, cfg: TaskConfig, data: DataConfig, scenario: str = "domain", offset: int = 0
+) -> Task:
+    """Load (or generate) one task, apply its transform and class subset, carve validation.
+
+    Targets depend on the scenario: the position of the label in ``cfg.classes`` for
+    ``domain`` and ``task`` (Split MNIST's 4/5 task becomes 0/1), and ``offset`` + that
+    position for ``class`` (MNIST 0-9, then Fashion-MNIST 10-19).
 
     Raises:
         DataError: the dataset's files are missing or fail their MD5 check.
@@ -189,10 +260,13 @@ def load_task(index: int, cfg: TaskConfig, data: DataConfig) -> Task:
         scaled = train.images.float() / 255
         mean, std, display = float(scaled.mean()), float(scaled.std()), f"Synthetic-{cfg.seed}"
     else:
-        train, test, md5 = _load_torchvision(cfg, Path(data.root))
+        train, test, md5 = _load_torchvision(cfg.dataset, Path(data.root))
         spec = DATASETS[cfg.dataset]
         # A dataset used twice in one sequence is told apart by its task name.
         display = spec.display if cfg.name == cfg.dataset else cfg.name
         mean, std = spec.mean, spec.std
+    classes = list(cfg.classes) or list(range(NUM_CLASSES))
+    offset = offset if scenario == "class" else 0
+    train, test = (_select_classes(_transform(s, cfg), classes, offset) for s in (train, test))
     train, val = carve_validation(train, data.val_fraction, data.split_seed)
-    return Task(index, cfg.name, display, mean, std, train, val, test, md5)
+    return Task(index, cfg.name, display, mean, std, train, val, test, md5, classes, offset)

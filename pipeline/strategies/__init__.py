@@ -1,8 +1,15 @@
-"""Strategies against forgetting, registered by name (see :mod:`pipeline.strategies.base`)."""
+"""Strategies against forgetting, registered by name (see :mod:`pipeline.strategies.base`).
 
-from pipeline.strategies import naive  # noqa: F401  (registers the strategy)
+Every module of this package is imported here, so a new strategy is one file with a
+``@register``-ed class (plus its ``conf/strategy/<name>.yaml``); nothing else changes.
+"""
+
+import importlib
+import pkgutil
+
 from pipeline.strategies.base import (
     REGISTRY,
+    Retention,
     Strategy,
     TaskContext,
     build_strategies,
@@ -10,4 +17,16 @@ from pipeline.strategies.base import (
     register,
 )
 
-__all__ = ["REGISTRY", "Strategy", "TaskContext", "build_strategies", "parse_params", "register"]
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = [
+    "REGISTRY",
+    "Retention",
+    "Strategy",
+    "TaskContext",
+    "build_strategies",
+    "parse_params",
+    "register",
+]

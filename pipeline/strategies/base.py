@@ -20,11 +20,15 @@ hook                          when / what it returns
                               (Fisher information, anchors, buffer updates)
 ``state_dict()`` / ``load_state_dict(s)``  saved into and restored from every checkpoint
 ============================  ===============================================================
+
+Besides the hooks, a strategy declares what it keeps (``keeps_raw_data``, :meth:`retention`:
+the retention ledger), and refuses a setting it cannot work in before anything trains
+(:meth:`check_config`: a scenario, streaming, ``retention: none``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -36,6 +40,7 @@ from pipeline.config import ConfigError
 from pipeline.data.tasks import Batch, Task
 
 if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
     from pipeline.data.datamodule import ContinualDataModule
     from pipeline.module import ContinualModule
 
@@ -43,6 +48,32 @@ if TYPE_CHECKING:
 @dataclass
 class NoParams:
     """Hyperparameters of a strategy that has none."""
+
+
+@dataclass
+class Retention:
+    """What a strategy keeps across task boundaries (one entry of the retention ledger).
+
+    Attributes:
+        raw_samples: raw training samples kept, per task name.
+        raw_bytes: bytes of those samples (images, labels and anything stored with them).
+        state_bytes: bytes of derived state (Fisher matrices, importances, old model copies).
+    """
+
+    raw_samples: dict[str, int] = field(default_factory=dict)
+    raw_bytes: int = 0
+    state_bytes: int = 0
+
+
+def tensor_bytes(tree: Any) -> int:
+    """Bytes of every tensor in a nested dict/list/tuple (e.g. a ``state_dict()``)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, list | tuple):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
 
 
 @dataclass
@@ -74,9 +105,39 @@ class Strategy:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    #: True when the strategy keeps raw training samples across task boundaries.
+    keeps_raw_data: ClassVar[bool] = False
+    #: Scenarios the strategy can work in.
+    scenarios: ClassVar[tuple[str, ...]] = ("task", "domain", "class")
 
     def __init__(self, params: Any) -> None:
         self.params = params
+
+    @classmethod
+    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+        """Refuse, before training, a setting this strategy cannot work in.
+
+        Raises:
+            ConfigError: one line saying why.
+        """
+        if cfg.scenario not in cls.scenarios:
+            raise ConfigError(
+                f"strategy: '{cls.name}' does not work in the {cfg.scenario}-incremental "
+                f"scenario (it works in: {', '.join(cls.scenarios)})"
+            )
+        if cls.keeps_raw_data and cfg.retention == "none":
+            raise ConfigError(
+                f"strategy: '{cls.name}' keeps raw training samples, which retention=none forbids"
+            )
+
+    def retention(self) -> Retention:
+        """What this strategy keeps now (default: no raw samples; its state's tensors)."""
+        return Retention(state_bytes=tensor_bytes(self.state_dict()))
+
+    def erase(self, task: int, ids: torch.Tensor) -> int:
+        """Forget the stored samples of task ``task`` with these sample ids (the right to
+        erasure). Returns how many were removed; a strategy that keeps none removes none."""
+        return 0
 
     def on_task_start(self, ctx: TaskContext) -> None:
         """Called before training on ``ctx.task``."""

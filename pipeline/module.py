@@ -50,6 +50,7 @@ class ContinualModule(pl.LightningModule):
         self.check_finite_every = check_finite_every
         self.ctx: TaskContext | None = None
         self.extra_checkpoint: dict[str, Any] = {}
+        self.samples_trained = 0  # this task's samples, after the strategies' transforms
 
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
         return self.model(x, task)
@@ -58,6 +59,7 @@ class ContinualModule(pl.LightningModule):
     def start_task(self, ctx: TaskContext) -> None:
         """Enter a task: the head makes room for it, then every strategy's ``on_task_start``."""
         self.ctx = ctx
+        self.samples_trained = 0
         self.model.head.start_task(ctx.index)
         for s in self.strategies:
             s.on_task_start(ctx)
@@ -72,6 +74,7 @@ class ContinualModule(pl.LightningModule):
         assert self.ctx is not None, "start_task() must be called before fit()"
         for s in self.strategies:
             batch = s.transform_batch(batch, self.ctx)
+        self.samples_trained += int(batch.y.shape[0])
         logits = self.model(batch.x, batch.task)
         loss = F.cross_entropy(logits, batch.y)
         total = loss

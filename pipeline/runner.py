@@ -12,7 +12,7 @@ import pickle
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,27 @@ from pipeline.data.tasks import IMAGE_SHAPE, Task
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.report import heatmap
-from pipeline.strategies import TaskContext, build_strategies
+from pipeline.strategies import Strategy, TaskContext, build_strategies
 from pipeline.tracking import Run, TaskLogger, git_commit, package_versions, scratch_dir
 
 SPLITS = ("val", "test")  # val: model selection and sweeps; test: reporting only
+
+
+@dataclass
+class TaskRecord:
+    """What training one task cost and what the strategies kept afterwards.
+
+    Attributes:
+        train_seconds: training time (validation excluded).
+        samples: samples trained on, after the strategies' transforms (replay adds some).
+        wall_seconds: the whole task: training, validation, hooks, evaluation of every task.
+        retention: the retention ledger after the task (:func:`ledger`).
+    """
+
+    train_seconds: float
+    samples: int
+    wall_seconds: float
+    retention: dict[str, Any]
 
 
 @dataclass
@@ -44,8 +61,7 @@ class SequenceResult:
         matrix: per split, the accuracy matrix R[i][j] (after task i, on task j).
         init: per split, the untrained model's accuracy on each task (for FWT).
         summary: per split, the summary metrics of :func:`pipeline.metrics.summarize`.
-        train_seconds: training time of each task (validation excluded).
-        train_samples: training samples processed in each task.
+        records: per task, its cost and retention ledger.
     """
 
     run_id: str
@@ -55,31 +71,45 @@ class SequenceResult:
     matrix: dict[str, np.ndarray]
     init: dict[str, list[float]]
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
-    train_seconds: list[float] = field(default_factory=list)
-    train_samples: list[int] = field(default_factory=list)
+    records: list[TaskRecord] = field(default_factory=list)
+
+    @property
+    def train_seconds(self) -> list[float]:
+        return [r.train_seconds for r in self.records]
+
+    @property
+    def train_samples(self) -> list[int]:
+        return [r.samples for r in self.records]
+
+
+def ledger(strategies: list[Strategy]) -> dict[str, Any]:
+    """The retention ledger: raw samples kept (per task), their bytes, derived-state bytes."""
+    raw: dict[str, int] = {}
+    raw_bytes = state_bytes = 0
+    for s in strategies:
+        r = s.retention()
+        for name, n in r.raw_samples.items():
+            raw[name] = raw.get(name, 0) + n
+        raw_bytes += r.raw_bytes
+        state_bytes += r.state_bytes
+    return {
+        "raw_samples": sum(raw.values()),
+        "raw_from": raw,
+        "raw_bytes": raw_bytes,
+        "state_bytes": state_bytes,
+    }
 
 
 class TrainTimer(Callback):
-    """Training wall time and samples of one ``fit``, with the validation passes left out."""
+    """Training wall time of one ``fit``, with the validation passes left out."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self.samples = 0
         self._start = self._val_start = 0.0
         self._val = 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start, self._val = time.perf_counter(), 0.0
-
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        self.samples += int(batch.y.shape[0])
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_start = time.perf_counter()
@@ -210,9 +240,14 @@ def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> Seq
             acc = evaluate(module, data, device)
             for s in SPLITS:
                 rows[s].append(acc[s])
-            result.train_seconds.append(timer.seconds)
-            result.train_samples.append(timer.samples)
-            log_task(run, task, data.tasks, rows, timer, time.perf_counter() - started)
+            record = TaskRecord(
+                timer.seconds,
+                module.samples_trained,
+                time.perf_counter() - started,
+                ledger(module.strategies),
+            )
+            result.records.append(record)
+            log_task(run, task, data.tasks, rows, record)
             if cfg.tracking.log_checkpoints:
                 save_checkpoint(run, trainer, module, cfg, task, data.classes_per_task, tmp)
         result.matrix = {s: np.array(rows[s]) for s in SPLITS}
@@ -268,10 +303,10 @@ def log_task(
     task: Task,
     tasks: list[Task],
     rows: dict[str, list[list[float]]],
-    timer: TrainTimer,
-    wall_seconds: float,
+    record: TaskRecord,
 ) -> None:
-    """Accuracy on every task after ``task`` (step = its index), running ACC, time per task.
+    """Everything known after ``task``, at step = its index: accuracy on every task, the
+    running average accuracy, time and samples, the retention ledger.
 
     ``time/train_s`` is training alone; ``time/task_wall_s`` adds the per-epoch validation, the
     strategies' task hooks and the evaluation of every task.
@@ -281,11 +316,16 @@ def log_task(
     for s in SPLITS:
         values |= {f"acc/{t.name}/{s}": rows[s][-1][t.index] for t in tasks}
         values[f"avg_acc/{s}"] = metrics.average_accuracy(np.array(rows[s]), step)
+    kept = record.retention
     values |= {
-        "time/train_s": timer.seconds,
-        "time/task_wall_s": wall_seconds,
-        "train/samples": timer.samples,
-        "train/samples_per_s": timer.samples / max(timer.seconds, 1e-9),
+        "time/train_s": record.train_seconds,
+        "time/task_wall_s": record.wall_seconds,
+        "train/samples": record.samples,
+        "train/samples_per_s": record.samples / max(record.train_seconds, 1e-9),
+        "retention/raw_samples": kept["raw_samples"],
+        "retention/raw_bytes": kept["raw_bytes"],
+        "retention/state_bytes": kept["state_bytes"],
+        **{f"retention/raw_from/{t.name}": kept["raw_from"].get(t.name, 0) for t in tasks},
     }
     run.log_metrics(values, step=step)
 
@@ -324,6 +364,10 @@ def log_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None
             for j, n in enumerate(result.tasks)
         }
         | {"time/train_total_s": sum(result.train_seconds)}
+    )
+    run.log_json(
+        [{"task": n, **asdict(r)} for n, r in zip(result.tasks, result.records, strict=True)],
+        "retention.json",
     )
     run.log_json(
         {

@@ -1,0 +1,51 @@
+"""Joint training: retrain on all the data seen so far (the upper bound, and the thread's
+"why not just retrain on all the data?" baseline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.strategies.base import Retention, Strategy, TaskContext, register
+
+
+@register
+class Joint(Strategy):
+    """At task ``k``, train on the union of the training sets of tasks ``0..k``.
+
+    It keeps every raw sample of every earlier task, which is exactly what privacy law may
+    forbid, and its compute grows with the sequence: the retention ledger shows both.
+    """
+
+    name = "joint"
+    keeps_raw_data = True
+
+    def __init__(self, params: Any) -> None:
+        super().__init__(params)
+        self.kept: dict[str, tuple[int, int]] = {}  # task name -> (samples, bytes)
+
+    @classmethod
+    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+        super().check_config(params, cfg)
+        if cfg.data.stream:
+            raise ConfigError("strategy: 'joint' re-reads earlier tasks, a stream is seen once")
+
+    def on_task_start(self, ctx: TaskContext) -> None:
+        ctx.datamodule.train_tasks = list(range(ctx.index + 1))
+
+    def on_task_end(self, ctx: TaskContext) -> None:
+        split = ctx.task.train
+        nbytes = sum(t.numel() * t.element_size() for t in (split.images, split.labels, split.ids))
+        self.kept[ctx.task.name] = (len(split), nbytes)
+
+    def retention(self) -> Retention:
+        return Retention(
+            raw_samples={k: n for k, (n, _) in self.kept.items()},
+            raw_bytes=sum(b for _, b in self.kept.values()),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kept": {k: list(v) for k, v in self.kept.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kept = {k: (int(v[0]), int(v[1])) for k, v in state["kept"].items()}

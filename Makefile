@@ -12,13 +12,16 @@ STAMP := $(VENV)/.installed
 
 EXP ?= seed_forgetting
 ARGS ?=
+STRATEGIES ?= all
+SEEDS ?= 3
 DATA ?= data
 
-.PHONY: help install data forget run test test-slow lint format bench ui clean
+.PHONY: help install data forget run compare test test-slow lint format bench ui clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: EXP=<conf/experiment name> ARGS=\"key=value ...\" DATA=<data dir>"
+	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 (compare)"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -38,6 +41,9 @@ forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain f
 
 run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..."
 	$(PY) -m pipeline run $(EXP) $(ARGS)
+
+compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run
+	$(PY) -m pipeline compare $(EXP) --strategies $(STRATEGIES) --seeds $(SEEDS) data.root=$(DATA) $(ARGS)
 
 test: lint ## lint, then the test suite (synthetic data, about a minute; real data: `make test-slow`)
 	$(PY) -m pytest -m "not slow" -q

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline.config import ConfigError, available, compose, to_yaml
 
@@ -50,6 +51,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     _print_result(result, cfg.tracking.store)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.compare import compare, default_strategies, format_text, table
+    from pipeline.data.tasks import DataError
+    from pipeline.module import DivergenceError
+    from pipeline.tracking import ui_url
+
+    names = default_strategies() if args.strategies == "all" else args.strategies.split(",")
+    seeds = list(range(args.seeds))
+    print(f"comparing {', '.join(names)} on {args.experiment}, seeds {seeds}")
+    try:
+        c = compare(
+            args.experiment, names, seeds, args.overrides, Path(args.out) if args.out else None
+        )
+    except (DataError, DivergenceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print()
+    print(format_text(table(c)))
+    for name, why in c.skipped.items():
+        print(f"not run: {name}: {why}")
+    first = c.rows[0].results[0]
+    print(f"\nreport: {c.report_dir}/report.md (with table.txt and the plots)")
+    print(
+        f"MLflow parent run {c.parent_run_id}: make ui, then "
+        f"{ui_url(first.experiment_id, c.parent_run_id)}"
+    )
     return 0
 
 
@@ -104,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
             help="overrides: trainer.epochs=1, model=mlp, strategy=[naive] ...",
         )
         p.set_defaults(fn=fn)
+    p = sub.add_parser("compare", help="compare strategies over seeds (table, report, plots)")
+    p.add_argument("experiment", help=f"file in conf/experiment/ ({experiments})")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
+    p.add_argument(
+        "--strategies",
+        default="all",
+        help="comma-separated names, a+b for a combination, or all (default)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--out", default="", help="report folder (default reports/compare-...)")
+    p.set_defaults(fn=cmd_compare)
     # `data` is handed whole to the provisioning CLI (its own --help), see main().
     sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
     p = sub.add_parser("ui", help="serve the MLflow UI over the project's store")
@@ -120,7 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.data.provision import main as provision_main
 
         return provision_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options (`compare EXP --seeds 1 trainer.epochs=1`); argparse
+    # leaves those over as unknown, so take them back when they look like key=value.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.fn(args))
     except ConfigError as e:

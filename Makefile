@@ -60,8 +60,9 @@ format: install ## apply ruff's formatting and import order
 	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
 	$(VENV)/bin/ruff format pipeline tests benchmarks
 
-bench: install data ## training samples/s: the pipeline against a bare PyTorch loop
-	$(PY) benchmarks/throughput.py --root $(DATA) $(ARGS)
+bench: install data ## samples/s of the pipeline vs a bare PyTorch loop; strategy cost vs naive
+	$(PY) benchmarks/throughput.py --root $(DATA)
+	$(PY) benchmarks/strategy_cost.py --root $(DATA) $(ARGS)
 
 ui: install ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
 	$(PY) -m pipeline ui --store mlruns

@@ -147,16 +147,22 @@ class DataConfig:
                 "data.benchmark",
                 f"'{self.benchmark}' is not one of {', '.join(BENCHMARKS)}",
             )
-            _check(not self.tasks, "data.benchmark", "set data.benchmark or data.tasks, not both")
+            _check(self.n_tasks >= 1, "data.n_tasks", "must be >= 1")
             _check(
-                1 <= self.n_tasks <= 10 or self.benchmark != "split_mnist",
+                self.n_tasks <= 10 or self.benchmark != "split_mnist",
                 "data.n_tasks",
                 "Split MNIST has 1 to 10 tasks",
             )
-            _check(self.n_tasks >= 1, "data.n_tasks", "must be >= 1")
-            self.tasks = benchmark_tasks(self.benchmark, self.n_tasks, self.benchmark_seed)
-            for task in self.tasks:
+            expanded = benchmark_tasks(self.benchmark, self.n_tasks, self.benchmark_seed)
+            for task in expanded:
                 task.check()
+            # A resolved config (config.yaml of a run, a checkpoint) holds both: they must agree.
+            _check(
+                not self.tasks or self.tasks == expanded,
+                "data.benchmark",
+                "set data.benchmark or data.tasks, not both",
+            )
+            self.tasks = expanded
         _check(len(self.tasks) >= 1, "data.tasks", "the sequence needs at least one task")
         names = [t.name for t in self.tasks]
         _check(

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import small_synthetic
@@ -167,3 +168,28 @@ def test_stream_sees_each_sample_once_in_order(store, monkeypatch):
     dm = ContinualDataModule(cfg.data)
     dm.setup()
     assert torch.equal(first_task, dm.tasks[0].train.ids)  # stream order, no shuffling
+
+
+def test_resolved_benchmark_config_reads_back():
+    from pipeline.config import from_dict, to_dict
+
+    cfg = compose("split_mnist")
+    assert from_dict(to_dict(cfg)).data.tasks == cfg.data.tasks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_split_mnist_runs_in_every_scenario(scenario, store):
+    cfg = compose(
+        "split_mnist",
+        [
+            f"scenario={scenario}",
+            f"tracking.store={store}",
+            "trainer.epochs=1",
+            "trainer.max_batches=20",
+            "trainer.progress_bar=false",
+        ],
+    )
+    R = run_sequence(cfg).matrix["test"]
+    assert R.shape == (5, 5)
+    assert np.diag(R).min() > (0.6 if scenario != "class" else 0.5)

@@ -16,7 +16,7 @@ STRATEGIES ?= all
 SEEDS ?= 3
 DATA ?= data
 
-.PHONY: help install data forget run compare test test-slow lint format bench ui clean
+.PHONY: help install data forget run compare erase test test-slow lint format bench ui clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +44,9 @@ run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..."
 
 compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run
 	$(PY) -m pipeline compare $(EXP) --strategies $(STRATEGIES) --seeds $(SEEDS) data.root=$(DATA) $(ARGS)
+
+erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...>
+	$(PY) -m pipeline erase $(RUN) --task $(TASK) --ids $(IDS)
 
 test: lint ## lint, then the test suite (synthetic data, about a minute; real data: `make test-slow`)
 	$(PY) -m pytest -m "not slow" -q

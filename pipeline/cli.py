@@ -83,6 +83,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    from pipeline.erasure import ErasureError, erase
+
+    try:
+        ids = [int(x) for x in args.ids.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--ids: expected comma-separated integers, got '{args.ids}'") from None
+    try:
+        record = erase(args.store, args.run, args.task, ids)
+    except ErasureError as e:
+        raise ConfigError(str(e)) from e
+    for name, n in record["removed"].items():
+        print(f"{name}: removed {n} stored sample(s)")
+    print(f"recorded in run {args.run}: erasures.json, retention/erased_samples")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(to_yaml(compose(args.experiment, args.overrides)), end="")
     return 0
@@ -145,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--out", default="", help="report folder (default reports/compare-...)")
     p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("erase", help="erase samples from every checkpoint of a run")
+    p.add_argument("run", help="MLflow run id")
+    p.add_argument("--task", required=True, help="task name (e.g. mnist)")
+    p.add_argument("--ids", required=True, help="comma-separated sample ids")
+    p.add_argument("--store", default="mlruns")
+    p.set_defaults(fn=cmd_erase)
     # `data` is handed whole to the provisioning CLI (its own --help), see main().
     sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
     p = sub.add_parser("ui", help="serve the MLflow UI over the project's store")

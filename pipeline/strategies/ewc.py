@@ -1,0 +1,111 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in
+neural networks", PNAS 114(13))."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.strategies._anchor import (
+    AnchorStrategy,
+    per_sample_grad_mean,
+    require,
+    snapshot,
+    task_batches,
+    trainable,
+)
+from pipeline.strategies.base import TaskContext, register
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+
+
+def _sample_nll(logits: Tensor, target: Tensor) -> Tensor:
+    """``-log p(y | x)`` of one sample (logits of shape (classes,), 0-dim target)."""
+    return F.cross_entropy(logits.unsqueeze(0), target.unsqueeze(0))
+
+
+def empirical_fisher(model: nn.Module, ctx: TaskContext, samples: int) -> dict[str, Tensor]:
+    """Diagonal empirical Fisher of the task that just ended, at the current weights.
+
+    ``F_i = 1/N sum_n (d log p(y_n | x_n; theta) / d theta_i)^2`` over the first ``samples``
+    training samples of ``ctx.task`` (in the split's fixed order), with the true labels ``y_n``
+    and exact per-sample gradients (``torch.func`` vmap). Not the squared mini-batch gradient
+    some libraries use (Avalanche), which is about ``1/batch_size`` of this once the task is
+    fitted and the batch mean gradient is near zero.
+
+    Returns:
+        ``F`` per trainable parameter name, non-negative, on the model's device.
+    """
+    return per_sample_grad_mean(
+        model, task_batches(ctx), ctx.device, _sample_nll, lambda g: g.square(), samples
+    )
+
+
+@dataclass
+class EWCParams:
+    """Hyperparameters of EWC.
+
+    Attributes:
+        lam: lambda of Kirkpatrick's loss ``L_B + sum_i lam/2 F_i (theta_i - theta*_A,i)^2``:
+            the 1/2 is inside (the penalty's gradient is ``lam F (theta - theta*)``). Avalanche's
+            ``ewc_lambda`` has no 1/2 and a batch-gradient Fisher: its 1e4 is of the order of
+            our 1e2 (see :func:`empirical_fisher`).
+        fisher_samples: training samples of each task the Fisher is estimated on.
+    """
+
+    lam: float = 1000.0
+    fisher_samples: int = 10000
+
+
+def check_fisher_params(name: str, params: Any) -> None:
+    """Value rules shared by EWC and online EWC (one-line ``ConfigError`` naming the key)."""
+    require(params.lam >= 0, name, "lam", f"must be >= 0, got {params.lam}")
+    require(
+        params.fisher_samples >= 1,
+        name,
+        "fisher_samples",
+        f"must be >= 1, got {params.fisher_samples}",
+    )
+
+
+@register
+class EWC(AnchorStrategy):
+    """Elastic Weight Consolidation, multi-penalty form (Kirkpatrick et al. 2017).
+
+    After each task ``t`` the diagonal empirical Fisher ``F_t`` is computed once, on the task's
+    training data (:func:`empirical_fisher`), and the weights ``theta*_t`` are kept; while
+    learning later tasks the loss gets
+
+        penalty = lam/2 * sum_t sum_i F_t,i (theta_i - theta*_t,i)^2,
+
+    one quadratic per past task. The sum over tasks is stored in its equivalent summed form
+    (``A = sum_t F_t``, ``mu = sum_t F_t theta*_t / A`` and a scalar constant: see
+    :meth:`QuadraticAnchor.accumulate`), which has exactly the same value and gradient and
+    constant memory: two tensors per parameter however many tasks have passed.
+    """
+
+    name = "ewc"
+    Params = EWCParams
+
+    @classmethod
+    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+        super().check_config(params, cfg)
+        check_fisher_params(cls.name, params)
+
+    @property
+    def scale(self) -> float:
+        return self.params.lam / 2.0
+
+    def on_task_end(self, ctx: TaskContext) -> None:
+        """Fisher of the task just learned, anchored at the weights it ended with."""
+        model = ctx.module.model
+        fisher = empirical_fisher(model, ctx, self.params.fisher_samples)
+        self.quad.accumulate(fisher, snapshot(trainable(model)))
+        self.tasks_seen += 1
+
+
+__all__ = ["EWC", "EWCParams", "check_fisher_params", "empirical_fisher"]

@@ -1,0 +1,68 @@
+"""Online EWC (Schwarz et al. 2018, "Progress & Compress: A scalable framework for continual
+learning", ICML)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline.strategies._anchor import AnchorStrategy, require, snapshot, trainable
+from pipeline.strategies.base import TaskContext, register
+from pipeline.strategies.ewc import check_fisher_params, empirical_fisher
+
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+
+
+@dataclass
+class OnlineEWCParams:
+    """Hyperparameters of online EWC.
+
+    Attributes:
+        lam: weight of the penalty ``lam/2 * sum_i F_i (theta_i - theta*_i)^2`` (1/2 inside).
+        gamma: decay of the running Fisher, in (0, 1]; 1 sums the tasks' Fishers.
+        fisher_samples: training samples of each task the Fisher is estimated on.
+    """
+
+    lam: float = 1000.0
+    gamma: float = 1.0
+    fisher_samples: int = 10000
+
+
+@register
+class OnlineEWC(AnchorStrategy):
+    """Online EWC: one running Fisher and one anchor, whatever the number of tasks.
+
+    At the end of task ``t``: ``F <- gamma * F + F_t`` (``F_t`` the empirical Fisher of the task,
+    see :func:`pipeline.strategies.ewc.empirical_fisher`) and ``theta* <- theta`` (the weights
+    after the task). While learning the next tasks:
+
+        penalty = lam/2 * sum_i F_i (theta_i - theta*_i)^2.
+
+    Schwarz et al. write the penalty with ``gamma * F``; that is this one with ``lam * gamma``.
+    Unlike EWC's multi-penalty form, the older tasks are pulled towards the latest weights.
+    """
+
+    name = "online_ewc"
+    Params = OnlineEWCParams
+
+    @classmethod
+    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+        super().check_config(params, cfg)
+        check_fisher_params(cls.name, params)
+        require(0 < params.gamma <= 1, cls.name, "gamma", f"must be in (0, 1], got {params.gamma}")
+
+    @property
+    def scale(self) -> float:
+        return self.params.lam / 2.0
+
+    def on_task_end(self, ctx: TaskContext) -> None:
+        """Decay the running Fisher, add this task's, re-anchor at the current weights."""
+        model = ctx.module.model
+        fisher = empirical_fisher(model, ctx, self.params.fisher_samples)
+        old = self.quad.importance
+        if old is not None:
+            gamma = self.params.gamma
+            fisher = {n: gamma * old[n].to(f) + f for n, f in fisher.items()}
+        self.quad.set(fisher, snapshot(trainable(model)))
+        self.tasks_seen += 1

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from pipeline.runner import load_checkpoint
-from pipeline.tracking import client_for
+from pipeline.tracking import client_for, local_path
 
 ERASURES = "erasures.json"
 
@@ -44,7 +44,7 @@ def erase(store: str | Path, run_id: str, task: str, ids: Sequence[int]) -> dict
         run = client.get_run(run_id)
     except Exception as e:  # MlflowException: the id is not in this store
         raise ErasureError(f"no run {run_id} in the store {store}/") from e
-    art = Path(run.info.artifact_uri.removeprefix("file://"))
+    art = local_path(run.info.artifact_uri)
     paths = sorted((art / "checkpoints").glob("*.ckpt"))
     if not paths:
         raise ErasureError(f"run {run_id} has no checkpoints to erase from")

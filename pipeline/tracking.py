@@ -28,6 +28,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.file_utils import local_file_uri_to_path
 
 from pipeline.config import REPO_ROOT
 
@@ -66,6 +67,11 @@ def ensure_experiment(client: MlflowClient, name: str, store: str | Path) -> str
         return str(exp.experiment_id)
     location = (artifact_root(store) / name).as_uri()
     return str(client.create_experiment(name, artifact_location=location))
+
+
+def local_path(artifact_uri: str) -> Path:
+    """Local folder of a run's artifacts (``file://`` URI; the store is on this machine)."""
+    return Path(local_file_uri_to_path(artifact_uri))
 
 
 def ui_url(experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
@@ -173,11 +179,6 @@ class Run:
 
     def log_figure(self, figure: Any, name: str) -> None:
         self.client.log_figure(self.run_id, figure, name)
-
-    def artifact_dir(self) -> Path:
-        """Local folder of this run's artifacts (the store is on this machine)."""
-        uri = self.client.get_run(self.run_id).info.artifact_uri
-        return Path(uri.removeprefix("file://"))
 
 
 def _now_ms() -> int:

@@ -10,7 +10,7 @@ from conftest import small_synthetic
 from pipeline.module import ContinualModule, DivergenceError
 from pipeline.runner import load_checkpoint, run_sequence
 from pipeline.strategies import REGISTRY, Strategy
-from pipeline.tracking import client_for
+from pipeline.tracking import client_for, local_path
 
 
 @dataclass
@@ -114,7 +114,7 @@ def test_optimizer_is_fresh_per_task(toy, store, monkeypatch):
 
 def test_strategy_state_in_checkpoint(toy, store):
     result = run_sequence(toy_cfg(store))
-    art = Path(client_for(store).get_run(result.run_id).info.artifact_uri.removeprefix("file://"))
+    art = local_path(client_for(store).get_run(result.run_id).info.artifact_uri)
     module, _, _ = load_checkpoint(art / "checkpoints/task00-synthetic0.ckpt")
     assert module.strategies[0].steps == 5  # restored from the task-0 checkpoint
     module, _, _ = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")

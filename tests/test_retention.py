@@ -9,7 +9,7 @@ from pipeline.config import ConfigError, compose
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.runner import run_sequence
 from pipeline.strategies import REGISTRY
-from pipeline.tracking import client_for
+from pipeline.tracking import client_for, local_path
 
 TINY = (
     "trainer.epochs=1",
@@ -22,7 +22,7 @@ TINY = (
 
 def written_bytes(store: Path, run_id: str) -> list[bytes]:
     run = client_for(store).get_run(run_id)
-    art = Path(run.info.artifact_uri.removeprefix("file://"))
+    art = local_path(run.info.artifact_uri)
     files = [p for p in art.rglob("*") if p.is_file()]
     assert any(p.suffix == ".ckpt" for p in files)
     return [p.read_bytes() for p in files]
@@ -73,7 +73,7 @@ def test_erasure_removes_samples_from_every_checkpoint(tmp_path, capsys):
     store = tmp_path / "mlruns"
     cfg = small_synthetic(store, "strategy=[replay]", "strategies.replay.size=50", *TINY)
     result = run_sequence(cfg)
-    art = Path(client_for(store).get_run(result.run_id).info.artifact_uri.removeprefix("file://"))
+    art = local_path(client_for(store).get_run(result.run_id).info.artifact_uri)
     ckpts = sorted((art / "checkpoints").glob("*.ckpt"))
 
     def stored_ids(path: Path) -> set[int]:

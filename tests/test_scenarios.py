@@ -12,7 +12,7 @@ from pipeline.config import ConfigError, compose
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.models import IncrementalHead, MultiHead, SharedHead, build_model
 from pipeline.runner import run_sequence
-from pipeline.tracking import client_for
+from pipeline.tracking import client_for, local_path
 
 FAST = (
     "trainer.epochs=1",
@@ -123,7 +123,7 @@ def test_joint_trains_on_everything_seen_and_reports_what_it_keeps(store):
     assert second.retention["raw_bytes"] > 900 * 2 * 784
     run = client_for(store).get_run(result.run_id)
     assert run.data.metrics["retention/raw_samples"] == 1800
-    art = Path(run.info.artifact_uri.removeprefix("file://"))
+    art = local_path(run.info.artifact_uri)
     ledger = json.loads((art / "retention.json").read_text())
     assert [r["task"] for r in ledger] == ["synthetic0", "synthetic1"]
 

@@ -4,7 +4,6 @@ tiny hand-made models, their state round trip, their config checks, and a short 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,7 +21,7 @@ from pipeline.strategies import REGISTRY, Strategy, build_strategies
 from pipeline.strategies._anchor import trainable
 from pipeline.strategies.ewc import empirical_fisher
 from pipeline.strategies.mas import output_sensitivity
-from pipeline.tracking import client_for
+from pipeline.tracking import client_for, local_path
 
 NAMES = ["ewc", "online_ewc", "si", "mas", "l2"]
 CPU = torch.device("cpu")
@@ -425,7 +424,7 @@ def test_forgets_less_than_naive_on_synthetic_tasks(
 def test_checkpoint_restores_the_penalty(synthetic_runs: dict[str, Any]) -> None:
     result = synthetic_runs["ewc"]
     run = client_for(synthetic_runs["store"]).get_run(result.run_id)
-    art = Path(run.info.artifact_uri.removeprefix("file://"))
+    art = local_path(run.info.artifact_uri)
     module, _, _ = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
     strategy = module.strategies[0]
     assert strategy.state_dict()["tasks_seen"] == 2

@@ -23,7 +23,7 @@ from pipeline.strategies import REGISTRY, Strategy, TaskContext, parse_params
 from pipeline.strategies.agem import project
 from pipeline.strategies.buffer import ReservoirBuffer, water_fill
 from pipeline.strategies.lwf import distillation
-from pipeline.tracking import client_for
+from pipeline.tracking import client_for, local_path
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ def test_replay_forgets_less_than_naive(runs):
 
 def test_buffer_offers_each_sample_once_and_restores_from_the_checkpoint(runs):
     store, r = runs("replay")
-    art = Path(client_for(store).get_run(r.run_id).info.artifact_uri.removeprefix("file://"))
+    art = local_path(client_for(store).get_run(r.run_id).info.artifact_uri)
     module, cfg, _ = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
     buf = module.strategies[0].buffer
     assert cfg.trainer.epochs == 2

@@ -12,7 +12,7 @@ from conftest import small_synthetic
 from pipeline.config import SCENARIOS, ConfigError
 from pipeline.runner import load_checkpoint, run_sequence
 from pipeline.strategies import REGISTRY
-from pipeline.tracking import client_for
+from pipeline.tracking import client_for, local_path
 
 TINY = (
     "trainer.epochs=1",
@@ -48,7 +48,7 @@ def test_strategy_runs_and_its_state_round_trips(name: str, scenario: str, tmp_p
     R = result.matrix["test"]
     assert R.shape == (2, 2) and np.isfinite(R).all()
     run = client_for(store).get_run(result.run_id)
-    art = Path(run.info.artifact_uri.removeprefix("file://"))
+    art = local_path(run.info.artifact_uri)
     module, _, _ = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
     (strategy,) = module.strategies
     state = strategy.state_dict()

@@ -333,6 +333,180 @@ class ExperimentConfig:
         _check(not extra, "strategies", f"{extra} configured but not in strategy={self.strategy}")
 
 
+SEARCH_TYPES = ("float", "int", "categorical")
+
+
+@dataclass
+class SearchParam:
+    """One hyperparameter's search range (a ``search:`` entry of a strategy or sweep file).
+
+    Attributes:
+        type: ``float``, ``int`` or ``categorical``.
+        low, high: bounds of ``float`` and ``int`` (inclusive).
+        log: sample ``float``/``int`` on a log scale (strengths and learning rates).
+        choices: the values of a ``categorical``.
+    """
+
+    type: str = MISSING
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    def check(self, key: str) -> None:
+        _check(self.type in SEARCH_TYPES, key, f"type '{self.type}' is not one of {SEARCH_TYPES}")
+        if self.type == "categorical":
+            _check(bool(self.choices), key, "a categorical needs a non-empty 'choices' list")
+            return
+        _check(
+            self.low is not None and self.high is not None and self.low <= self.high,
+            key,
+            f"needs low <= high, got low={self.low} high={self.high}",
+        )
+        assert self.low is not None
+        _check(not self.log or self.low > 0, key, "a log range needs low > 0")
+        if self.type == "int":
+            _check(
+                float(self.low).is_integer() and float(self.high or 0).is_integer(),
+                key,
+                "an int range needs integer bounds",
+            )
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` lies in this range (a default outside it cannot be enqueued)."""
+        if self.type == "categorical":
+            return value in (self.choices or [])
+        assert self.low is not None and self.high is not None
+        return isinstance(value, int | float) and self.low <= value <= self.high
+
+
+OBJECTIVES = ("pareto", "accuracy")
+PROTOCOLS = ("validation", "prefix")
+SAMPLERS = ("tpe", "random", "nsga2")
+PRUNERS = ("median", "halving", "none")
+
+
+@dataclass
+class SweepConfig:
+    """An Optuna search over one experiment and strategy (``conf/sweep/<name>.yaml``).
+
+    Attributes:
+        name: the sweep file's name.
+        trials: trials to complete (pruned and recorded failures count; crashed ones are
+            retried).
+        objective: ``pareto``: maximise plasticity and the second objective ``stability``
+            (a Pareto front; Optuna cannot prune multi-objective studies); ``accuracy``: the
+            final average accuracy alone, with pruning after each task.
+        stability: second objective of ``pareto``: ``retention`` (mean final accuracy on the
+            earlier tasks, maximised) or ``forgetting`` (max-based, minimised).
+        protocol: ``validation``: every trial runs the whole sequence and is scored on the
+            validation splits; ``prefix``: trials run only the first ``prefix_tasks`` tasks
+            (hyperparameters frozen afterwards for the whole sequence). The test split is never
+            read by a trial, only by ``make best``'s final evaluation.
+        prefix_tasks: tasks a trial sees under the ``prefix`` protocol (>= 2).
+        sampler: ``tpe`` (multi-objective TPE for ``pareto``), ``random`` or ``nsga2``.
+        seed: sampler seed (reproducible with one worker only).
+        startup_trials: random trials before TPE models the results.
+        pruner: ``median`` or ``halving`` (successive halving) for ``accuracy``; ``none``.
+        pruner_startup_trials: trials completed before the median pruner stops any.
+        space: search ranges that replace or add to the strategy files' ``search:`` blocks, keyed
+            by config path (``optim.lr``, ``strategies.ewc.lam``); ``null`` drops one.
+        defaults_first: enqueue the strategy's default hyperparameters as the first trial, so the
+            front can be compared with them.
+        overrides: ``key=value`` overrides applied to every trial (and to ``make best``).
+        heartbeat_s: how often a running trial says it is alive (in the study storage).
+        grace_s: a trial silent this long (or whose process died) was cut off by a crash: it is
+            marked failed and its parameters are retried.
+    """
+
+    name: str = MISSING
+    description: str = ""
+    trials: int = 30
+    objective: str = "pareto"
+    stability: str = "retention"
+    protocol: str = "validation"
+    prefix_tasks: int = 2
+    sampler: str = "tpe"
+    seed: int = 0
+    startup_trials: int = 8
+    pruner: str = "median"
+    pruner_startup_trials: int = 4
+    space: dict[str, Any] = field(default_factory=dict)
+    defaults_first: bool = True
+    overrides: list[str] = field(default_factory=list)
+    heartbeat_s: float = 20.0
+    grace_s: float = 120.0
+
+    def check(self) -> None:
+        _check(self.trials >= 1, "trials", "must be >= 1")
+        _check(self.objective in OBJECTIVES, "objective", f"choose from {', '.join(OBJECTIVES)}")
+        _check(
+            self.stability in ("retention", "forgetting"),
+            "stability",
+            "choose retention or forgetting",
+        )
+        _check(self.protocol in PROTOCOLS, "protocol", f"choose from {', '.join(PROTOCOLS)}")
+        _check(self.prefix_tasks >= 2, "prefix_tasks", "needs >= 2 (forgetting needs two tasks)")
+        _check(self.sampler in SAMPLERS, "sampler", f"choose from {', '.join(SAMPLERS)}")
+        _check(self.pruner in PRUNERS, "pruner", f"choose from {', '.join(PRUNERS)}")
+        _check(self.startup_trials >= 0, "startup_trials", "must be >= 0")
+        _check(self.pruner_startup_trials >= 0, "pruner_startup_trials", "must be >= 0")
+        _check(self.heartbeat_s > 0, "heartbeat_s", "must be > 0")
+        _check(self.grace_s > self.heartbeat_s, "grace_s", "must exceed heartbeat_s")
+        for key, spec in self.space.items():
+            if spec is not None:
+                search_param(spec, f"space.{key}")
+
+
+def search_param(spec: Any, key: str) -> SearchParam:
+    """Validate one search range (a mapping) into a :class:`SearchParam`."""
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SearchParam), spec))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{key}: {_describe(e)}") from e
+    assert isinstance(obj, SearchParam)
+    obj.check(key)
+    return obj
+
+
+def compose_sweep(name: str, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Build the validated sweep config ``conf/sweep/<name>.yaml`` with ``key=value`` overrides.
+
+    Raises:
+        ConfigError: unknown key, wrong type, bad value or missing file (one line).
+    """
+    body = _load_yaml("sweep", name)
+    cfg = _merge(OmegaConf.structured(SweepConfig), {"name": name}, "name")
+    cfg = _merge(cfg, body, f"conf/sweep/{name}.yaml")
+    try:
+        cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "sweep override")
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"sweep: {_describe(e)}") from e
+    assert isinstance(obj, SweepConfig)
+    try:
+        obj.check()
+    except ConfigError as e:
+        raise ConfigError(f"conf/sweep/{name}.yaml: {e}") from None
+    return obj
+
+
+def strategy_search(name: str) -> dict[str, SearchParam]:
+    """A strategy's search ranges (``search:`` of ``conf/strategy/<name>.yaml``), keyed by
+    config path (``strategies.<name>.<param>``)."""
+    node = _load_yaml("strategy", name)
+    raw = node.get("search") or {}
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"conf/strategy/{name}.yaml: search must be a mapping")
+    out = {}
+    for k, v in raw.items():
+        key = f"{k!s}"
+        out[f"strategies.{name}.{key}"] = search_param(v, f"conf/strategy/{name}.yaml: {key}")
+    return out
+
+
 def check_values(node: Any) -> None:
     """Run every nested dataclass's ``check()`` (value rules a type cannot express).
 
@@ -391,7 +565,7 @@ def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
     return merged
 
 
-def _parse_overrides(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     """Split ``group=choice`` selections from ``key=value`` overrides."""
     choices: dict[str, Any] = {}
     dotlist: list[str] = []
@@ -441,7 +615,7 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
         ConfigError: unknown key, wrong type, bad value or missing file (one line).
     """
     body = _load_yaml("experiment", experiment)
-    choices, dotlist = _parse_overrides(overrides)
+    choices, dotlist = split_overrides(overrides)
     defaults = body.pop("defaults", None) or {}
     if not isinstance(defaults, DictConfig):
         raise ConfigError(f"conf/experiment/{experiment}.yaml: defaults must be a mapping")

@@ -95,6 +95,19 @@ def plasticity(R: ArrayLike) -> float:
     return float(np.diag(_matrix(R)).mean())
 
 
+def retention(R: ArrayLike) -> float:
+    """Mean final accuracy on the earlier tasks: ``1/(T-1) * sum_{j<T-1} R[T-1, j]``.
+
+    The stability side of the plasticity/stability trade-off that sweeps search (the current
+    task is left out: it measures plasticity, not what was kept). Needs ``T >= 2``.
+    """
+    m = _matrix(R)
+    T = m.shape[0]
+    if T < 2:
+        raise ValueError("retention needs at least two tasks")
+    return float(m[T - 1, : T - 1].mean())
+
+
 def intransigence(R: ArrayLike, joint_diag: Sequence[float]) -> list[float]:
     """Intransigence per task (Chaudhry et al. 2018): ``I_k = R*[k] - R[k, k]``.
 
@@ -114,7 +127,7 @@ def summarize(R: ArrayLike, b: Sequence[float] | NDArray[np.float64]) -> dict[st
     """Every summary metric of a finished sequence, keyed by name.
 
     Keys: ``avg_acc``, ``plasticity`` and, with two or more tasks, ``bwt``, ``fwt``,
-    ``forgetting``.
+    ``forgetting``, ``retention``.
     """
     m = _matrix(R)
     out = {"avg_acc": average_accuracy(m), "plasticity": plasticity(m)}
@@ -123,5 +136,6 @@ def summarize(R: ArrayLike, b: Sequence[float] | NDArray[np.float64]) -> dict[st
             "bwt": backward_transfer(m),
             "fwt": forward_transfer(m, b),
             "forgetting": forgetting(m),
+            "retention": retention(m),
         }
     return out

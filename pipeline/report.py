@@ -14,6 +14,7 @@ METRIC_LABELS = {
     "fwt": "forward transfer (FWT)",
     "forgetting": "forgetting (max-based)",
     "plasticity": "plasticity",
+    "retention": "retention (earlier tasks)",
 }
 
 

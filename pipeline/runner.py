@@ -12,6 +12,7 @@ import pickle
 import sys
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ from pipeline.strategies import Strategy, TaskContext, build_strategies
 from pipeline.tracking import Run, TaskLogger, git_commit, package_versions, scratch_dir
 
 SPLITS = ("val", "test")  # val: model selection and sweeps; test: reporting only
+
+# Called after each task with its index and the accuracy rows so far (per evaluated split);
+# sweeps report to their pruner here and may raise to stop the sequence.
+TaskCallback = Callable[[int, dict[str, np.ndarray]], None]
 
 
 @dataclass
@@ -171,25 +176,42 @@ def make_trainer(
 
 
 def evaluate(
-    module: ContinualModule, data: ContinualDataModule, device: torch.device
+    module: ContinualModule,
+    data: ContinualDataModule,
+    device: torch.device,
+    splits: tuple[str, ...] = SPLITS,
 ) -> dict[str, list[float]]:
-    """Accuracy on every task of the sequence, seen or not, per split."""
+    """Accuracy on every task of the sequence, seen or not, per split of ``splits``."""
     module.to(device)
-    return {s: [module.accuracy(loader, device) for loader in data.eval_loaders(s)] for s in SPLITS}
+    return {s: [module.accuracy(loader, device) for loader in data.eval_loaders(s)] for s in splits}
 
 
-def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> SequenceResult:
+def run_sequence(
+    cfg: ExperimentConfig,
+    parent_run_id: str | None = None,
+    *,
+    splits: tuple[str, ...] = SPLITS,
+    on_task: TaskCallback | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> SequenceResult:
     """Train on the tasks of ``cfg`` in order, tracked as one MLflow run.
 
     Args:
         cfg: a validated experiment config (:func:`pipeline.config.compose`).
         parent_run_id: MLflow run to nest this run under (sweeps, comparisons).
+        splits: the splits evaluated after each task. Sweeps pass ``("val",)`` so that no
+            test sample is read while hyperparameters are chosen.
+        on_task: called after each task (metrics and checkpoint logged) with the task index and
+            the accuracy rows so far; an exception it raises ends the run (FAILED).
+        tags: extra MLflow tags of the run (a sweep's study and trial number).
 
     Raises:
         DataError: the data is missing (before any MLflow run is created).
         DivergenceError: the loss became NaN/inf (the run is marked FAILED; the checkpoints of
             the tasks already finished stay in the store).
     """
+    if not splits or not set(splits) <= set(SPLITS):
+        raise ValueError(f"splits: expected a non-empty subset of {SPLITS}, got {splits}")
     quiet_lightning()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -211,6 +233,7 @@ def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> Seq
             cfg.tracking.experiment or cfg.name,
             cfg.tracking.run_name,
             parent_run_id,
+            {"splits": ",".join(splits), **(tags or {})},
         ) as run,
         scratch_dir() as tmp,
     ):
@@ -221,9 +244,9 @@ def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> Seq
             [t.name for t in data.tasks],
             [t.display for t in data.tasks],
             {},
-            evaluate(module, data, device),
+            evaluate(module, data, device, splits),
         )
-        rows: dict[str, list[list[float]]] = {s: [] for s in SPLITS}
+        rows: dict[str, list[list[float]]] = {s: [] for s in splits}
         for task in data.tasks:
             started = time.perf_counter()
             data.set_task(task.index)
@@ -237,8 +260,8 @@ def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> Seq
             trainer.fit(module, datamodule=data)
             module.to(device)  # fit's teardown moved it to the CPU
             module.end_task(ctx)
-            acc = evaluate(module, data, device)
-            for s in SPLITS:
+            acc = evaluate(module, data, device, splits)
+            for s in splits:
                 rows[s].append(acc[s])
             record = TaskRecord(
                 timer.seconds,
@@ -250,8 +273,10 @@ def run_sequence(cfg: ExperimentConfig, parent_run_id: str | None = None) -> Seq
             log_task(run, task, data.tasks, rows, record)
             if cfg.tracking.log_checkpoints:
                 save_checkpoint(run, trainer, module, cfg, task, data.classes_per_task, tmp)
-        result.matrix = {s: np.array(rows[s]) for s in SPLITS}
-        result.summary = {s: metrics.summarize(result.matrix[s], result.init[s]) for s in SPLITS}
+            if on_task is not None:
+                on_task(task.index, {s: np.array(rows[s]) for s in splits})
+        result.matrix = {s: np.array(rows[s]) for s in splits}
+        result.summary = {s: metrics.summarize(result.matrix[s], result.init[s]) for s in splits}
         log_results(run, cfg, result)
     return result
 
@@ -313,7 +338,7 @@ def log_task(
     """
     step = task.index
     values: dict[str, float] = {}
-    for s in SPLITS:
+    for s in rows:
         values |= {f"acc/{t.name}/{s}": rows[s][-1][t.index] for t in tasks}
         values[f"avg_acc/{s}"] = metrics.average_accuracy(np.array(rows[s]), step)
     kept = record.retention
@@ -356,11 +381,12 @@ def save_checkpoint(
 
 def log_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None:
     """Summary metrics, the accuracy matrix (JSON) and its heatmap (PNG)."""
+    splits = list(result.matrix)
     run.log_metrics(
-        {f"summary/{s}/{k}": v for s in SPLITS for k, v in result.summary[s].items()}
+        {f"summary/{s}/{k}": v for s in splits for k, v in result.summary[s].items()}
         | {
             f"init_acc/{n}/{s}": result.init[s][j]
-            for s in SPLITS
+            for s in splits
             for j, n in enumerate(result.tasks)
         }
         | {"time/train_total_s": sum(result.train_seconds)}
@@ -382,7 +408,7 @@ def log_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None
                     "init": result.init[s],
                     "summary": result.summary[s],
                 }
-                for s in SPLITS
+                for s in splits
             },
         },
         "accuracy_matrix.json",
@@ -392,6 +418,8 @@ def log_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None
         f"{'+'.join(cfg.strategy)})"
     )
     run.log_figure(
-        heatmap({s: result.matrix[s] for s in ("test", "val")}, result.displays, title),
+        heatmap(
+            {s: result.matrix[s] for s in ("test", "val") if s in splits}, result.displays, title
+        ),
         "accuracy_matrix.png",
     )

@@ -41,9 +41,15 @@ def test_plasticity_and_intransigence():
     assert metrics.intransigence(R, [0.95, 0.9, 0.7]) == pytest.approx([0.05, 0.1, 0.0])
 
 
+def test_retention_is_final_accuracy_on_earlier_tasks():
+    assert metrics.retention(R) == pytest.approx((0.4 + 0.6) / 2)
+    with pytest.raises(ValueError, match="two tasks"):
+        metrics.retention([[0.7]])
+
+
 def test_summarize_keys_and_single_task():
     s = metrics.summarize(np.array(R), B)
-    assert set(s) == {"avg_acc", "plasticity", "bwt", "fwt", "forgetting"}
+    assert set(s) == {"avg_acc", "plasticity", "bwt", "fwt", "forgetting", "retention"}
     single = metrics.summarize([[0.7]], [0.1])
     assert single == pytest.approx({"avg_acc": 0.7, "plasticity": 0.7})
 

@@ -1,0 +1,397 @@
+"""Sweeps: studies, trials as MLflow child runs, the never-peek protocol, resuming after a
+crash, parallel workers, failing and pruned trials, and choosing from the front."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from pipeline import config
+from pipeline.best import best as choose_and_test
+from pipeline.best import choose, format_best, knee, parse_rule
+from pipeline.cli import main
+from pipeline.config import ConfigError, compose, compose_sweep
+from pipeline.data.datamodule import ContinualDataModule
+from pipeline.sweep import (
+    PARENT_ATTR,
+    counted,
+    create_or_resume,
+    load_study,
+    run_worker,
+    search_space,
+    sweep,
+    worker_alive,
+)
+from pipeline.tracking import client_for
+
+# Each trial: two synthetic tasks, 2 batches of one epoch (about a second).
+SHRINK = [
+    "trainer.epochs=1",
+    "trainer.max_batches=2",
+    "trainer.threads=1",
+    "data.synthetic.n_train=200",
+    "data.synthetic.n_test=100",
+    "trainer.validate_every_epoch=false",
+]
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in a temporary folder (reports/ lands there) with a private store."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def overrides(root: Path, *extra: str) -> list[str]:
+    return [f"tracking.store={root / 'mlruns'}", *SHRINK, *extra]
+
+
+def journal(root: Path) -> str:
+    return str(root / "mlruns" / "optuna" / "journal.log")
+
+
+def children(root: Path, parent: str) -> list:
+    client = client_for(root / "mlruns")
+    exp = client.get_experiment_by_name("synthetic_forgetting")
+    return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+def test_three_trials_give_a_parent_run_three_children_and_a_front(here: Path) -> None:
+    study = sweep("synthetic_forgetting", ["ewc"], "default", ["trials=3"], overrides(here))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert trials[0].user_attrs["default"]  # the defaults ran first, to compare the front with
+    assert trials[0].params["optim.lr"] == pytest.approx(3e-3)
+    assert set(trials[0].params) == {
+        "optim.lr",
+        "strategies.ewc.lam",
+        "strategies.ewc.fisher_samples",
+    }
+    client = client_for(here / "mlruns")
+    parent = client.get_run(study.user_attrs[PARENT_ATTR])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["protocol"] == "validation"
+    assert parent.data.params["objectives"] == "plasticity (maximize), retention (maximize)"
+    assert parent.data.metrics["trials/complete"] == 3
+    kids = children(here, parent.info.run_id)
+    assert sorted(int(r.data.tags["sweep.trial"]) for r in kids) == [0, 1, 2]
+    front = {t.number for t in study.best_trials}
+    assert front
+    for r in kids:
+        n = int(r.data.tags["sweep.trial"])
+        assert r.data.tags["optuna.state"] == "COMPLETE"
+        assert r.data.tags["pareto"] == str(n in front).lower()
+        assert "acc/synthetic0/val" in r.data.metrics
+        assert not [k for k in r.data.metrics if k.endswith("/test")]  # never evaluated
+        assert r.data.params["strategies.ewc.lam"] == str(trials[n].params["strategies.ewc.lam"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto_front.png", "history_plasticity.png", "summary.json", "trials.csv"} <= (
+        artifacts
+    )
+    assert (here / "reports" / "sweep-synthetic_forgetting-ewc" / "pareto_front.png").is_file()
+    # Running it again resumes: nothing left to do, nothing duplicated.
+    again = sweep("synthetic_forgetting", ["ewc"], "default", ["trials=3"], overrides(here))
+    assert len(again.get_trials()) == 3
+
+
+def test_no_test_split_is_read_during_a_sweep(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[str] = []
+    original = ContinualDataModule.loader
+
+    def spy(self, task, split, batch_size=None):  # type: ignore[no-untyped-def]
+        read.append(split)
+        return original(self, task, split, batch_size)
+
+    monkeypatch.setattr(ContinualDataModule, "loader", spy)
+    sweep("synthetic_forgetting", ["l2"], "default", ["trials=2"], overrides(here))
+    assert read and "val" in read
+    assert "test" not in read
+    # Positive control: make best's final evaluation is where the test split is read.
+    choose_and_test("synthetic_forgetting-l2", journal(here), "knee", with_default=False)
+    assert "test" in read
+    monkeypatch.undo()
+
+
+def test_best_writes_a_config_that_reruns_the_trial(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = here / "conf"
+    shutil.copytree(config.CONF_DIR, conf)
+    monkeypatch.setattr(config, "CONF_DIR", conf)
+    sweep("synthetic_forgetting", ["si"], "default", ["trials=3"], overrides(here))
+    out = choose_and_test("synthetic_forgetting-si", journal(here), "knee")
+    path = Path(out["config"])
+    assert path == conf / "experiment" / "synthetic_forgetting-si-best.yaml"
+    cfg = compose(path.stem)
+    study = load_study("synthetic_forgetting-si", journal(here))
+    chosen = study.trials[out["trial"]]
+    assert cfg.optim.lr == pytest.approx(chosen.params["optim.lr"])
+    assert cfg.strategies["si"]["c"] == pytest.approx(chosen.params["strategies.si.c"])
+    assert cfg.strategy == ["si"] and cfg.trainer.max_batches == 2
+    assert set(out["test"]) == {"chosen", "default"}
+    assert 0 <= out["test"]["chosen"]["avg_acc"] <= 1
+    text = format_best(out)
+    assert "defaults" in text and "test retention" in text and "val plasticity" in text
+    runs = children(here, study.user_attrs[PARENT_ATTR])
+    kinds = sorted(r.data.tags.get("kind", "") for r in runs)
+    assert kinds.count("trial") == 3 and "best-chosen" in kinds and "best-default" in kinds
+
+
+@pytest.mark.filterwarnings("ignore:Fixed parameter:UserWarning")
+def test_a_diverging_trial_is_recorded_and_the_study_goes_on(here: Path) -> None:
+    ovr = overrides(here, "optim.name=sgd")
+    cfg = compose_sweep("default", ["trials=2", "defaults_first=false"])
+    study, _ = create_or_resume(
+        "synthetic_forgetting", ["l2"], cfg, ovr, "diverge", journal(here), log=lambda m: None
+    )
+    # SGD at lr 1e6 overflows within a few steps.
+    study.enqueue_trial({"optim.lr": 1e6, "strategies.l2.lam": 1.0})
+    run_worker("diverge", journal(here), log=lambda m: None)
+    trials = load_study("diverge", journal(here)).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "DivergenceError" in trials[0].user_attrs["fail_reason"]
+    assert counted(trials) == 2  # a failure of its own counts: it is not retried
+    client = client_for(here / "mlruns")
+    (failed,) = [
+        r
+        for r in children(here, study.user_attrs[PARENT_ATTR])
+        if r.data.tags["sweep.trial"] == "0"
+    ]
+    assert failed.info.status == "FAILED" and failed.data.tags["optuna.state"] == "FAIL"
+    assert "DivergenceError" in client.get_run(failed.info.run_id).data.tags["error"]
+
+
+def test_single_objective_prunes_a_poor_trial_after_the_first_task(here: Path) -> None:
+    cfg = compose_sweep("accuracy", ["trials=2", "defaults_first=false", "pruner_startup_trials=1"])
+    study, _ = create_or_resume(
+        "synthetic_forgetting",
+        ["l2"],
+        cfg,
+        overrides(here, "trainer.max_batches=4"),
+        "prune",
+        journal(here),
+        log=lambda m: None,
+    )
+    study.enqueue_trial({"optim.lr": 3e-3, "strategies.l2.lam": 0.01})
+    study.enqueue_trial({"optim.lr": 1e-4, "strategies.l2.lam": 0.01})  # learns nothing yet
+    run_worker("prune", journal(here), log=lambda m: None)
+    t0, t1 = load_study("prune", journal(here)).get_trials()
+    assert t0.state == TrialState.COMPLETE
+    assert t1.state == TrialState.PRUNED and list(t1.intermediate_values) == [0]
+    assert "pruner" in t1.user_attrs["prune_reason"]
+    (run,) = [
+        r
+        for r in children(here, study.user_attrs[PARENT_ATTR])
+        if r.data.tags["sweep.trial"] == "1"
+    ]
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "PRUNED"
+
+
+def _sweep_in_child(root: str) -> None:
+    """A sweep in a forked process (no fresh imports: the test stays fast) whose trials stall
+    after their first task, so that the kill surely lands inside a trial."""
+    import pipeline.runner
+
+    real = pipeline.runner.run_sequence
+
+    def stalling(*args, on_task=None, **kwargs):  # type: ignore[no-untyped-def]
+        def stall(index, rows):  # type: ignore[no-untyped-def]
+            if on_task is not None:
+                on_task(index, rows)
+            (Path(root) / "stalled").touch()
+            time.sleep(600)
+
+        return real(*args, on_task=stall, **kwargs)
+
+    pipeline.runner.run_sequence = stalling
+    sweep(
+        "synthetic_forgetting",
+        ["l2"],
+        "default",
+        ["trials=2"],
+        overrides(Path(root)),
+        log=lambda m: None,
+    )
+
+
+def test_a_sweep_killed_mid_trial_resumes_without_duplicates(here: Path) -> None:
+    proc = multiprocessing.get_context("fork").Process(target=_sweep_in_child, args=(str(here),))
+    proc.start()
+    deadline = time.time() + 120
+    victim = None
+    while time.time() < deadline and victim is None and proc.is_alive():
+        time.sleep(0.2)
+        try:
+            study = load_study("synthetic_forgetting-l2", journal(here))
+        except ConfigError:
+            continue
+        running = study.get_trials(states=(TrialState.RUNNING,))
+        # Kill once the trial has finished its first task (its MLflow run exists too).
+        if running and (here / "stalled").exists():
+            victim = running[0]
+    assert victim is not None, "no trial started within 120 s"
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    study = load_study("synthetic_forgetting-l2", journal(here))
+    assert study.trials[victim.number].state == TrialState.RUNNING, "killed after the trial"
+    lines: list[str] = []
+    sweep(
+        "synthetic_forgetting",
+        ["l2"],
+        "default",
+        ["trials=2"],
+        overrides(here),
+        log=lines.append,
+    )
+    assert any(line.startswith(f"trial {victim.number}: crashed") for line in lines), lines
+    trials = load_study("synthetic_forgetting-l2", journal(here)).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2
+    crashed = trials[victim.number]
+    assert crashed.state == TrialState.FAIL and crashed.user_attrs["crashed"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    client = client_for(here / "mlruns")
+    parent = study.user_attrs[PARENT_ATTR]
+    runs = {r.data.tags["sweep.trial"]: r for r in children(here, parent)}
+    assert runs[str(victim.number)].info.status == "FAILED"
+    assert all(runs[str(t.number)].info.status == "FINISHED" for t in complete)
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_two_workers_share_a_study_without_lost_or_duplicated_trials(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real path of `make sweep WORKERS=2`: two `python -m pipeline sweep-worker` processes.
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", str(repo))
+    monkeypatch.setenv("PIPELINE_CONF_DIR", str(config.CONF_DIR))
+    lines: list[str] = []
+    study = sweep(
+        "synthetic_forgetting",
+        ["l2"],
+        "default",
+        ["trials=4"],
+        overrides(here),
+        workers=2,
+        log=lines.append,
+    )
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    runs = children(here, study.user_attrs[PARENT_ATTR])
+    assert sorted(int(r.data.tags["sweep.trial"]) for r in runs) == [0, 1, 2, 3]
+    assert len({t.user_attrs["worker"] for t in trials}) >= 1
+
+
+def test_worker_liveness() -> None:
+    def frozen(worker: str, beat: float | None) -> optuna.trial.FrozenTrial:
+        attrs = {"worker": worker} | ({"heartbeat": beat} if beat is not None else {})
+        return optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.0], user_attrs=attrs)
+
+    import socket
+
+    from pipeline.sweep import worker_id
+
+    assert worker_alive(frozen(worker_id(), None), 60)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not worker_alive(frozen(f"{socket.gethostname()}:{dead.pid}:", None), 60)
+    now = time.time()
+    assert worker_alive(frozen("elsewhere:1:1", now - 10), 60, now)
+    assert not worker_alive(frozen("elsewhere:1:1", now - 100), 60, now)
+
+
+def test_knee_and_rules() -> None:
+    def t(p: float, r: float, **attrs: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(state=TrialState.COMPLETE, values=[p, r], user_attrs=attrs)
+
+    front = [t(0.99, 0.20), t(0.97, 0.80), t(0.90, 0.85), t(0.70, 0.90)]
+    assert knee(front, ["maximize", "maximize"]) is front[1]
+    assert knee(front[:1], ["maximize", "maximize"]) is front[0]
+    # Two points: the one nearer the ideal point (0.99, 0.85).
+    assert knee([front[0], front[2]], ["maximize", "maximize"]) is front[2]
+    assert str(parse_rule("max:plasticity, forgetting<=5")) == "max:plasticity,forgetting<=0.05"
+    for bad in ("kne", "max:speed", "max:plasticity,forgetting<5", "max:plasticity,x<=1"):
+        with pytest.raises(ConfigError, match="RULE"):
+            parse_rule(bad)
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    for p, r, f in ((0.99, 0.2, 0.79), (0.97, 0.8, 0.17), (0.9, 0.85, 0.05)):
+        study.add_trial(t(p, r, plasticity=p, retention=r, forgetting=f))
+    assert choose(study, parse_rule("max:plasticity,forgetting<=10")).values == [0.9, 0.85]
+    assert choose(study, parse_rule("max:plasticity")).values == [0.99, 0.2]
+    with pytest.raises(ConfigError, match="no complete trial"):
+        choose(study, parse_rule("max:plasticity,forgetting<=1"))
+
+
+def test_bad_input_is_one_line_and_exit_2(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = f"tracking.store={here / 'mlruns'}"
+    cases = [
+        ["sweep", "synthetic_forgetting", "--strategy", "ewc", "--sweep", "nope", store],
+        ["sweep", "synthetic_forgetting", "--strategy", "ewc", "--set", "trials=0", store],
+        ["sweep", "synthetic_forgetting", "--strategy", "ewc", "--set", "objective=x", store],
+        ["sweep", "synthetic_forgetting", "--strategy", "nope", store],
+        ["sweep", "synthetic_forgetting", "--strategy", "ewc", "bogus.key=1", store],
+        ["best", "no-such-study", "--store", str(here / "mlruns")],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, (argv, err)
+    assert not (here / "mlruns" / "optuna").exists()  # no study was created
+
+
+def test_space_and_resume_rules(here: Path) -> None:
+    cfg = compose_sweep("default")
+    space = search_space(["ewc"], cfg)
+    assert space["optim.lr"].log and space["strategies.ewc.lam"].log
+    cfg.space["strategies.si.c"] = {"type": "float", "low": 1.0, "high": 2.0}
+    with pytest.raises(ConfigError, match="not a parameter of the swept"):
+        search_space(["ewc"], cfg)
+    cfg.space = {"strategies.ewc.fisher_samples": None}
+    assert "strategies.ewc.fisher_samples" not in search_space(["ewc"], cfg)
+    base = compose_sweep("default", ["trials=1"])
+    create_or_resume(
+        "synthetic_forgetting",
+        ["ewc"],
+        base,
+        overrides(here),
+        "s",
+        journal(here),
+        log=lambda m: None,
+    )
+    other = compose_sweep("default", ["trials=1", "stability=forgetting"])
+    with pytest.raises(ConfigError, match="other settings"):
+        create_or_resume(
+            "synthetic_forgetting",
+            ["ewc"],
+            other,
+            overrides(here),
+            "s",
+            journal(here),
+            log=lambda m: None,
+        )
+    more = compose_sweep("default", ["trials=5"])  # more trials is a resume, not a conflict
+    study, settings = create_or_resume(
+        "synthetic_forgetting",
+        ["ewc"],
+        more,
+        overrides(here),
+        "s",
+        journal(here),
+        log=lambda m: None,
+    )
+    assert settings.config.trials == 5
+    assert json.loads(json.dumps(study.user_attrs["pipeline.settings"]))["sweep"]["trials"] == 5

@@ -16,7 +16,7 @@ STRATEGIES ?= all
 SEEDS ?= 3
 DATA ?= data
 
-.PHONY: help install data forget run compare erase test test-slow lint format bench ui clean
+.PHONY: help install data forget run compare erase landscape test test-slow lint format bench ui clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,13 +37,16 @@ data: install ## provision MNIST and Fashion-MNIST into data/ (verified by MD5)
 	$(PY) -m pipeline data --root $(DATA)
 
 forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain fine-tuning
-	$(PY) -m pipeline run seed_forgetting data.root=$(DATA) $(ARGS)
+	$(PY) -m pipeline run seed_forgetting --landscape data.root=$(DATA) $(ARGS)
 
 run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..."
 	$(PY) -m pipeline run $(EXP) $(ARGS)
 
 compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run
 	$(PY) -m pipeline compare $(EXP) --strategies $(STRATEGIES) --seeds $(SEEDS) data.root=$(DATA) $(ARGS)
+
+landscape: install ## forgetting in weight space: make landscape RUN=<run id> [VS=<run id>]
+	$(PY) -m pipeline landscape $(RUN) $(if $(VS),--vs $(VS)) --data $(DATA) $(ARGS)
 
 erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...>
 	$(PY) -m pipeline erase $(RUN) --task $(TASK) --ids $(IDS)

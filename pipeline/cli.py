@@ -1,4 +1,5 @@
-"""Command line: ``python -m pipeline {run,config,data,ui}`` (the make targets call these).
+"""Command line: ``python -m pipeline {run,config,compare,erase,landscape,data,ui}`` (the make
+targets call these).
 
 Exit codes: 0 success; 1 a run or provisioning failed (data missing, loss diverged); 2 a bad
 config, override or argument (nothing was run, no MLflow run was created); 130 interrupted.
@@ -51,6 +52,48 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     _print_result(result, cfg.tracking.store)
+    if getattr(args, "landscape", False):
+        return _landscape_after_run(cfg, result.run_id)
+    return 0
+
+
+def _landscape_after_run(cfg: object, run_id: str) -> int:
+    """`run --landscape`: the line plot of the run just finished (``make forget``)."""
+    from pipeline.config import ExperimentConfig
+    from pipeline.landscape import LandscapeError, draw
+
+    assert isinstance(cfg, ExperimentConfig)
+    if len(cfg.data.tasks) < 2 or not cfg.tracking.log_checkpoints:
+        print("\nlandscape skipped: it needs 2+ tasks and tracking.log_checkpoints=true")
+        return 0
+    print("\nforgetting in weight space (the line from theta_A to theta_B):")
+    try:
+        draw(cfg.tracking.store, run_id)
+    except LandscapeError as e:
+        print(f"error: landscape: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_landscape(args: argparse.Namespace) -> int:
+    from pipeline.data.tasks import DataError
+    from pipeline.landscape import LandscapeError, Options, draw
+
+    options = Options(points=args.points, grid=args.grid, samples=args.samples)
+    try:
+        draw(
+            args.store,
+            args.run,
+            args.vs or None,
+            options=options,
+            out_dir=Path(args.out) if args.out else None,
+            data_root=args.data,
+        )
+    except LandscapeError as e:
+        raise ConfigError(str(e)) from e  # exit 2, nothing written
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -151,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="overrides: trainer.epochs=1, model=mlp, strategy=[naive] ...",
         )
         p.set_defaults(fn=fn)
+        if name == "run":
+            p.add_argument(
+                "--landscape",
+                action="store_true",
+                help="then draw the loss and accuracy of tasks 0 and 1 along the line between "
+                "their checkpoints (make forget)",
+            )
     p = sub.add_parser("compare", help="compare strategies over seeds (table, report, plots)")
     p.add_argument("experiment", help=f"file in conf/experiment/ ({experiments})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
@@ -162,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--out", default="", help="report folder (default reports/compare-...)")
     p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser(
+        "landscape", help="forgetting in weight space: loss along a line / over a plane"
+    )
+    p.add_argument("run", help="MLflow run id: theta_A, theta_B = its checkpoints after tasks 0, 1")
+    p.add_argument("--vs", default="", help="run id whose checkpoint after task 1 is theta_S")
+    p.add_argument("--points", type=int, default=31, help="points along the line (default 31)")
+    p.add_argument("--grid", type=int, default=21, help="plane grid per axis (default 21)")
+    p.add_argument("--samples", type=int, default=2000, help="test samples per task (2000)")
+    p.add_argument("--store", default="mlruns")
+    p.add_argument("--data", default="", help="dataset folder (default: the run's data.root)")
+    p.add_argument("--out", default="", help="folder (default reports/landscape-<run id[:8]>)")
+    p.set_defaults(fn=cmd_landscape)
     p = sub.add_parser("erase", help="erase samples from every checkpoint of a run")
     p.add_argument("run", help="MLflow run id")
     p.add_argument("--task", required=True, help="task name (e.g. mnist)")

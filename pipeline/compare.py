@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from pipeline import metrics
 from pipeline.config import ConfigError, ExperimentConfig, compose
+from pipeline.landscape import Options, comparison_plane
 from pipeline.runner import SequenceResult, run_sequence
 from pipeline.strategies import REGISTRY
 from pipeline.tracking import Run
@@ -211,6 +212,7 @@ def compare(
     overrides: Sequence[str] = (),
     out_dir: Path | None = None,
     log: Callable[[str], None] = print,
+    landscape: Options | None = None,
 ) -> Comparison:
     """Run every strategy on every seed and write the report.
 
@@ -220,6 +222,8 @@ def compare(
         seeds: experiment seeds.
         overrides: applied to every run (``trainer.epochs=1``, ``scenario=class``...).
         out_dir: where the report goes (default ``reports/compare-<experiment>-<time>``).
+        landscape: grid and samples of the loss-landscape plane of naive against the best
+            strategy that keeps no raw data (:func:`pipeline.landscape.comparison_plane`).
 
     Raises:
         ConfigError: a bad override or strategy name (before anything runs).
@@ -282,12 +286,14 @@ def compare(
             parent.run_id,
             out_dir,
         )
-        write_report(c, out_dir, parent)
+        plane = comparison_plane(c, base.tracking.store, parent.run_id, landscape, log)
+        write_report(c, out_dir, parent, plane)
     return c
 
 
-def write_report(c: Comparison, out_dir: Path, parent: Run) -> None:
-    """The table (text and markdown), the plots; to ``out_dir`` and the parent run."""
+def write_report(c: Comparison, out_dir: Path, parent: Run, extra: Sequence[str] = ()) -> None:
+    """The table (text and markdown), the plots and ``extra`` markdown lines; to ``out_dir``
+    and the parent run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = table(c)
     lines = [
@@ -311,6 +317,7 @@ def write_report(c: Comparison, out_dir: Path, parent: Run) -> None:
         "",
         "![accuracy against data kept](accuracy_vs_data_kept.png)",
         "",
+        *extra,  # the loss-landscape plane (or why it is missing)
     ]
     (out_dir / "report.md").write_text("\n".join(lines))
     (out_dir / "table.txt").write_text(format_text(rows) + "\n")

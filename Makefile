@@ -15,13 +15,21 @@ ARGS ?=
 STRATEGIES ?= all
 SEEDS ?= 3
 DATA ?= data
+STRATEGY ?= ewc
+SWEEP ?= default
+TRIALS ?=
+WORKERS ?= 1
+STUDY ?=
+RULE ?= knee
 
-.PHONY: help install data forget run compare erase landscape test test-slow lint format bench ui clean
+.PHONY: help install data forget run compare erase landscape sweep best dashboard test test-slow lint format bench ui clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: EXP=<conf/experiment name> ARGS=\"key=value ...\" DATA=<data dir>"
 	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 (compare)"
+	@echo "             STRATEGY=ewc TRIALS=30 WORKERS=1 SWEEP=default STUDY=<name> RULE=knee (sweep, best)"
+	@echo "             multi-objective sweeps (SWEEP=default, prefix) are not pruned: Optuna cannot prune them"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -47,6 +55,15 @@ compare: install data ## strategies x seeds on EXP: table, report in reports/, M
 
 landscape: install ## forgetting in weight space: make landscape RUN=<run id> [VS=<run id>]
 	$(PY) -m pipeline landscape $(RUN) $(if $(VS),--vs $(VS)) --data $(DATA) $(ARGS)
+
+sweep: install data ## Optuna study: make sweep [EXP=..] STRATEGY=ewc [TRIALS=30] [WORKERS=2] [SWEEP=default|accuracy|prefix] (resumes)
+	$(PY) -m pipeline sweep $(EXP) --strategy $(STRATEGY) --sweep $(SWEEP) $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS) $(if $(STUDY),--study $(STUDY)) data.root=$(DATA) $(ARGS)
+
+best: install ## choose from a study, write conf/experiment/<study>-best.yaml, test once: make best STUDY=<name> [RULE=knee]
+	$(PY) -m pipeline best $(STUDY) --rule "$(RULE)"
+
+dashboard: install ## optuna-dashboard on http://127.0.0.1:8080 over the study storage
+	$(PY) -m pipeline dashboard
 
 erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...>
 	$(PY) -m pipeline erase $(RUN) --task $(TASK) --ids $(IDS)

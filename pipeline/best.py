@@ -42,6 +42,7 @@ from pipeline.sweep import (
     load_settings,
     load_study,
     lookup,
+    say,
     trial_config,
 )
 
@@ -198,7 +199,7 @@ def best(
     *,
     evaluate: bool = True,
     with_default: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> dict[str, Any]:
     """Choose, write the config, evaluate on test (the only test read of the whole protocol).
 

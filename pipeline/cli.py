@@ -143,6 +143,75 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.data.tasks import DataError
+    from pipeline.sweep import sweep
+
+    sets = list(args.set)
+    if args.trials:
+        sets.append(f"trials={args.trials}")
+    strategy = [s for s in args.strategy.replace("+", ",").split(",") if s]
+    try:
+        study = sweep(
+            args.experiment,
+            strategy,
+            args.sweep,
+            sets,
+            args.overrides,
+            study=args.study,
+            storage=args.storage,
+            workers=args.workers,
+        )
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"choose and test: make best STUDY={study.study_name}; browse: make dashboard, make ui")
+    return 0
+
+
+def cmd_sweep_worker(args: argparse.Namespace) -> int:
+    from pipeline.data.tasks import DataError
+    from pipeline.sweep import run_worker
+
+    try:
+        run_worker(args.study, args.storage, args.index, args.workers)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from pipeline.best import best, format_best
+    from pipeline.sweep import default_storage
+
+    out = best(
+        args.study,
+        args.storage or default_storage(args.store),
+        args.rule,
+        evaluate=not args.no_eval,
+        with_default=not args.no_default,
+    )
+    print(format_best(out))
+    print(f"rerun it: make run EXP={Path(out['config']).stem}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pipeline.sweep import default_storage
+
+    storage = args.storage or default_storage(args.store)
+    cmd = ["optuna-dashboard", "--host", "127.0.0.1", "--port", str(args.port)]
+    if "://" not in storage:
+        if not Path(storage).is_file():
+            raise ConfigError(f"{storage}: no study storage yet (run `make sweep` first)")
+        cmd += ["--storage-class", "JournalFileStorage"]
+    print(f"optuna-dashboard on http://127.0.0.1:{args.port}/ over {storage}; Ctrl-C stops it")
+    exe = os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
+    os.execv(exe, [*cmd, storage])
+    return 0  # pragma: no cover  (execv does not return)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(to_yaml(compose(args.experiment, args.overrides)), end="")
     return 0
@@ -230,6 +299,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", required=True, help="comma-separated sample ids")
     p.add_argument("--store", default="mlruns")
     p.set_defaults(fn=cmd_erase)
+    p = sub.add_parser(
+        "sweep",
+        help="Optuna search of a strategy's hyperparameters (starts or resumes a study)",
+        description="Objectives: plasticity and retention (a Pareto front; Optuna cannot prune "
+        "multi-objective studies), or with --sweep accuracy the final average accuracy with "
+        "pruning after each task. Trials read validation splits only.",
+    )
+    p.add_argument("experiment", help=f"file in conf/experiment/ ({experiments})")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every trial")
+    p.add_argument("--strategy", required=True, help="strategy name(s), e.g. ewc or ewc,replay")
+    p.add_argument(
+        "--sweep",
+        default="default",
+        help=f"file in conf/sweep/ ({', '.join(available('sweep'))}; default: default)",
+    )
+    p.add_argument("--trials", type=int, default=0, help="trials to finish (default: the file's)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--study", default="", help="study name (default <experiment>-<strategy>)")
+    p.add_argument(
+        "--storage", default="", help="journal file or RDB URL (default mlruns/optuna/journal.log)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="key=value", help="sweep config override"
+    )
+    p.set_defaults(fn=cmd_sweep)
+    p = sub.add_parser("sweep-worker", help="one worker process of a sweep (started by sweep)")
+    p.add_argument("study")
+    p.add_argument("--storage", required=True)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(fn=cmd_sweep_worker)
+    p = sub.add_parser(
+        "best", help="choose a trial of a study, write its config, evaluate it once on test"
+    )
+    p.add_argument("study", help="study name (printed by sweep)")
+    p.add_argument(
+        "--rule",
+        default="knee",
+        help="knee (default), best, or max:<metric>[,<metric><=X] with X in percent",
+    )
+    p.add_argument("--storage", default="")
+    p.add_argument("--store", default="mlruns")
+    p.add_argument("--no-eval", action="store_true", help="only choose and write the config")
+    p.add_argument("--no-default", action="store_true", help="do not evaluate the defaults")
+    p.set_defaults(fn=cmd_best)
+    p = sub.add_parser("dashboard", help="optuna-dashboard over the study storage")
+    p.add_argument("--storage", default="")
+    p.add_argument("--store", default="mlruns")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(fn=cmd_dashboard)
     # `data` is handed whole to the provisioning CLI (its own --help), see main().
     sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
     p = sub.add_parser("ui", help="serve the MLflow UI over the project's store")

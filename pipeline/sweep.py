@@ -79,6 +79,11 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_ERRORS = 3  # a worker gives up when this many trials in a row raise
 
 
+def say(message: str) -> None:
+    """Print a progress line at once (workers' stdout is a pipe or a file, block-buffered)."""
+    print(message, flush=True)
+
+
 @dataclass
 class Objective:
     """One objective: the summary metric of the validation matrix it reads, and its direction."""
@@ -432,7 +437,7 @@ def create_or_resume(
     overrides: Sequence[str],
     name: str,
     storage: str,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> tuple[optuna.Study, Settings]:
     """Validate everything, then create the study and its MLflow parent run (or resume both).
 
@@ -648,7 +653,7 @@ def run_worker(
     storage: str,
     index: int = 0,
     workers: int = 1,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> int:
     """Run trials of study ``name`` until the study has its total; returns trials run here.
 
@@ -808,7 +813,7 @@ def sweep(
     study: str = "",
     storage: str = "",
     workers: int = 1,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> optuna.Study:
     """Start or resume a study and run it to its number of trials, then write its report.
 
@@ -882,7 +887,7 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
     return ge and gt
 
 
-def finalize(study: optuna.Study, settings: Settings, log: Callable[[str], None] = print) -> Path:
+def finalize(study: optuna.Study, settings: Settings, log: Callable[[str], None] = say) -> Path:
     """Tag every trial's MLflow run (state, Pareto membership) and write the study's report:
     Pareto front, optimisation history and parameter importances (optuna.visualization's
     matplotlib backend), the trials table and a summary, to reports/ and the parent run.

@@ -48,8 +48,11 @@ SHRINK = [
 
 @pytest.fixture
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in a temporary folder (reports/ lands there) with a private store."""
+    """Run in a temporary folder (reports/ lands there) with a private store and a copy of
+    conf/ (make best writes into conf/experiment/)."""
     monkeypatch.chdir(tmp_path)
+    shutil.copytree(config.CONF_DIR, tmp_path / "conf")
+    monkeypatch.setattr(config, "CONF_DIR", tmp_path / "conf")
     return tmp_path
 
 
@@ -123,12 +126,8 @@ def test_no_test_split_is_read_during_a_sweep(here: Path, monkeypatch: pytest.Mo
     monkeypatch.undo()
 
 
-def test_best_writes_a_config_that_reruns_the_trial(
-    here: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_best_writes_a_config_that_reruns_the_trial(here: Path) -> None:
     conf = here / "conf"
-    shutil.copytree(config.CONF_DIR, conf)
-    monkeypatch.setattr(config, "CONF_DIR", conf)
     sweep("synthetic_forgetting", ["si"], "default", ["trials=3"], overrides(here))
     out = choose_and_test("synthetic_forgetting-si", journal(here), "knee")
     path = Path(out["config"])

@@ -1,0 +1,69 @@
+"""What pruning saves in the single-objective sweep: the same study run twice, once with the
+median pruner and once without, same sampler seed, in one process (so that machine noise hits
+both alike); prints wall time, trials pruned, and the best validation accuracy each found.
+
+    .venv/bin/python benchmarks/pruning.py                       # seed_forgetting, ewc, 1 epoch
+    .venv/bin/python benchmarks/pruning.py --trials 20 --epochs 5 --strategy lwf
+
+Both studies live in a temporary store (nothing is added to mlruns/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from pipeline.sweep import sweep
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--experiment", default="seed_forgetting")
+    parser.add_argument("--strategy", default="ewc")
+    parser.add_argument("--root", default="data")
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-pruning-"))
+    overrides = [
+        f"data.root={Path(args.root).resolve()}",
+        f"tracking.store={root / 'mlruns'}",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.threads={args.threads}",
+    ]
+    results = {}
+    for pruner in ("median", "none"):
+        started = time.perf_counter()
+        study = sweep(
+            args.experiment,
+            [args.strategy],
+            "accuracy",
+            [f"trials={args.trials}", f"pruner={pruner}"],
+            overrides,
+            study=f"pruning-{pruner}",
+            log=lambda m, p=pruner: print(f"  [{p}] {m}", flush=True),
+        )
+        seconds = time.perf_counter() - started
+        trials = study.get_trials()
+        results[pruner] = (
+            seconds,
+            sum(t.state == TrialState.PRUNED for t in trials),
+            study.best_value,
+        )
+    print(f"\n{args.experiment}, {args.strategy}, {args.trials} trials, {args.epochs} epoch(s)")
+    print(f"{'pruner':<8}{'wall (s)':>10}{'pruned':>8}{'best val avg acc (%)':>22}")
+    for pruner, (seconds, pruned, best) in results.items():
+        print(f"{pruner:<8}{seconds:>10.0f}{pruned:>8}{best * 100:>22.1f}")
+    saved = 1 - results["median"][0] / results["none"][0]
+    print(f"pruning saved {saved * 100:.0f}% of the sweep's wall time")
+
+
+if __name__ == "__main__":
+    main()

@@ -391,10 +391,7 @@ def reap(study: optuna.Study, settings: Settings, log: Callable[[str], None]) ->
 def counted(trials: Sequence[FrozenTrial]) -> int:
     """Trials that count towards the total: finished, running, or failed on their own."""
     return sum(
-        1
-        for t in trials
-        if t.state in (*FINISHED, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and not t.user_attrs.get("crashed"))
+        1 for t in trials if t.state in (*FINISHED, TrialState.RUNNING) or _failed_on_its_own(t)
     )
 
 
@@ -693,8 +690,11 @@ def run_worker(
                 outcome = run_trial(study, trial, settings, threads)
         except BaseException as e:
             frozen = study._storage.get_trial(trial._trial_id)
-            if isinstance(e, KeyboardInterrupt):
-                abandon(study, frozen, settings, "interrupted: the sweep was stopped mid-trial")
+            # Lightning turns Ctrl-C into SystemExit(1) and SIGTERM into SIGTERMException (a
+            # SystemExit): all of them stop the worker, and the trial is retried on resume.
+            if isinstance(e, KeyboardInterrupt | SystemExit):
+                why = "terminated" if type(e).__name__ == "SIGTERMException" else "interrupted"
+                abandon(study, frozen, settings, f"{why}: the sweep was stopped mid-trial")
                 raise
             from pipeline.data.tasks import DataError
 
@@ -772,7 +772,12 @@ def progress_line(
 
 
 def _failed_on_its_own(t: FrozenTrial) -> bool:
-    return t.state == TrialState.FAIL and not t.user_attrs.get("crashed")
+    # Failures recorded as "SystemExit"/"SIGTERMException" were interrupts inside Lightning that
+    # studies of an earlier version took for the trial's own failure: they do not count either.
+    interrupted = str(t.user_attrs.get("fail_reason", "")).startswith(
+        ("SystemExit", "SIGTERMException")
+    )
+    return t.state == TrialState.FAIL and not t.user_attrs.get("crashed") and not interrupted
 
 
 def spawn_workers(name: str, storage: str, workers: int) -> list[int]:
@@ -847,7 +852,7 @@ def sweep(
             if any(codes):
                 raise RuntimeError(f"a sweep worker failed (exit codes {codes})")
             status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:

@@ -138,7 +138,7 @@ class Run:
         run = cls(client, info.run_id, exp_id)
         try:
             yield run
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C/SIGTERM into SystemExit
             run.end("KILLED", "interrupted")
             raise
         except BaseException as e:

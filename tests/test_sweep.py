@@ -394,3 +394,29 @@ def test_space_and_resume_rules(here: Path) -> None:
     )
     assert settings.config.trials == 5
     assert json.loads(json.dumps(study.user_attrs["pipeline.settings"]))["sweep"]["trials"] == 5
+
+
+def test_an_interrupt_inside_lightning_abandons_the_trial_for_a_retry(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning turns Ctrl-C into SystemExit(1) and SIGTERM into SIGTERMException: the trial is
+    a crash to retry, not a failure of its own, and the worker stops."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import pipeline.runner
+
+    def terminated(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise SIGTERMException()
+
+    cfg = compose_sweep("default", ["trials=2"])
+    create_or_resume(
+        "synthetic_forgetting", ["l2"], cfg, overrides(here), "sig", journal(here), log=print
+    )
+    monkeypatch.setattr(pipeline.runner, "run_sequence", terminated)
+    with pytest.raises(SystemExit):
+        run_worker("sig", journal(here), log=lambda m: None)
+    trials = load_study("sig", journal(here)).get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["crashed"]
+    assert trials[0].user_attrs["fail_reason"].startswith("terminated")
+    assert trials[1].state == TrialState.WAITING and trials[1].user_attrs["retry_of"] == 0
+    assert counted(trials) == 0

@@ -37,11 +37,11 @@ from pipeline.config import ConfigError, compose, split_overrides
 from pipeline.sweep import (
     PARENT_ATTR,
     Settings,
-    _value,
     front,
     load_settings,
     load_study,
     lookup,
+    override_value,
     say,
     trial_config,
 )
@@ -164,7 +164,7 @@ def write_experiment(
             defaults[group] = choice
     if defaults:
         base["defaults"] = defaults
-    params = [f"{k}={_value(v)}" for k, v in trial.params.items()]
+    params = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
     merged = OmegaConf.merge(base, OmegaConf.from_dotlist([*dotlist, *params]))
     assert isinstance(merged, DictConfig)
     base = merged

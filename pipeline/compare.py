@@ -18,13 +18,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pipeline import metrics
-from pipeline.config import ConfigError, ExperimentConfig, compose
+from pipeline.config import REPORTS_DIR, ConfigError, ExperimentConfig, compose
 from pipeline.landscape import Options, comparison_plane
 from pipeline.runner import SequenceResult, run_sequence
 from pipeline.strategies import REGISTRY
 from pipeline.tracking import Run
 
-REPORTS_DIR = Path("reports")
 #: Order of the default comparison: baselines, then no raw data kept, then rehearsal.
 DEFAULT_ORDER = (
     "naive",

@@ -31,6 +31,7 @@ from omegaconf.errors import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = Path(os.environ.get("PIPELINE_CONF_DIR", REPO_ROOT / "conf"))
+REPORTS_DIR = Path("reports")  # reports of compare, sweeps and landscapes (relative: the cwd)
 # Config groups that are folders of conf/ and can be picked by name (`model=mlp`).
 GROUPS = ("data", "model")
 SCENARIOS = ("task", "domain", "class")

@@ -63,7 +63,7 @@ from numpy.typing import ArrayLike
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector
 
-from pipeline.config import ExperimentConfig
+from pipeline.config import REPORTS_DIR, ExperimentConfig
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Batch, TaskDataset
 from pipeline.runner import load_checkpoint
@@ -77,7 +77,6 @@ Evaluate = Callable[[Tensor], ArrayLike]
 #: Order of the values :class:`ModelLoss` returns.
 QUANTITIES = ("loss_a", "loss_b", "acc_a", "acc_b")
 T = TypeVar("T")
-REPORTS_DIR = Path("reports")
 ARTIFACT_DIR = "landscape"  # artifacts: landscape/line.png, landscape/plane.json, ...
 SPLIT = "test"  # see the module docstring
 

@@ -57,6 +57,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import metrics
 from pipeline.config import (
+    REPORTS_DIR,
     ConfigError,
     ExperimentConfig,
     SearchParam,
@@ -71,7 +72,6 @@ from pipeline.tracking import Run, client_for, ensure_experiment, git_commit
 
 SETTINGS_ATTR = "pipeline.settings"  # study user attribute: the protocol record
 PARENT_ATTR = "pipeline.parent_run_id"
-REPORTS_DIR = Path("reports")
 # Trial states that count towards the requested number of trials. A failure counts when the
 # trial itself failed (its loss diverged, its config was refused); a failure recorded because
 # the worker died does not: its parameters are retried.
@@ -174,7 +174,7 @@ def distribution(p: SearchParam) -> BaseDistribution:
     return FloatDistribution(float(p.low), float(p.high), log=p.log)
 
 
-def _value(v: Any) -> str:
+def override_value(v: Any) -> str:
     """A parameter value as the right-hand side of a ``key=value`` override."""
     return v if isinstance(v, str) else json.dumps(v)
 
@@ -205,7 +205,7 @@ def trial_config(
     overrides = [
         f"strategy=[{','.join(settings.strategy)}]",
         *settings.overrides,
-        *(f"{k}={_value(v)}" for k, v in params.items()),
+        *(f"{k}={override_value(v)}" for k, v in params.items()),
     ]
     cfg = compose(settings.experiment, overrides)
     sweep = settings.config

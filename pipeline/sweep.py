@@ -580,7 +580,6 @@ def run_trial(
     A diverging loss or a refused config fails the trial with its reason; a prune signal
     prunes it; an interrupt or a missing dataset propagates (the caller abandons the trial).
     """
-    from pipeline.data.tasks import DataError
     from pipeline.module import DivergenceError
     from pipeline.runner import run_sequence
 
@@ -615,8 +614,6 @@ def run_trial(
         trial.set_user_attr("fail_reason", reason)
         _end_child(settings, study.study_name, trial.number, None, "FAIL", reason)
         return Outcome(TrialState.FAIL, None, time.perf_counter() - started, reason)
-    except (KeyboardInterrupt, DataError):
-        raise
     summary = result.summary["val"]
     for key, value in summary.items():
         trial.set_user_attr(key, value)

@@ -715,6 +715,7 @@ def draw(
     line: bool = True,
     log_to: Sequence[str] | None = None,
     data_root: str = "",
+    plane_name: str = "plane",
     log: Callable[[str], None] = print,
 ) -> Landscape:
     """Draw the line (and, with ``vs``, the plane) for run ``run_id``; save and log them.
@@ -731,6 +732,7 @@ def draw(
         line: draw the line (``False``: only the plane, as ``make compare`` does).
         log_to: run ids that get the files as artifacts under ``landscape/`` (default: the run).
         data_root: dataset folder, instead of the run's ``data.root``.
+        plane_name: file stem of the plane's PNG and JSON (``make compare`` draws several).
         log: progress lines.
 
     Raises:
@@ -842,7 +844,7 @@ def draw(
             f"{n[0]:,} {SPLIT} samples per task"
         )
         fig = plot_plane(plane, tasks, labels, title)
-        result.files += _save(fig, obj, "plane", out_dir, runs)
+        result.files += _save(fig, obj, plane_name, out_dir, runs)
     log(
         f"wrote {', '.join(p.name for p in result.files)} to {out_dir}/ and logged them to run(s) "
         f"{', '.join(r.run_id[:8] for r in runs)} under {ARTIFACT_DIR}/"
@@ -872,6 +874,11 @@ def best_raw_free(c: Comparison) -> str | None:
     return max(candidates, key=score, default=None)
 
 
+# EWC is the reference regulariser of the field (and of the thread): its plane is drawn too when it
+# ran, so a reader sees where a quadratic penalty lands next to the best method.
+REFERENCE_STRATEGY = "ewc"
+
+
 def comparison_plane(
     c: Comparison,
     store: str | Path,
@@ -879,52 +886,60 @@ def comparison_plane(
     options: Options | None = None,
     log: Callable[[str], None] = print,
 ) -> list[str]:
-    """The plane of naive's theta_A and theta_B and the best raw-data-free strategy's theta_S,
-    from the first seed's runs, into ``<report>/landscape/`` and the parent run's artifacts.
+    """Planes through naive's theta_A and theta_B and another strategy's theta_S, from the first
+    seed's runs, into ``<report>/landscape/plane-<strategy>.png`` and the parent run's artifacts.
 
-    Sequences of more than two tasks use tasks 0 and 1 (see the module docstring). When the
+    theta_S comes from the best raw-data-free strategy and, when it ran and is another one, from
+    EWC. Sequences of more than two tasks use tasks 0 and 1 (see the module docstring). When the
     comparison has no naive run, no raw-data-free strategy, a single task or no checkpoints,
     nothing is drawn and the reason is logged.
 
     Returns:
-        Markdown lines for the comparison's report (the figure, or why there is none).
+        Markdown lines for the comparison's report (the figures, or why there are none).
     """
     best = best_raw_free(c)
     naive = c.row("naive")
-    why = ""
     if naive is None or best is None:
         why = "needs naive and a strategy that keeps no raw data (other than joint)"
     elif len(c.tasks) < 2:
         why = "needs a sequence of at least two tasks"
     else:
-        best_row = c.row(best)
-        assert best_row is not None
         seed = c.seeds[0]
-        log(f"\nlandscape: naive against {best}, the runs of seed {seed}")
-        try:
-            draw(
-                store,
-                naive.results[0].run_id,
-                best_row.results[0].run_id,
-                options=options,
-                out_dir=c.report_dir / ARTIFACT_DIR,
-                line=False,
-                log_to=[parent_run_id],
-                log=log,
-            )
-        except LandscapeError as e:
-            why = str(e)
-        else:
-            return [
-                "## Forgetting in weight space",
-                "",
-                f"Losses of {c.displays[0]} (task A) and {c.displays[1]} (task B) on the plane "
-                f"through naive's weights after task A and after task B and {best}'s after "
-                f"task B (seed {seed}'s runs; {best} is the strategy that keeps no raw data "
-                "with the highest mean validation average accuracy).",
-                "",
-                f"![loss landscape: naive vs {best}]({ARTIFACT_DIR}/plane.png)",
-                "",
-            ]
+        others = [best] + [s for s in (REFERENCE_STRATEGY,) if s != best and c.row(s)]
+        lines = [
+            "## Forgetting in weight space",
+            "",
+            f"Losses of {c.displays[0]} (task A) and {c.displays[1]} (task B) on the plane "
+            "through naive's weights after task A and after task B and another strategy's after "
+            f"task B (seed {seed}'s runs): {best}, the strategy that keeps no raw data with the "
+            "highest mean validation average accuracy"
+            + (f", and {REFERENCE_STRATEGY}." if len(others) > 1 else "."),
+            "",
+        ]
+        for other in others:
+            row = c.row(other)
+            assert row is not None
+            log(f"\nlandscape: naive against {other}, the runs of seed {seed}")
+            try:
+                draw(
+                    store,
+                    naive.results[0].run_id,
+                    row.results[0].run_id,
+                    options=options,
+                    out_dir=c.report_dir / ARTIFACT_DIR,
+                    line=False,
+                    log_to=[parent_run_id],
+                    plane_name=f"plane-{other}",
+                    log=log,
+                )
+            except LandscapeError as e:
+                log(f"landscape of naive against {other} not drawn: {e}")
+                lines += [f"Plane of naive against {other} not drawn: {e}.", ""]
+            else:
+                lines += [
+                    f"![loss landscape: naive vs {other}]({ARTIFACT_DIR}/plane-{other}.png)",
+                    "",
+                ]
+        return lines
     log(f"landscape not drawn: {why}")
     return [f"Landscape plane not drawn: {why}.", ""]

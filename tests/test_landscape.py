@@ -350,16 +350,27 @@ def test_best_raw_free_strategy_by_mean_val_accuracy(tmp_path):
     assert best_raw_free(comparison(rows[:4], tmp_path)) is None
 
 
-def test_comparison_plane_naive_vs_best(runs, tmp_path):
+def test_comparison_plane_naive_vs_best_and_ewc(runs, tmp_path):
     _, store, by = runs
     rows = [Row("naive", [fake_result(by["naive"], 0.5)]), Row("l2", [fake_result(by["l2"], 0.6)])]
     with Run.start(store, "synthetic_forgetting", "parent") as parent:
         lines = comparison_plane(
             comparison(rows, tmp_path), store, parent.run_id, Options(grid=3, samples=20), print
         )
-    assert "![loss landscape: naive vs l2](landscape/plane.png)" in lines
-    assert (tmp_path / "landscape" / "plane.png").is_file()
-    assert artifacts(store, parent.run_id) == {"landscape/plane.png", "landscape/plane.json"}
+    assert "![loss landscape: naive vs l2](landscape/plane-l2.png)" in lines
+    assert (tmp_path / "landscape" / "plane-l2.png").is_file()
+    assert artifacts(store, parent.run_id) == {"landscape/plane-l2.png", "landscape/plane-l2.json"}
+    # EWC, the reference regulariser, gets its plane too when it is not the best one
+    rows.append(Row("ewc", [fake_result(by["l2"], 0.55)]))
+    lines = comparison_plane(
+        comparison(rows, tmp_path / "e"), store, parent.run_id, Options(grid=3, samples=20), print
+    )
+    pictures = [line for line in lines if line.startswith("![")]
+    assert pictures == [
+        "![loss landscape: naive vs l2](landscape/plane-l2.png)",
+        "![loss landscape: naive vs ewc](landscape/plane-ewc.png)",
+    ]
+    assert (tmp_path / "e" / "landscape" / "plane-ewc.json").is_file()
     # without naive: nothing drawn, the reason in the report
     lines = comparison_plane(comparison(rows[1:], tmp_path / "x"), store, "p", None, print)
     assert "not drawn" in lines[0] and not (tmp_path / "x").exists()

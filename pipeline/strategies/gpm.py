@@ -1,0 +1,254 @@
+"""Gradient Projection Memory: learn new tasks only in directions old tasks' inputs do not use.
+
+Saha, Garg & Roy 2021, "Gradient Projection Memory for Continual Learning" (ICLR 2021).
+
+A layer ``y = W x + b`` answers an old input ``x`` the same way after an update ``dW`` when
+``dW [x; 1] = 0``. GPM keeps, per layer, an orthonormal basis ``M`` of the inputs the past tasks
+gave that layer (the top singular vectors of their representation matrix that hold a fraction
+``threshold`` of its energy) and removes from every later update its component in that span:
+``dW <- dW - dW M M^T``. It keeps no raw sample, only the bases (derived state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.models import MultiHead
+from pipeline.strategies._anchor import require, task_batches
+from pipeline.strategies.base import Strategy, TaskContext, register
+
+Layer = nn.Linear | nn.Conv2d
+
+
+@dataclass
+class GPMParams:
+    """Hyperparameters of GPM.
+
+    Attributes:
+        threshold: fraction of each layer's input energy (squared singular values of its
+            representation matrix) the kept basis must hold; the paper uses 0.95-0.99. Higher
+            protects old tasks more and leaves fewer directions to new ones.
+        samples: training samples of each ended task the representation matrices are built from
+            (the paper: 125 for convolutional layers, 300 for fully connected ones).
+    """
+
+    threshold: float = 0.97
+    samples: int = 300
+
+
+def protected_layers(model: nn.Module) -> dict[str, Layer]:
+    """The linear and convolutional layers whose updates GPM constrains, by module name.
+
+    A task-incremental head's per-task layers are left out: each one answers only its own
+    task's samples, and the layers of old tasks receive no gradient later anyway.
+    """
+    skip = [name for name, m in model.named_modules() if isinstance(m, MultiHead)]
+    layers: dict[str, Layer] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear | nn.Conv2d) and not any(name.startswith(f"{s}.") for s in skip):
+            if isinstance(m, nn.Conv2d) and (m.groups != 1 or isinstance(m.padding, str)):
+                raise ConfigError(
+                    f"strategy: 'gpm' supports no grouped or string-padded convolution ({name})"
+                )
+            layers[name] = m
+    return layers
+
+
+def layer_inputs(layer: Layer, x: Tensor) -> Tensor:
+    """The rows ``[x; 1]`` the layer multiplies by ``[W b]``: one per sample for a linear layer,
+    one per sample and output position (the unfolded patch) for a convolution."""
+    if isinstance(layer, nn.Conv2d):
+        patches = F.unfold(
+            x,
+            layer.kernel_size,
+            dilation=layer.dilation,
+            padding=layer.padding,  # type: ignore[arg-type]  # a tuple: protected_layers
+            stride=layer.stride,
+        )  # (N, C*kh*kw, L), channel-major: the order of W.view(out, -1)
+        x = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    x = x.reshape(-1, x.shape[-1])
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+
+
+def grow_basis(basis: Tensor | None, gram: Tensor, threshold: float) -> Tensor:
+    """Add to ``basis`` the fewest directions that make it hold ``threshold`` of the energy.
+
+    Args:
+        basis: orthonormal columns (d x k) kept from earlier tasks, or ``None``.
+        gram: ``X^T X`` of the ended task's representation matrix ``X`` (d x d). Its
+            eigenvectors are ``X``'s right singular vectors and its eigenvalues their squared
+            singular values, so the energy criterion needs no SVD of the tall ``X``.
+        threshold: fraction of ``trace(gram)`` the returned basis must hold.
+
+    Returns:
+        Orthonormal columns (d x k'), k' >= k: ``basis`` followed by the new directions, which
+        are orthogonal to it (the paper's criterion on the residual, Algorithm 1).
+    """
+    gram = gram.double()
+    m = basis.double() if basis is not None else gram.new_zeros(gram.shape[0], 0)
+    total = float(torch.trace(gram))
+    residual = gram - m @ (m.T @ gram)
+    residual = residual - (residual @ m) @ m.T  # P G P with P = I - M M^T
+    held = total - float(torch.trace(residual))  # the energy the old basis already holds
+    need = threshold * total - held
+    if total <= 0.0 or need <= 0.0 or m.shape[1] == gram.shape[0]:
+        return m.float()
+    values, vectors = torch.linalg.eigh((residual + residual.T) / 2)
+    values, vectors = values.flip(0).clamp_min(0.0), vectors.flip(1)
+    cumulative = torch.cumsum(values, 0)
+    k = int(torch.searchsorted(cumulative, torch.tensor(need, dtype=cumulative.dtype))) + 1
+    # never past the residual's rank (its null directions are M's own) or the dimension
+    k = min(k, int((values > values[0] * 1e-10).sum()), gram.shape[0] - m.shape[1])
+    # Re-orthonormalise: the eigenvectors are orthogonal to M only up to rounding.
+    q, _ = torch.linalg.qr(torch.cat([m, vectors[:, :k]], dim=1))
+    return q.float()
+
+
+@torch.no_grad()
+def input_grams(model: nn.Module, inputs: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """``X^T X`` of each protected layer's representation matrix ``X`` (rows
+    :func:`layer_inputs`) over the given batches of (images, task ids), model in eval mode."""
+    grams: dict[str, Tensor] = {}
+
+    def hook(name: str, layer: Layer) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
+        def record(_: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = layer_inputs(layer, args[0].detach().double())
+            gram = x.T @ x
+            grams[name] = gram if name not in grams else grams[name] + gram
+
+        return record
+
+    handles: list[RemovableHandle] = [
+        layer.register_forward_pre_hook(hook(name, layer))
+        for name, layer in protected_layers(model).items()
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        for x, task in inputs:
+            model(x, task)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return grams
+
+
+def flat_update(layer: Layer, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``[W b]`` (or its gradient) as one (out x d) matrix, the layout of :func:`layer_inputs`."""
+    w = weight.reshape(weight.shape[0], -1)
+    if bias is None:  # a layer without bias sees a constant input it has no weight for
+        return torch.cat([w, w.new_zeros(w.shape[0], 1)], dim=1)
+    return torch.cat([w, bias.unsqueeze(1)], dim=1)
+
+
+def project_out(update: Tensor, basis: Tensor) -> Tensor:
+    """``U - U M M^T``: the rows of ``update`` with their component in ``span(M)`` removed."""
+    return update - (update @ basis) @ basis.T
+
+
+@register
+class GPM(Strategy):
+    """GPM: project each update of a layer onto the orthogonal complement of the input space
+    of the tasks learnt before.
+
+    At the end of each task, every protected layer's inputs on ``samples`` of the task's training
+    samples (in fixed order, model in eval mode) extend that layer's basis (:func:`grow_basis`).
+    While a later task trains, the gradient of ``[W b]`` is projected (so Adam's moments never
+    build up along protected directions), and so is the step the optimizer took: Adam scales
+    each coordinate, so a projected gradient alone does not give a projected update (the paper
+    uses plain SGD, for which the two are the same).
+
+    Works in every scenario. It is built for the task-incremental one; with a shared or
+    growing head it still keeps old inputs' outputs fixed, but new classes can only use
+    directions old tasks leave free.
+    """
+
+    name = "gpm"
+    Params = GPMParams
+    keeps_raw_data = False
+
+    @classmethod
+    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+        super().check_config(params, cfg)
+        require(
+            0 < params.threshold <= 1,
+            cls.name,
+            "threshold",
+            f"must be in (0, 1], got {params.threshold}",
+        )
+        require(params.samples >= 1, cls.name, "samples", f"must be >= 1, got {params.samples}")
+
+    def __init__(self, params: GPMParams) -> None:
+        super().__init__(params)
+        self.bases: dict[str, Tensor] = {}
+        self._before: dict[str, Tensor] = {}
+
+    def _layers(self, model: nn.Module) -> dict[str, Layer]:
+        return {n: m for n, m in protected_layers(model).items() if n in self.bases}
+
+    def after_backward(self, model: nn.Module) -> None:
+        self._before = {}
+        for name, layer in self._layers(model).items():
+            basis = self.bases[name].to(layer.weight.device)
+            if layer.weight.grad is not None:
+                bias_grad = layer.bias.grad if layer.bias is not None else None
+                g = project_out(flat_update(layer, layer.weight.grad, bias_grad), basis)
+                _write(layer, g, grad=True)
+            self._before[name] = flat_update(layer, layer.weight, layer.bias).detach().clone()
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            for name, layer in self._layers(model).items():
+                before = self._before.get(name)
+                if before is None:
+                    continue
+                basis = self.bases[name].to(before.device)
+                step = flat_update(layer, layer.weight, layer.bias) - before
+                _write(layer, before + project_out(step, basis), grad=False)
+        self._before = {}
+
+    def on_task_end(self, ctx: TaskContext) -> None:
+        def first_samples() -> Iterator[tuple[Tensor, Tensor]]:
+            seen = 0
+            for batch in task_batches(ctx):  # the training split in its fixed order
+                take = min(len(batch.y), self.params.samples - seen)
+                yield batch.x[:take].to(ctx.device), batch.task[:take].to(ctx.device)
+                seen += take
+                if seen >= self.params.samples:
+                    return
+
+        for name, gram in input_grams(ctx.module.model, first_samples()).items():
+            self.bases[name] = grow_basis(self.bases.get(name), gram, self.params.threshold).cpu()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bases": {k: v.clone() for k, v in self.bases.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bases = {k: v.clone() for k, v in state["bases"].items()}
+
+    def basis_sizes(self) -> dict[str, tuple[int, int]]:
+        """Per layer: (directions kept, input dimension + 1): how much of it old tasks hold."""
+        return {k: (v.shape[1], v.shape[0]) for k, v in self.bases.items()}
+
+
+def _write(layer: Layer, flat: Tensor, *, grad: bool) -> None:
+    """Write an (out x d) matrix back into ``[W b]`` or into their gradients."""
+    w = flat[:, :-1].reshape(layer.weight.shape)
+    if grad:
+        assert layer.weight.grad is not None
+        layer.weight.grad.copy_(w)
+        if layer.bias is not None and layer.bias.grad is not None:
+            layer.bias.grad.copy_(flat[:, -1])
+    else:
+        layer.weight.copy_(w)
+        if layer.bias is not None:
+            layer.bias.copy_(flat[:, -1])

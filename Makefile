@@ -21,13 +21,14 @@ TRIALS ?=
 WORKERS ?= 1
 STUDY ?=
 RULE ?= knee
+RESUME ?=
 
 .PHONY: help install data forget run compare erase landscape sweep best dashboard test test-slow lint format bench ui clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: EXP=<conf/experiment name> ARGS=\"key=value ...\" DATA=<data dir>"
-	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 (compare)"
+	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 RESUME=<parent run id of a cut-off compare> (compare)"
 	@echo "             STRATEGY=ewc TRIALS=30 WORKERS=1 SWEEP=default STUDY=<name> RULE=knee (sweep, best)"
 	@echo "             multi-objective sweeps (SWEEP=default, prefix) are not pruned: Optuna cannot prune them"
 
@@ -50,8 +51,8 @@ forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain f
 run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..."
 	$(PY) -m pipeline run $(EXP) $(ARGS)
 
-compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run
-	$(PY) -m pipeline compare $(EXP) --strategies $(STRATEGIES) --seeds $(SEEDS) data.root=$(DATA) $(ARGS)
+compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run (RESUME=<its id>)
+	$(PY) -m pipeline compare $(EXP) --strategies $(STRATEGIES) --seeds $(SEEDS) $(if $(RESUME),--resume $(RESUME)) data.root=$(DATA) $(ARGS)
 
 landscape: install ## forgetting in weight space: make landscape RUN=<run id> [VS=<run id>]
 	$(PY) -m pipeline landscape $(RUN) $(if $(VS),--vs $(VS)) --data $(DATA) $(ARGS)

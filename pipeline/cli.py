@@ -2,14 +2,17 @@
 targets call these).
 
 Exit codes: 0 success; 1 a run or provisioning failed (data missing, loss diverged); 2 a bad
-config, override or argument (nothing was run, no MLflow run was created); 130 interrupted.
+config, override or argument (nothing was run, no MLflow run was created); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM). Interrupted or terminated, the MLflow runs end KILLED.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,7 +111,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"comparing {', '.join(names)} on {args.experiment}, seeds {seeds}")
     try:
         c = compare(
-            args.experiment, names, seeds, args.overrides, Path(args.out) if args.out else None
+            args.experiment,
+            names,
+            seeds,
+            args.overrides,
+            Path(args.out) if args.out else None,
+            resume=args.resume or None,
         )
     except (DataError, DivergenceError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -280,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--out", default="", help="report folder (default reports/compare-...)")
+    p.add_argument(
+        "--resume",
+        default="",
+        metavar="RUN_ID",
+        help="parent run of a comparison that was cut off (same arguments): its finished runs "
+        "are kept, the others run",
+    )
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser(
         "landscape", help="forgetting in weight space: loss along a line / over a plane"
@@ -358,8 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    if threading.current_thread() is threading.main_thread():
+        # Python's default SIGTERM stops the process on the spot and leaves its MLflow runs
+        # RUNNING; as an exception it unwinds like Ctrl-C: runs end KILLED, scratch files go.
+        # Lightning calls this handler too while it trains (it chains the existing handler).
+        signal.signal(signal.SIGTERM, _terminate)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["data"]:
         from pipeline.data.provision import main as provision_main
@@ -381,3 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            print("terminated", file=sys.stderr)
+        raise

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
 
 from pipeline import metrics
 from pipeline.config import REPORTS_DIR, ConfigError, ExperimentConfig, compose
 from pipeline.landscape import Options, comparison_plane
 from pipeline.runner import SequenceResult, run_sequence
 from pipeline.strategies import REGISTRY
-from pipeline.tracking import Run
+from pipeline.tracking import Run, client_for
 
 #: Order of the default comparison: baselines, then no raw data kept, then rehearsal.
 DEFAULT_ORDER = (
@@ -212,6 +213,7 @@ def compare(
     out_dir: Path | None = None,
     log: Callable[[str], None] = print,
     landscape: Options | None = None,
+    resume: str | None = None,
 ) -> Comparison:
     """Run every strategy on every seed and write the report.
 
@@ -223,9 +225,12 @@ def compare(
         out_dir: where the report goes (default ``reports/compare-<experiment>-<time>``).
         landscape: grid and samples of the loss-landscape plane of naive against the best
             strategy that keeps no raw data (:func:`pipeline.landscape.comparison_plane`).
+        resume: the parent run of a comparison that was cut off, with the same arguments: its
+            finished child runs are read back, not run again.
 
     Raises:
-        ConfigError: a bad override or strategy name (before anything runs).
+        ConfigError: a bad override or strategy name, or a ``resume`` run that is not the same
+            comparison (before anything runs).
     """
     configs: dict[str, list[ExperimentConfig]] = {}
     skipped: dict[str, str] = {}
@@ -244,33 +249,43 @@ def compare(
     if not configs:
         raise ConfigError("strategy: no strategy can run in this setting")
     base = next(iter(configs.values()))[0]
+    store = base.tracking.store
     out_dir = out_dir or REPORTS_DIR / f"compare-{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {"kind": "comparison", "scenario": base.scenario}
-    with Run.start(
-        base.tracking.store,
-        base.tracking.experiment or base.name,
-        f"compare-{experiment}",
-        tags=tags,
-    ) as parent:
-        parent.log_params(
-            {
-                "strategies": ",".join(configs),
-                "seeds": ",".join(map(str, seeds)),
-                "scenario": base.scenario,
-                "overrides": " ".join(overrides),
-                "tasks": " -> ".join(t.name for t in base.data.tasks),
-            }
+    params = {
+        "experiment": experiment,
+        "strategies": ",".join(configs),
+        "seeds": ",".join(map(str, seeds)),
+        "scenario": base.scenario,
+        "overrides": " ".join(overrides),
+        "tasks": " -> ".join(t.name for t in base.data.tasks),
+    }
+    done = finished_children(store, resume, params) if resume else {}
+    parent_run = (
+        Run.reopen(store, resume)
+        if resume
+        else Run.start(
+            store,
+            base.tracking.experiment or base.name,
+            f"compare-{experiment}",
+            tags={"kind": "comparison", "scenario": base.scenario},
         )
+    )
+    with parent_run as parent:
+        if not resume:
+            parent.log_params(params)
+        log(f"parent run {parent.run_id} (if cut off, resume it: RESUME={parent.run_id})")
         rows: list[Row] = []
         total = len(configs) * len(seeds)
         for spec, cfgs in configs.items():
             row = Row(spec)
             for cfg in cfgs:
-                log(
-                    f"[{len(rows) * len(seeds) + len(row.results) + 1}/{total}] {spec}, "
-                    f"seed {cfg.seed}"
-                )
                 cfg.tracking.run_name = f"{spec}-seed{cfg.seed}"
+                step = f"[{len(rows) * len(seeds) + len(row.results) + 1}/{total}] {spec}, seed"
+                if cfg.tracking.run_name in done:
+                    log(f"{step} {cfg.seed}: finished before (run {done[cfg.tracking.run_name]})")
+                    row.results.append(SequenceResult.from_run(store, done[cfg.tracking.run_name]))
+                    continue
+                log(f"{step} {cfg.seed}")
                 row.results.append(run_sequence(cfg, parent_run_id=parent.run_id))
             rows.append(row)
         first = rows[0].results[0]
@@ -285,9 +300,48 @@ def compare(
             parent.run_id,
             out_dir,
         )
-        plane = comparison_plane(c, base.tracking.store, parent.run_id, landscape, log)
+        plane = comparison_plane(c, store, parent.run_id, landscape, log)
         write_report(c, out_dir, parent, plane)
     return c
+
+
+def finished_children(store: str | Path, parent_id: str, params: dict[str, str]) -> dict[str, str]:
+    """The finished child runs of the comparison ``parent_id``, by run name; children left
+    RUNNING by a crash are marked KILLED (they run again).
+
+    Raises:
+        ConfigError: no such run, or it is not a comparison with these ``params``.
+    """
+    client = client_for(store)
+    try:
+        parent = client.get_run(parent_id)
+    except MlflowException:
+        raise ConfigError(f"resume: no MLflow run '{parent_id}' in {store}") from None
+    if parent.data.tags.get("kind") != "comparison":
+        raise ConfigError(f"resume: run '{parent_id}' is not a comparison (make compare)")
+    differ = [
+        f"{k} {parent.data.params[k]!r} (now {v!r})"
+        for k, v in params.items()
+        if k in parent.data.params and parent.data.params[k] != v
+    ]
+    if differ:
+        raise ConfigError(
+            f"resume: run '{parent_id}' compared other settings: {'; '.join(differ)}; "
+            "resume it with the same arguments, or start a new comparison"
+        )
+    done: dict[str, str] = {}
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    for run in children:
+        if run.info.status == "FINISHED":
+            done[run.info.run_name] = run.info.run_id  # the latest one wins
+        elif run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "error", "cut off; run again when resumed")
+            client.set_terminated(run.info.run_id, status="KILLED")
+    return done
 
 
 def write_report(c: Comparison, out_dir: Path, parent: Run, extra: Sequence[str] = ()) -> None:

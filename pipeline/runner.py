@@ -7,6 +7,7 @@ a strategy does happens through the module's hooks; everything recorded goes thr
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import sys
@@ -30,9 +31,19 @@ from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.report import heatmap
 from pipeline.strategies import Strategy, TaskContext, build_strategies
-from pipeline.tracking import Run, TaskLogger, git_commit, package_versions, scratch_dir
+from pipeline.tracking import (
+    Run,
+    TaskLogger,
+    client_for,
+    git_commit,
+    local_path,
+    package_versions,
+    scratch_dir,
+)
 
 SPLITS = ("val", "test")  # val: model selection and sweeps; test: reporting only
+MATRIX_FILE = "accuracy_matrix.json"  # artifacts of a finished run, read back by from_run
+LEDGER_FILE = "retention.json"
 
 # Called after each task with its index and the accuracy rows so far (per evaluated split);
 # sweeps report to their pruner here and may raise to stop the sequence.
@@ -77,6 +88,32 @@ class SequenceResult:
     init: dict[str, list[float]]
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
     records: list[TaskRecord] = field(default_factory=list)
+
+    @classmethod
+    def from_run(cls, store: str | Path, run_id: str) -> SequenceResult:
+        """Read back the result of a finished run from its artifacts (a comparison resumes so).
+
+        Raises:
+            LookupError: the run has no result artifacts (it did not finish).
+        """
+        run = client_for(store).get_run(run_id)
+        folder = local_path(run.info.artifact_uri)
+        try:
+            acc = json.loads((folder / MATRIX_FILE).read_text())
+            kept = json.loads((folder / LEDGER_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise LookupError(f"run {run_id} has no readable result: {e}") from None
+        splits = [s for s in SPLITS if s in acc]
+        return cls(
+            run_id,
+            run.info.experiment_id,
+            acc["tasks"],
+            acc["display"],
+            {s: np.array(acc[s]["matrix"]) for s in splits},
+            {s: acc[s]["init"] for s in splits},
+            {s: acc[s]["summary"] for s in splits},
+            [TaskRecord(**{k: v for k, v in r.items() if k != "task"}) for r in kept],
+        )
 
     @property
     def train_seconds(self) -> list[float]:
@@ -393,7 +430,7 @@ def log_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None
     )
     run.log_json(
         [{"task": n, **asdict(r)} for n, r in zip(result.tasks, result.records, strict=True)],
-        "retention.json",
+        LEDGER_FILE,
     )
     run.log_json(
         {
@@ -411,7 +448,7 @@ def log_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None
                 for s in splits
             },
         },
-        "accuracy_matrix.json",
+        MATRIX_FILE,
     )
     title = (
         f"{cfg.name}: {' -> '.join(result.displays)} ({cfg.scenario}-incremental, "

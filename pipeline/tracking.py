@@ -27,6 +27,7 @@ from typing import Any
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 
@@ -135,16 +136,37 @@ class Run:
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         info = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info
-        run = cls(client, info.run_id, exp_id)
-        try:
+        with cls(client, info.run_id, exp_id)._managed() as run:
             yield run
+
+    @classmethod
+    @contextmanager
+    def reopen(cls, store: str | Path, run_id: str) -> Iterator[Run]:
+        """An existing run, RUNNING again until the block ends (as in :meth:`start`).
+
+        Raises:
+            LookupError: no run ``run_id`` in ``store``.
+        """
+        client = client_for(store)
+        try:
+            info = client.get_run(run_id).info
+        except MlflowException:
+            raise LookupError(f"no MLflow run '{run_id}' in {store}") from None
+        client.update_run(run_id, status="RUNNING")
+        with cls(client, run_id, info.experiment_id)._managed() as run:
+            yield run
+
+    @contextmanager
+    def _managed(self) -> Iterator[Run]:
+        try:
+            yield self
         except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C/SIGTERM into SystemExit
-            run.end("KILLED", "interrupted")
+            self.end("KILLED", "interrupted")
             raise
         except BaseException as e:
-            run.end("FAILED", f"{type(e).__name__}: {e}")
+            self.end("FAILED", f"{type(e).__name__}: {e}")
             raise
-        run.end("FINISHED")
+        self.end("FINISHED")
 
     def end(self, status: str, error: str = "") -> None:
         if error:

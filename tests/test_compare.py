@@ -97,3 +97,47 @@ def test_refusing_strategy_is_skipped_with_reason(tmp_path):
     assert [r.strategy for r in c.rows] == ["naive"]
     assert "retention=none" in c.skipped["joint"]
     assert "joint" in Path(tmp_path / "r" / "report.md").read_text()
+
+
+def test_resume_reads_back_finished_runs_and_reruns_cut_off_ones(tmp_path):
+    store = tmp_path / "mlruns"
+    args = ("synthetic_forgetting", ["naive", "joint"], [0], [*FAST, f"tracking.store={store}"])
+    first = compare(*args, out_dir=tmp_path / "r1", log=lambda _: None)
+    # A crash (SIGKILL) during joint's run leaves it and the parent RUNNING.
+    client = client_for(store)
+    joint_before = first.row("joint").results[0].run_id
+    client.update_run(joint_before, status="RUNNING")
+    client.update_run(first.parent_run_id, status="RUNNING")
+
+    lines: list[str] = []
+    again = compare(*args, out_dir=tmp_path / "r2", log=lines.append, resume=first.parent_run_id)
+
+    naive_before, naive_after = first.row("naive").results[0], again.row("naive").results[0]
+    assert naive_after.run_id == naive_before.run_id  # read back, not trained again
+    assert any("naive, seed 0: finished before" in line for line in lines)
+    for s in naive_before.matrix:
+        np.testing.assert_allclose(naive_after.matrix[s], naive_before.matrix[s])
+        assert naive_after.summary[s] == pytest.approx(naive_before.summary[s])
+    assert naive_after.records == naive_before.records
+    assert table(again)[1][:-1] == table(first)[1][:-1]  # all but the time relative to joint
+    joint_after = again.row("joint").results[0].run_id
+    assert joint_after != joint_before
+    assert client.get_run(joint_before).info.status == "KILLED"
+    assert client.get_run(joint_after).info.status == "FINISHED"
+    assert again.parent_run_id == first.parent_run_id
+    assert client.get_run(first.parent_run_id).info.status == "FINISHED"
+    assert (tmp_path / "r2" / "report.md").exists()
+
+
+def test_resume_refuses_another_comparison_before_running(tmp_path):
+    store = tmp_path / "mlruns"
+    fast = [*FAST, f"tracking.store={store}"]
+    c = compare("synthetic_forgetting", ["naive"], [0], fast, tmp_path / "r", lambda _: None)
+    before = len(client_for(store).search_runs([c.rows[0].results[0].experiment_id]))
+    with pytest.raises(ConfigError, match=r"seeds '0' \(now '0,1'\)"):
+        compare("synthetic_forgetting", ["naive"], [0, 1], fast, resume=c.parent_run_id)
+    with pytest.raises(ConfigError, match="not a comparison"):
+        compare("synthetic_forgetting", ["naive"], [0], fast, resume=c.rows[0].results[0].run_id)
+    with pytest.raises(ConfigError, match="no MLflow run 'feed'"):
+        compare("synthetic_forgetting", ["naive"], [0], fast, resume="feed")
+    assert len(client_for(store).search_runs([c.rows[0].results[0].experiment_id])) == before

@@ -1,6 +1,10 @@
 """End to end on two synthetic tasks: forgetting shows, and the MLflow run holds what it must."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from importlib import metadata
 
 import numpy as np
@@ -96,3 +100,32 @@ def test_same_seed_same_matrix(finished, tmp_path):
     again = run_sequence(small_synthetic(tmp_path / "other"))
     for split in ("test", "val"):
         assert np.array_equal(again.matrix[split], result.matrix[split])
+
+
+def test_sigterm_ends_the_run_killed_and_exits_143(tmp_path):
+    """`kill` unwinds like Ctrl-C: Python's default would leave the MLflow run RUNNING."""
+    store = tmp_path / "mlruns"
+    cmd = [sys.executable, "-m", "pipeline", "run", "synthetic_forgetting"]
+    fast = ["trainer.progress_bar=false", "trainer.threads=1", "trainer.epochs=500"]
+    proc = subprocess.Popen(
+        [*cmd, f"tracking.store={store}", *fast], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    running = []
+    deadline = time.time() + 120
+    while not running and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (store / "mlflow.db").exists():
+            try:
+                client = client_for(store)
+                exp = client.get_experiment_by_name("synthetic_forgetting")
+                running = exp and client.search_runs([exp.experiment_id], "status = 'RUNNING'")
+            except Exception:  # the store is still being created
+                continue
+    assert running, "the run did not start within 120 s"
+    time.sleep(1.0)  # into training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()[-2000:]
+    assert "terminated" in err.decode()
+    run = client_for(store).get_run(running[0].info.run_id)
+    assert run.info.status == "KILLED"

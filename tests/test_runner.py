@@ -107,6 +107,9 @@ def test_sigterm_ends_the_run_killed_and_exits_143(tmp_path):
     store = tmp_path / "mlruns"
     cmd = [sys.executable, "-m", "pipeline", "run", "synthetic_forgetting"]
     fast = ["trainer.progress_bar=false", "trainer.threads=1", "trainer.epochs=500"]
+    # Create the store first: two processes creating one SQLite store race in its migrations.
+    client = client_for(store)
+    client.search_experiments()
     proc = subprocess.Popen(
         [*cmd, f"tracking.store={store}", *fast], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -114,18 +117,18 @@ def test_sigterm_ends_the_run_killed_and_exits_143(tmp_path):
     deadline = time.time() + 120
     while not running and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        if (store / "mlflow.db").exists():
-            try:
-                client = client_for(store)
-                exp = client.get_experiment_by_name("synthetic_forgetting")
-                running = exp and client.search_runs([exp.experiment_id], "status = 'RUNNING'")
-            except Exception:  # the store is still being created
-                continue
-    assert running, "the run did not start within 120 s"
+        exp = client.get_experiment_by_name("synthetic_forgetting")
+        running = exp and client.search_runs([exp.experiment_id], "status = 'RUNNING'")
+    if not running:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(
+            f"no run started in 120 s (exit {proc.returncode}): {(out + err).decode()[-3000:]}"
+        )
     time.sleep(1.0)  # into training
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err.decode()[-2000:]
     assert "terminated" in err.decode()
-    run = client_for(store).get_run(running[0].info.run_id)
+    run = client.get_run(running[0].info.run_id)
     assert run.info.status == "KILLED"

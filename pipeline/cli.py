@@ -226,8 +226,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from pipeline.tracking import artifact_root, tracking_uri
+    from pipeline.tracking import artifact_root, client_for, tracking_uri
 
+    client_for(args.store)  # create the database under the store's lock, not in the server
     cmd = [
         "mlflow",
         "ui",

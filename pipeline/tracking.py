@@ -13,9 +13,11 @@ Runs are driven through ``MlflowClient`` with explicit run ids, never the fluent
 
 from __future__ import annotations
 
+import fcntl
 import json
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -33,6 +35,8 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 
 from pipeline.config import REPO_ROOT
 
+LOCK_FILE = ".lock"  # in the store folder: see store_lock
+_OPENED: set[Path] = set()  # stores whose database this process has created or checked
 MAX_BATCH = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
 TRACKED_PACKAGES = (
     "torch",
@@ -57,8 +61,34 @@ def artifact_root(store: str | Path) -> Path:
     return Path(store).resolve() / "artifacts"
 
 
+@contextmanager
+def store_lock(store: str | Path) -> Iterator[None]:
+    """Exclusive lock on the store between processes (held while creating shared things)."""
+    path = Path(store).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / LOCK_FILE, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def client_for(store: str | Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri(store))
+    """A client of the store; the first one in a process creates or upgrades its database.
+
+    MLflow creates and migrates the SQLite database on first use without a lock, so two processes
+    that open a new store at once (two ``make run``s after a clone) break each other's
+    migration. The first use of each store in a process is done under :func:`store_lock`.
+    """
+    path = Path(store).resolve()
+    if path in _OPENED:
+        return MlflowClient(tracking_uri=tracking_uri(path))
+    with store_lock(path):
+        client = MlflowClient(tracking_uri=tracking_uri(path))  # creates or migrates the database
+        client.search_experiments(max_results=1)
+    _OPENED.add(path)
+    return client
 
 
 def ensure_experiment(client: MlflowClient, name: str, store: str | Path) -> str:
@@ -66,8 +96,12 @@ def ensure_experiment(client: MlflowClient, name: str, store: str | Path) -> str
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return str(exp.experiment_id)
-    location = (artifact_root(store) / name).as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    with store_lock(store):  # two processes may create it at once; one of them does
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = (artifact_root(store) / name).as_uri()
+        return str(client.create_experiment(name, artifact_location=location))
 
 
 def local_path(artifact_uri: str) -> Path:
@@ -161,12 +195,19 @@ class Run:
         try:
             yield self
         except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C/SIGTERM into SystemExit
-            self.end("KILLED", "interrupted")
+            self._end_anyway("KILLED", "interrupted")
             raise
         except BaseException as e:
-            self.end("FAILED", f"{type(e).__name__}: {e}")
+            self._end_anyway("FAILED", f"{type(e).__name__}: {e}")
             raise
         self.end("FINISHED")
+
+    def _end_anyway(self, status: str, error: str) -> None:
+        """End the run on the way out of an error, which a store error must not replace."""
+        try:
+            self.end(status, error)
+        except Exception as e:
+            print(f"warning: run {self.run_id} could not be marked {status}: {e}", file=sys.stderr)
 
     def end(self, status: str, error: str = "") -> None:
         if error:

@@ -1,0 +1,35 @@
+"""The MLflow store shared between processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+from pipeline.tracking import client_for, ensure_experiment
+
+
+def _open_store(store: str, barrier: Any, results: Any) -> None:
+    barrier.wait()  # all at once, as two `make run`s started together after a clone
+    try:
+        client = client_for(store)
+        results.put(ensure_experiment(client, "race", store))
+    except Exception as e:  # reported to the parent
+        results.put(f"{type(e).__name__}: {e}"[:300])
+
+
+def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """MLflow migrates a new SQLite store on first use without a lock: unguarded, four processes
+    that open one new store together break each other's migrations (every time on 2 cores)."""
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(2):
+        store = str(tmp_path / f"mlruns{attempt}")
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_store, args=(store, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+        assert len(set(got)) == 1, got  # one experiment id, no error
+        assert client_for(store).get_experiment(got[0]).name == "race"

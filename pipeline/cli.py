@@ -375,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum: int, frame: object) -> None:
+    tracking = sys.modules.get("pipeline.tracking")  # loaded by the commands that write runs
+    if tracking is not None and tracking.defer_exit(128 + signum):
+        return  # raised as soon as the MLflow write in progress is done
     raise SystemExit(128 + signum)
 
 

@@ -37,6 +37,41 @@ from pipeline.config import REPO_ROOT
 
 LOCK_FILE = ".lock"  # in the store folder: see store_lock
 _OPENED: set[Path] = set()  # stores whose database this process has created or checked
+
+
+class _Shield:
+    """Store writes in progress in this process, and an exit deferred until they are done."""
+
+    depth = 0
+    pending: int | None = None
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """A store write that a termination signal must not cut in two.
+
+    SIGTERM raises SystemExit wherever Python is (``pipeline.cli``); raised inside SQLAlchemy's
+    commit, it left SQLite locked by the interrupted connection, so the run could not then be
+    marked KILLED. Inside this block :func:`defer_exit` holds the exit until the write is done.
+    """
+    _Shield.depth += 1
+    try:
+        yield
+    finally:
+        _Shield.depth -= 1
+    if not _Shield.depth and _Shield.pending is not None:
+        code, _Shield.pending = _Shield.pending, None
+        raise SystemExit(code)
+
+
+def defer_exit(code: int) -> bool:
+    """Hold ``SystemExit(code)`` until the store write in progress ends; False when none is."""
+    if not _Shield.depth:
+        return False
+    _Shield.pending = code
+    return True
+
+
 MAX_BATCH = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
 TRACKED_PACKAGES = (
     "torch",
@@ -169,7 +204,8 @@ class Run:
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        info = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info
+        with shielded():
+            info = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info
         with cls(client, info.run_id, exp_id)._managed() as run:
             yield run
 
@@ -186,7 +222,8 @@ class Run:
             info = client.get_run(run_id).info
         except MlflowException:
             raise LookupError(f"no MLflow run '{run_id}' in {store}") from None
-        client.update_run(run_id, status="RUNNING")
+        with shielded():
+            client.update_run(run_id, status="RUNNING")
         with cls(client, run_id, info.experiment_id)._managed() as run:
             yield run
 
@@ -210,9 +247,10 @@ class Run:
             print(f"warning: run {self.run_id} could not be marked {status}: {e}", file=sys.stderr)
 
     def end(self, status: str, error: str = "") -> None:
-        if error:
-            self.client.set_tag(self.run_id, "error", error[:5000])
-        self.client.set_terminated(self.run_id, status=status)
+        with shielded():
+            if error:
+                self.client.set_tag(self.run_id, "error", error[:5000])
+            self.client.set_terminated(self.run_id, status=status)
 
     @property
     def status(self) -> str:
@@ -221,27 +259,33 @@ class Run:
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            with shielded():
+                self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with shielded():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         ms = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
         for i in range(0, len(ms), MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=ms[i : i + MAX_BATCH])
+            with shielded():
+                self.client.log_batch(self.run_id, metrics=ms[i : i + MAX_BATCH])
 
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        with shielded():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        with shielded():
+            self.client.log_text(self.run_id, text, name)
 
     def log_json(self, obj: Any, name: str) -> None:
         self.log_text(json.dumps(obj, indent=2), name)
 
     def log_figure(self, figure: Any, name: str) -> None:
-        self.client.log_figure(self.run_id, figure, name)
+        with shielded():
+            self.client.log_figure(self.run_id, figure, name)
 
 
 def _now_ms() -> int:
@@ -288,7 +332,8 @@ class TaskLogger(Logger):
     def save(self) -> None:
         while self._buffer:
             chunk, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            self.run.client.log_batch(self.run.run_id, metrics=chunk)
+            with shielded():
+                self.run.client.log_batch(self.run.run_id, metrics=chunk)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

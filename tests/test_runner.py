@@ -131,7 +131,8 @@ def test_sigterm_ends_the_run_killed_and_exits_143(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    said = f"exit {proc.returncode}: {(out + err).decode()[-3000:]}"
+    text = (out + err).decode()
+    said = f"exit {proc.returncode}: {text[:4000]} ... {text[-4000:]}"
     assert run_id, f"no training step logged in 120 s; {said}"
     assert (proc.returncode, client.get_run(run_id).info.status) == (143, "KILLED"), said
     assert "terminated" in said

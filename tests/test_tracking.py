@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
-from pipeline.tracking import client_for, ensure_experiment
+import pytest
+
+from pipeline.cli import _terminate
+from pipeline.tracking import client_for, ensure_experiment, shielded
 
 
 def _open_store(store: str, barrier: Any, results: Any) -> None:
@@ -33,3 +38,20 @@ def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path: Path) ->
             p.join()
         assert len(set(got)) == 1, got  # one experiment id, no error
         assert client_for(store).get_experiment(got[0]).name == "race"
+
+
+def test_sigterm_during_a_store_write_exits_after_the_write() -> None:
+    """Raised inside SQLAlchemy's commit, the exit left SQLite locked and the run RUNNING."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    steps = []
+    try:
+        with pytest.raises(SystemExit) as stop, shielded():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("write finished")  # the handler ran above and deferred the exit
+        assert stop.value.code == 143 and steps == ["write finished"]
+        with pytest.raises(SystemExit):  # no write in progress: at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("not reached")
+        assert steps == ["write finished"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

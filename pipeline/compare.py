@@ -282,10 +282,15 @@ def compare(
                 cfg.tracking.run_name = f"{spec}-seed{cfg.seed}"
                 step = f"[{len(rows) * len(seeds) + len(row.results) + 1}/{total}] {spec}, seed"
                 if cfg.tracking.run_name in done:
-                    log(f"{step} {cfg.seed}: finished before (run {done[cfg.tracking.run_name]})")
-                    row.results.append(SequenceResult.from_run(store, done[cfg.tracking.run_name]))
-                    continue
-                log(f"{step} {cfg.seed}")
+                    run_id = done[cfg.tracking.run_name]
+                    try:
+                        row.results.append(SequenceResult.from_run(store, run_id))
+                        log(f"{step} {cfg.seed}: finished before (run {run_id})")
+                        continue
+                    except LookupError as e:
+                        log(f"{step} {cfg.seed}: {e}; running it again")
+                else:
+                    log(f"{step} {cfg.seed}")
                 row.results.append(run_sequence(cfg, parent_run_id=parent.run_id))
             rows.append(row)
         first = rows[0].results[0]

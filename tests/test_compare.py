@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.compare import compare, format_markdown, table
 from pipeline.config import ConfigError
-from pipeline.tracking import client_for
+from pipeline.tracking import client_for, local_path
 
 FAST = [
     "trainer.progress_bar=false",
@@ -141,3 +141,16 @@ def test_resume_refuses_another_comparison_before_running(tmp_path):
     with pytest.raises(ConfigError, match="no MLflow run 'feed'"):
         compare("synthetic_forgetting", ["naive"], [0], fast, resume="feed")
     assert len(client_for(store).search_runs([c.rows[0].results[0].experiment_id])) == before
+
+
+def test_resume_reruns_a_finished_run_whose_result_is_gone(tmp_path):
+    store = tmp_path / "mlruns"
+    args = ("synthetic_forgetting", ["naive"], [0], [*FAST, f"tracking.store={store}"])
+    first = compare(*args, out_dir=tmp_path / "r1", log=lambda _: None)
+    before = first.rows[0].results[0].run_id
+    client = client_for(store)
+    (local_path(client.get_run(before).info.artifact_uri) / "accuracy_matrix.json").unlink()
+    lines: list[str] = []
+    again = compare(*args, out_dir=tmp_path / "r2", log=lines.append, resume=first.parent_run_id)
+    assert any("no readable result" in line and "running it again" in line for line in lines)
+    assert again.rows[0].results[0].run_id != before

@@ -14,13 +14,14 @@ Runs are driven through ``MlflowClient`` with explicit run ids, never the fluent
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -52,7 +53,8 @@ def shielded() -> Iterator[None]:
 
     SIGTERM raises SystemExit wherever Python is (``pipeline.cli``); raised inside SQLAlchemy's
     commit, it left SQLite locked by the interrupted connection, so the run could not then be
-    marked KILLED. Inside this block :func:`defer_exit` holds the exit until the write is done.
+    marked KILLED. Inside this block :func:`defer_exit` holds the exit until the write is done;
+    :class:`ShieldedClient` wraps each write in it.
     """
     _Shield.depth += 1
     try:
@@ -70,6 +72,38 @@ def defer_exit(code: int) -> bool:
         return False
     _Shield.pending = code
     return True
+
+
+class ShieldedClient(MlflowClient):
+    """An ``MlflowClient`` whose writes run :func:`shielded`: every client of :func:`client_for`,
+    so no store write (runs, sweeps, erasure) is cut in two by SIGTERM."""
+
+
+def _shield(name: str) -> Callable[..., Any]:
+    write = getattr(MlflowClient, name)
+
+    @functools.wraps(write)
+    def shielded_write(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+        with shielded():
+            return write(self, *args, **kwargs)
+
+    return shielded_write
+
+
+for _name in (
+    "create_experiment",
+    "create_run",
+    "update_run",
+    "set_terminated",
+    "set_tag",
+    "log_batch",
+    "log_artifact",
+    "log_text",
+    "log_figure",
+    "log_dict",
+    "delete_run",
+):
+    setattr(ShieldedClient, _name, _shield(_name))
 
 
 MAX_BATCH = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
@@ -109,7 +143,7 @@ def store_lock(store: str | Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def client_for(store: str | Path) -> MlflowClient:
+def client_for(store: str | Path) -> ShieldedClient:
     """A client of the store; the first one in a process creates or upgrades its database.
 
     MLflow creates and migrates the SQLite database on first use without a lock, so two processes
@@ -118,9 +152,9 @@ def client_for(store: str | Path) -> MlflowClient:
     """
     path = Path(store).resolve()
     if path in _OPENED:
-        return MlflowClient(tracking_uri=tracking_uri(path))
+        return ShieldedClient(tracking_uri=tracking_uri(path))
     with store_lock(path):
-        client = MlflowClient(tracking_uri=tracking_uri(path))  # creates or migrates the database
+        client = ShieldedClient(tracking_uri=tracking_uri(path))  # creates or migrates the database
         client.search_experiments(max_results=1)
     _OPENED.add(path)
     return client
@@ -204,8 +238,7 @@ class Run:
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        with shielded():
-            info = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info
+        info = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info
         with cls(client, info.run_id, exp_id)._managed() as run:
             yield run
 
@@ -222,8 +255,7 @@ class Run:
             info = client.get_run(run_id).info
         except MlflowException:
             raise LookupError(f"no MLflow run '{run_id}' in {store}") from None
-        with shielded():
-            client.update_run(run_id, status="RUNNING")
+        client.update_run(run_id, status="RUNNING")
         with cls(client, run_id, info.experiment_id)._managed() as run:
             yield run
 
@@ -247,7 +279,7 @@ class Run:
             print(f"warning: run {self.run_id} could not be marked {status}: {e}", file=sys.stderr)
 
     def end(self, status: str, error: str = "") -> None:
-        with shielded():
+        with shielded():  # both or neither
             if error:
                 self.client.set_tag(self.run_id, "error", error[:5000])
             self.client.set_terminated(self.run_id, status=status)
@@ -259,33 +291,27 @@ class Run:
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
-            with shielded():
-                self.client.log_batch(self.run_id, params=items[i : i + 100])
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        with shielded():
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         ms = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
         for i in range(0, len(ms), MAX_BATCH):
-            with shielded():
-                self.client.log_batch(self.run_id, metrics=ms[i : i + MAX_BATCH])
+            self.client.log_batch(self.run_id, metrics=ms[i : i + MAX_BATCH])
 
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
-        with shielded():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, name: str) -> None:
-        with shielded():
-            self.client.log_text(self.run_id, text, name)
+        self.client.log_text(self.run_id, text, name)
 
     def log_json(self, obj: Any, name: str) -> None:
         self.log_text(json.dumps(obj, indent=2), name)
 
     def log_figure(self, figure: Any, name: str) -> None:
-        with shielded():
-            self.client.log_figure(self.run_id, figure, name)
+        self.client.log_figure(self.run_id, figure, name)
 
 
 def _now_ms() -> int:
@@ -332,8 +358,7 @@ class TaskLogger(Logger):
     def save(self) -> None:
         while self._buffer:
             chunk, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            with shielded():
-                self.run.client.log_batch(self.run.run_id, metrics=chunk)
+            self.run.client.log_batch(self.run.run_id, metrics=chunk)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

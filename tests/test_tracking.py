@@ -55,3 +55,25 @@ def test_sigterm_during_a_store_write_exits_after_the_write() -> None:
         assert steps == ["write finished"]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_every_client_write_finishes_before_sigterm_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "mlruns"
+    client = client_for(store)
+    run_id = client.create_run(ensure_experiment(client, "x", store)).info.run_id
+    write = client._tracking_client.set_tag
+
+    def signal_then_write(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)  # lands inside the write
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(client._tracking_client, "set_tag", signal_then_write)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(SystemExit):
+            client.set_tag(run_id, "written", "yes")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert client_for(store).get_run(run_id).data.tags["written"] == "yes"

@@ -195,10 +195,16 @@ class GPM(Strategy):
     def _layers(self, model: nn.Module) -> dict[str, Layer]:
         return {n: m for n, m in protected_layers(model).items() if n in self.bases}
 
+    def _basis(self, name: str, device: torch.device) -> Tensor:
+        """The layer's basis, moved to the training device once, not at every step."""
+        if self.bases[name].device != device:
+            self.bases[name] = self.bases[name].to(device)
+        return self.bases[name]
+
     def after_backward(self, model: nn.Module) -> None:
         self._before = {}
         for name, layer in self._layers(model).items():
-            basis = self.bases[name].to(layer.weight.device)
+            basis = self._basis(name, layer.weight.device)
             if layer.weight.grad is not None:
                 bias_grad = layer.bias.grad if layer.bias is not None else None
                 g = project_out(flat_update(layer, layer.weight.grad, bias_grad), basis)
@@ -211,7 +217,7 @@ class GPM(Strategy):
                 before = self._before.get(name)
                 if before is None:
                     continue
-                basis = self.bases[name].to(before.device)
+                basis = self._basis(name, before.device)
                 step = flat_update(layer, layer.weight, layer.bias) - before
                 _write(layer, before + project_out(step, basis), grad=False)
         self._before = {}
@@ -227,10 +233,13 @@ class GPM(Strategy):
                     return
 
         for name, gram in input_grams(ctx.module.model, first_samples()).items():
-            self.bases[name] = grow_basis(self.bases.get(name), gram, self.params.threshold).cpu()
+            old = self.bases.get(name)
+            self.bases[name] = grow_basis(
+                old.to(gram.device) if old is not None else None, gram, self.params.threshold
+            )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bases": {k: v.clone() for k, v in self.bases.items()}}
+        return {"bases": {k: v.cpu().clone() for k, v in self.bases.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bases = {k: v.clone() for k, v in state["bases"].items()}

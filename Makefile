@@ -22,12 +22,32 @@ WORKERS ?= 1
 STUDY ?=
 RULE ?= knee
 RESUME ?=
+TEST_WORKERS ?= 2
+# Team mode: the tracking server and the study storage every command uses (see README).
+TRACKING ?=
+STORAGE ?=
+ifneq ($(TRACKING),)
+export MLFLOW_TRACKING_URI := $(TRACKING)
+endif
+ifneq ($(STORAGE),)
+export OPTUNA_STORAGE := $(STORAGE)
+endif
+# `make server` (team mode). Plain `=`: HOST and PORT often sit in the environment for other
+# programs; give these on the command line.
+HOST = 127.0.0.1
+PORT = 5000
+PG_PORT = 5433
+DB =
+AUTH =
 
 .PHONY: help install data forget run compare erase landscape sweep best dashboard test test-slow lint format bench ui clean
+.PHONY: server server-stop
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: EXP=<conf/experiment name> ARGS=\"key=value ...\" DATA=<data dir>"
+	@echo "             TRACKING=<MLflow store or http://server> STORAGE=<study storage> (every target;"
+	@echo "             else MLFLOW_TRACKING_URI / OPTUNA_STORAGE, else mlruns/)"
 	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 RESUME=<parent run id of a cut-off compare> (compare)"
 	@echo "             STRATEGY=ewc TRIALS=30 WORKERS=1 SWEEP=default STUDY=<name> RULE=knee (sweep, best)"
 	@echo "             multi-objective sweeps (SWEEP=default, prefix) are not pruned: Optuna cannot prune them"
@@ -43,34 +63,34 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 install: $(STAMP) ## create .venv from uv.lock (a no-op when up to date)
 
 data: install ## provision MNIST and Fashion-MNIST into data/ (verified by MD5)
-	$(PY) -m pipeline data --root $(DATA)
+	$(PY) -m pipeline data --root '$(DATA)'
 
 forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain fine-tuning
-	$(PY) -m pipeline run seed_forgetting --landscape data.root=$(DATA) $(ARGS)
+	$(PY) -m pipeline run seed_forgetting --landscape 'paths.data=$(DATA)' $(ARGS)
 
 run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..."
-	$(PY) -m pipeline run $(EXP) $(ARGS)
+	$(PY) -m pipeline run '$(EXP)' 'paths.data=$(DATA)' $(ARGS)
 
 compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run (RESUME=<its id>)
-	$(PY) -m pipeline compare $(EXP) --strategies $(STRATEGIES) --seeds $(SEEDS) $(if $(RESUME),--resume $(RESUME)) data.root=$(DATA) $(ARGS)
+	$(PY) -m pipeline compare '$(EXP)' --strategies '$(STRATEGIES)' --seeds '$(SEEDS)' $(if $(RESUME),--resume '$(RESUME)') 'paths.data=$(DATA)' $(ARGS)
 
 landscape: install ## forgetting in weight space: make landscape RUN=<run id> [VS=<run id>]
-	$(PY) -m pipeline landscape $(RUN) $(if $(VS),--vs $(VS)) --data $(DATA) $(ARGS)
+	$(PY) -m pipeline landscape '$(RUN)' $(if $(VS),--vs '$(VS)') 'paths.data=$(DATA)' $(ARGS)
 
 sweep: install data ## Optuna study: make sweep [EXP=..] STRATEGY=ewc [TRIALS=30] [WORKERS=2] [SWEEP=default|accuracy|prefix] (resumes)
-	$(PY) -m pipeline sweep $(EXP) --strategy $(STRATEGY) --sweep $(SWEEP) $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS) $(if $(STUDY),--study $(STUDY)) data.root=$(DATA) $(ARGS)
+	$(PY) -m pipeline sweep '$(EXP)' --strategy '$(STRATEGY)' --sweep '$(SWEEP)' $(if $(TRIALS),--trials '$(TRIALS)') --workers '$(WORKERS)' $(if $(STUDY),--study '$(STUDY)') 'paths.data=$(DATA)' $(ARGS)
 
 best: install ## choose from a study, write conf/experiment/<study>-best.yaml, test once: make best STUDY=<name> [RULE=knee]
-	$(PY) -m pipeline best $(STUDY) --rule "$(RULE)"
+	$(PY) -m pipeline best '$(STUDY)' --rule '$(RULE)'
 
-dashboard: install ## optuna-dashboard on http://127.0.0.1:8080 over the study storage
+dashboard: install ## optuna-dashboard on http://127.0.0.1:8080 over the study storage (STORAGE=)
 	$(PY) -m pipeline dashboard
 
 erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...>
-	$(PY) -m pipeline erase $(RUN) --task $(TASK) --ids $(IDS)
+	$(PY) -m pipeline erase '$(RUN)' --task '$(TASK)' --ids '$(IDS)'
 
-test: lint ## lint, then the test suite (synthetic data, about a minute; real data: `make test-slow`)
-	$(PY) -m pytest -m "not slow" -q
+test: lint ## lint, then the test suite on synthetic data, 2 processes (real data: `make test-slow`)
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install data ## the tests that need the real datasets
 	$(PY) -m pytest -m slow -q
@@ -84,12 +104,19 @@ format: install ## apply ruff's formatting and import order
 	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
 	$(VENV)/bin/ruff format pipeline tests benchmarks
 
-bench: install data ## samples/s of the pipeline vs a bare PyTorch loop; strategy cost vs naive
-	$(PY) benchmarks/throughput.py --root $(DATA)
-	$(PY) benchmarks/strategy_cost.py --root $(DATA) $(ARGS)
+bench: install data ## samples/s of the pipeline vs a bare PyTorch loop; strategy cost vs naive; study storages
+	$(PY) benchmarks/throughput.py --root '$(DATA)'
+	$(PY) benchmarks/strategy_cost.py --root '$(DATA)' $(ARGS)
+	$(PY) benchmarks/storages.py
 
-ui: install ## the MLflow UI on http://127.0.0.1:5000 over mlruns/
-	$(PY) -m pipeline ui --store mlruns
+ui: install ## the MLflow UI on http://127.0.0.1:5000 over mlruns/ [PORT=5000]
+	$(PY) -m pipeline ui --port '$(PORT)'
+
+server: install ## team mode: PostgreSQL + MLflow server in .server/ [HOST= PORT= PG_PORT= DB=postgresql://... AUTH=1]
+	$(PY) -m pipeline.server start --host '$(HOST)' --port '$(PORT)' --pg-port '$(PG_PORT)' $(if $(DB),--db '$(DB)') $(if $(filter 1 yes true,$(AUTH)),--auth)
+
+server-stop: ## stop what `make server` started (nothing running is fine)
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pipeline.server stop
 
 clean: ## remove caches (keeps .venv, data/ and the MLflow store)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache lightning_logs

@@ -34,8 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-pruning-"))
     overrides = [
-        f"data.root={Path(args.root).resolve()}",
-        f"tracking.store={root / 'mlruns'}",
+        f"paths.data={Path(args.root).resolve()}",
+        f"paths.store={root / 'mlruns'}",
+        f"paths.reports={root / 'reports'}",
         f"trainer.epochs={args.epochs}",
         f"trainer.threads={args.threads}",
     ]

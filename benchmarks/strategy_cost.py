@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from pathlib import Path
 
-from pipeline.config import compose
+from pipeline.experiment import compose
 from pipeline.runner import run_sequence
+from pipeline.tracking import Run
 
 
 def main() -> None:
@@ -42,16 +44,16 @@ def main() -> None:
                 args.experiment,
                 [
                     f"strategy=[{name.replace('+', ',')}]",
-                    f"data.root={args.root}",
+                    f"paths.data={Path(args.root).resolve()}",
                     f"trainer.epochs={args.epochs}",
                     f"trainer.threads={args.threads}",
                     "trainer.validate_every_epoch=false",
                     "tracking.log_checkpoints=false",
-                    f"tracking.store={store}",
+                    f"paths.store={store}",
                     "trainer.progress_bar=false",
                 ],
             )
-            result = run_sequence(cfg)
+            result = run_sequence(cfg, Run.of(cfg))
             n = len(result.records)
             train[name].append(sum(result.train_seconds) / n)
             wall[name].append(sum(rec.wall_seconds for rec in result.records) / n)

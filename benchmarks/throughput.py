@@ -17,19 +17,21 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import compose
 from pipeline.data.datamodule import ContinualDataModule
+from pipeline.experiment import compose
 from pipeline.models import build_model
 from pipeline.runner import run_sequence
+from pipeline.tracking import Run
 
 
 def bare_loop(cfg, epochs: int) -> tuple[float, int]:
     """Plain PyTorch: slice, normalise, forward, backward, step. Returns (seconds, samples)."""
-    dm = ContinualDataModule(cfg.data, cfg.seed)
+    dm = ContinualDataModule(cfg.data, cfg.seed, root=cfg.paths.data_dir())
     dm.setup()
     task = dm.tasks[0]
     torch.manual_seed(cfg.seed)
@@ -51,7 +53,7 @@ def bare_loop(cfg, epochs: int) -> tuple[float, int]:
 
 
 def pipeline_run(cfg) -> tuple[float, int]:
-    result = run_sequence(cfg)
+    result = run_sequence(cfg, Run.of(cfg))
     return result.train_seconds[0], result.train_samples[0]
 
 
@@ -73,14 +75,14 @@ def main() -> None:
     cfg = compose(
         "seed_forgetting",
         [
-            f"data.root={args.root}",
+            f"paths.data={Path(args.root).resolve()}",
             f"data.tasks=[{{dataset: {args.dataset}}}]",
             f"model={args.model}",
             f"trainer.epochs={args.epochs}",
             f"trainer.threads={args.threads}",
             "trainer.validate_every_epoch=false",
             "tracking.log_checkpoints=false",
-            f"tracking.store={store}",
+            f"paths.store={store}",
             "data.synthetic.n_train=60000",
         ],
     )

@@ -33,18 +33,15 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import config
-from pipeline.config import ConfigError, compose, split_overrides
-from pipeline.sweep import (
-    PARENT_ATTR,
-    Settings,
-    front,
-    load_settings,
-    load_study,
-    lookup,
-    override_value,
-    say,
-    trial_config,
-)
+from pipeline.config import ConfigError, ExperimentConfig, split_overrides
+from pipeline.experiment import compose
+from pipeline.paths import PathsConfig
+from pipeline.sweep.config import Settings
+from pipeline.sweep.report import default_trial, front
+from pipeline.sweep.space import lookup, override_value, trial_config
+from pipeline.sweep.study import PARENT_ATTR, load_settings, load_study
+from pipeline.sweep.workers import say
+from pipeline.tracking import Run
 
 METRICS = ("plasticity", "retention", "forgetting", "avg_acc", "bwt", "fwt")
 _CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|>=)\s*(-?[0-9.]+)\s*$")
@@ -118,6 +115,11 @@ def choose(study: optuna.Study, rule: Rule) -> FrozenTrial:
     if not complete:
         raise ConfigError(f"study '{study.study_name}' has no complete trial yet")
     directions = [d.name.lower() for d in study.directions]
+    if rule.kind == "best" and len(directions) > 1:
+        raise ConfigError(
+            f"RULE=best: study '{study.study_name}' has {len(directions)} objectives and no "
+            "single best trial; use knee or max:<metric>"
+        )
     if rule.kind == "best" or (rule.kind == "knee" and len(directions) == 1):
         return front(study)[0]
     if rule.kind == "knee":
@@ -194,7 +196,7 @@ def _val_metrics(trial: FrozenTrial) -> dict[str, float]:
 
 def best(
     name: str,
-    storage: str,
+    paths: PathsConfig,
     rule_text: str = "knee",
     *,
     evaluate: bool = True,
@@ -203,27 +205,29 @@ def best(
 ) -> dict[str, Any]:
     """Choose, write the config, evaluate on test (the only test read of the whole protocol).
 
+    Args:
+        name: the study.
+        paths: where the study storage (``paths.studies``) and the tracking store are.
+        rule_text: the choice rule (module docstring).
+        evaluate: run the chosen trial (and the defaults) once with the test split.
+        with_default: run the defaults beside it.
+        log: progress lines.
+
     Returns:
         ``trial``, ``config`` (path), ``params``, ``defaults``, ``val`` (chosen and default
         validation scores), ``test`` (chosen and default test summaries, when evaluated).
     """
-    study = load_study(name, storage)
+    study = load_study(name, paths.studies_uri())
     settings = load_settings(study)
     rule = parse_rule(rule_text)
     trial = choose(study, rule)
     path = write_experiment(settings, name, trial, rule)
     cfg = compose(path.stem)
+    cfg.paths = paths
     for key, value in trial.params.items():  # the file must rerun exactly this trial
         if lookup(cfg, key) != value:
             raise ConfigError(f"{path}: {key} reads back as {lookup(cfg, key)}, not {value}")
-    default = next(
-        (
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("default")
-        ),
-        None,
-    )
+    default = default_trial(study)
     out: dict[str, Any] = {
         "trial": trial.number,
         "rule": str(rule),
@@ -234,26 +238,35 @@ def best(
         "test": {},
     }
     if evaluate:
-        from pipeline.runner import run_sequence
-
-        parent = study.user_attrs[PARENT_ATTR]
         runs = [("chosen", cfg)]
         if with_default:
-            runs.append(("default", trial_config(settings, settings.defaults, prefix=False)))
-        for label, run_cfg in runs:
-            run_cfg.tracking.run_name = f"best {label} (test)"
-            log(f"evaluating the {label} hyperparameters once on the test split ...")
-            result = run_sequence(
-                run_cfg, parent, tags={"sweep.study": name, "kind": f"best-{label}"}
-            )
-            out["test"][label] = {
-                **result.summary["test"],
-                "final": dict(
-                    zip(result.displays, result.matrix["test"][-1].tolist(), strict=True)
-                ),
-                "mlflow_run_id": result.run_id,
-            }
+            runs.append(("default", trial_config(settings, settings.defaults, paths, prefix=False)))
+        out["test"] = evaluate_on_test(study, runs, log)
     study.set_user_attr("pipeline.best", out)
+    return out
+
+
+def evaluate_on_test(
+    study: optuna.Study,
+    runs: Sequence[tuple[str, ExperimentConfig]],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Run each labelled config once with the test split, as children of the study's parent
+    run; each one's test summary and final accuracies."""
+    from pipeline.runner import run_sequence
+
+    parent = study.user_attrs[PARENT_ATTR]
+    out: dict[str, Any] = {}
+    for label, cfg in runs:
+        log(f"evaluating the {label} hyperparameters once on the test split ...")
+        cfg.tracking.run_name = f"best {label} (test)"
+        tags = {"sweep.study": study.study_name, "kind": f"best-{label}"}
+        result = run_sequence(cfg, Run.of(cfg, parent, tags))
+        out[label] = {
+            **result.summary["test"],
+            "final": dict(zip(result.displays, result.matrix["test"][-1].tolist(), strict=True)),
+            "mlflow_run_id": result.run_id,
+        }
     return out
 
 

@@ -1,9 +1,15 @@
-"""Command line: ``python -m pipeline {run,config,compare,erase,landscape,data,ui}`` (the make
-targets call these).
+"""Command line: ``python -m pipeline <command>`` (the make targets call these).
 
-Exit codes: 0 success; 1 a run or provisioning failed (data missing, loss diverged); 2 a bad
-config, override or argument (nothing was run, no MLflow run was created); 130 interrupted
-(Ctrl-C); 143 terminated (SIGTERM). Interrupted or terminated, the MLflow runs end KILLED.
+Commands: run, config, compare, landscape, erase, sweep, best, dashboard, ui, data, server.
+
+Where things live is the config's ``paths`` section: every command takes ``paths.<key>=<value>``
+overrides (``paths.store``, ``paths.studies``, ``paths.data``, ``paths.reports``), and reads
+``$MLFLOW_TRACKING_URI`` and ``$OPTUNA_STORAGE`` when they are not set.
+
+Exit codes: 0 success; 1 a run or provisioning failed (data missing, loss diverged, a sweep
+stopped short); 2 a bad config, override or argument, or a store or storage that cannot be
+used (nothing was run, no MLflow run was created); 130 interrupted (Ctrl-C); 143 terminated
+(SIGTERM). Interrupted or terminated, the MLflow runs end KILLED.
 """
 
 from __future__ import annotations
@@ -13,18 +19,36 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ConfigError, available, compose, to_yaml
+from pipeline.config import ConfigError, available, compose_paths
+from pipeline.paths import PathsConfig, redact
+
+if TYPE_CHECKING:
+    from pipeline.results import SequenceResult
+    from pipeline.tracking import Store
 
 
-def _print_result(result: object, store: str) -> None:
+class RunFailed(Exception):
+    """A run or provisioning failed after it started (exit code 1)."""
+
+
+def _store(paths: PathsConfig, create: bool = True) -> Store:
+    """The tracking store, opened now: a store that is down fails before anything runs
+    (a ``StoreError`` is a ``ConfigError``: exit 2). Commands that only read runs do not
+    create a local store (``create=False``)."""
+    from pipeline.tracking import Store
+
+    store = Store.of(paths)
+    store.client(create)
+    return store
+
+
+def _print_result(result: SequenceResult, store: Store) -> None:
     from pipeline.report import format_matrix, format_summary, headline
-    from pipeline.runner import SequenceResult
-    from pipeline.tracking import ui_url
 
-    assert isinstance(result, SequenceResult)
     print()
     for split in ("test", "val"):
         print(format_matrix(result.matrix[split], result.displays, split))
@@ -35,102 +59,81 @@ def _print_result(result: object, store: str) -> None:
         f"{n} {s:.1f} s" for n, s in zip(result.displays, result.train_seconds, strict=True)
     )
     print(f"training time per task: {seconds}")
-    print(f"\nMLflow run {result.run_id} (store: {store}/)")
-    print(f"  open the UI:  make ui   then  {ui_url(result.experiment_id, result.run_id)}")
+    print(f"\nMLflow run {result.run_id} (store: {store})")
+    url = store.ui_url(result.experiment_id, result.run_id)
+    print(f"  open it: {url}" if store.server else f"  open the UI:  make ui   then  {url}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.experiment import compose
+
     cfg = compose(args.experiment, args.overrides)  # ConfigError -> exit 2, before anything runs
-    from pipeline.data.tasks import DataError
-    from pipeline.module import DivergenceError
+    store = _store(cfg.paths)
     from pipeline.runner import run_sequence
+    from pipeline.tracking import Run
 
     print(
         f"experiment {cfg.name}: {' -> '.join(t.name for t in cfg.data.tasks)}, "
         f"strategy {'+'.join(cfg.strategy)}, {cfg.scenario}-incremental, seed {cfg.seed}"
     )
-    try:
-        result = run_sequence(cfg)
-    except (DataError, DivergenceError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    _print_result(result, cfg.tracking.store)
-    if getattr(args, "landscape", False):
-        return _landscape_after_run(cfg, result.run_id)
-    return 0
-
-
-def _landscape_after_run(cfg: object, run_id: str) -> int:
-    """`run --landscape`: the line plot of the run just finished (``make forget``)."""
-    from pipeline.config import ExperimentConfig
-    from pipeline.landscape import LandscapeError, draw
-
-    assert isinstance(cfg, ExperimentConfig)
+    result = run_sequence(cfg, Run.of(cfg))
+    _print_result(result, store)
+    if not args.landscape:
+        return 0
     if len(cfg.data.tasks) < 2 or not cfg.tracking.log_checkpoints:
         print("\nlandscape skipped: it needs 2+ tasks and tracking.log_checkpoints=true")
         return 0
+    from pipeline.landscape import LandscapeError, draw
+
     print("\nforgetting in weight space (the line from theta_A to theta_B):")
+    out = cfg.paths.reports_dir() / f"landscape-{result.run_id[:8]}"
     try:
-        draw(cfg.tracking.store, run_id)
+        draw(store, result.run_id, out_dir=out, data_dir=cfg.paths.data_dir())
     except LandscapeError as e:
-        print(f"error: landscape: {e}", file=sys.stderr)
-        return 1
+        raise RunFailed(f"landscape: {e}") from e
     return 0
 
 
 def cmd_landscape(args: argparse.Namespace) -> int:
-    from pipeline.data.tasks import DataError
     from pipeline.landscape import LandscapeError, Options, draw
 
+    paths = compose_paths(args.overrides)
     options = Options(points=args.points, grid=args.grid, samples=args.samples)
+    out = Path(args.out) if args.out else paths.reports_dir() / f"landscape-{args.run[:8]}"
     try:
         draw(
-            args.store,
+            _store(paths, create=False),
             args.run,
             args.vs or None,
             options=options,
-            out_dir=Path(args.out) if args.out else None,
-            data_root=args.data,
+            out_dir=out,
+            data_dir=paths.data_dir(),
         )
     except LandscapeError as e:
         raise ConfigError(str(e)) from e  # exit 2, nothing written
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.compare import compare, default_strategies, format_text, table
-    from pipeline.data.tasks import DataError
-    from pipeline.module import DivergenceError
-    from pipeline.tracking import ui_url
 
     names = default_strategies() if args.strategies == "all" else args.strategies.split(",")
     seeds = list(range(args.seeds))
     print(f"comparing {', '.join(names)} on {args.experiment}, seeds {seeds}")
-    try:
-        c = compare(
-            args.experiment,
-            names,
-            seeds,
-            args.overrides,
-            Path(args.out) if args.out else None,
-            resume=args.resume or None,
-        )
-    except (DataError, DivergenceError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    c = compare(
+        args.experiment,
+        names,
+        seeds,
+        args.overrides,
+        Path(args.out) if args.out else None,
+        resume=args.resume or None,
+    )
     print()
     print(format_text(table(c)))
     for name, why in c.skipped.items():
         print(f"not run: {name}: {why}")
-    first = c.rows[0].results[0]
     print(f"\nreport: {c.report_dir}/report.md (with table.txt and the plots)")
-    print(
-        f"MLflow parent run {c.parent_run_id}: make ui, then "
-        f"{ui_url(first.experiment_id, c.parent_run_id)}"
-    )
+    print(f"MLflow parent run {c.parent_run_id}")
     return 0
 
 
@@ -142,7 +145,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--ids: expected comma-separated integers, got '{args.ids}'") from None
     try:
-        record = erase(args.store, args.run, args.task, ids)
+        record = erase(_store(compose_paths(args.overrides), False), args.run, args.task, ids)
     except ErasureError as e:
         raise ConfigError(str(e)) from e
     for name, n in record["removed"].items():
@@ -152,53 +155,39 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipeline.data.tasks import DataError
     from pipeline.sweep import sweep
 
     sets = list(args.set)
-    if args.trials:
+    if args.trials is not None:
         sets.append(f"trials={args.trials}")
     strategy = [s for s in args.strategy.replace("+", ",").split(",") if s]
-    try:
-        study = sweep(
-            args.experiment,
-            strategy,
-            args.sweep,
-            sets,
-            args.overrides,
-            study=args.study,
-            storage=args.storage,
-            workers=args.workers,
-        )
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    study = sweep(
+        args.experiment,
+        strategy,
+        args.sweep,
+        sets,
+        args.overrides,
+        study=args.study,
+        workers=args.workers,
+    )
     print(f"choose and test: make best STUDY={study.study_name}; browse: make dashboard, make ui")
     return 0
 
 
 def cmd_sweep_worker(args: argparse.Namespace) -> int:
-    from pipeline.data.tasks import DataError
     from pipeline.sweep import run_worker
 
-    try:
-        run_worker(args.study, args.storage, args.index, args.workers)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    run_worker(args.study, compose_paths(args.overrides), args.index, args.workers)
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     from pipeline.best import best, format_best
-    from pipeline.sweep import default_storage
 
+    paths = compose_paths(args.overrides)
+    _store(paths, create=False)
     out = best(
-        args.study,
-        args.storage or default_storage(args.store),
-        args.rule,
-        evaluate=not args.no_eval,
-        with_default=not args.no_default,
+        args.study, paths, args.rule, evaluate=not args.no_eval, with_default=not args.no_default
     )
     print(format_best(out))
     print(f"rerun it: make run EXP={Path(out['config']).stem}")
@@ -206,49 +195,89 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from pipeline.sweep import default_storage
+    from pipeline.paths import uri_scheme
 
-    storage = args.storage or default_storage(args.store)
+    storage = compose_paths(args.overrides).studies_uri()
+    _check_port(args.port)
     cmd = ["optuna-dashboard", "--host", "127.0.0.1", "--port", str(args.port)]
-    if "://" not in storage:
+    if not uri_scheme(storage):
         if not Path(storage).is_file():
             raise ConfigError(f"{storage}: no study storage yet (run `make sweep` first)")
         cmd += ["--storage-class", "JournalFileStorage"]
-    print(f"optuna-dashboard on http://127.0.0.1:{args.port}/ over {storage}; Ctrl-C stops it")
+    print(
+        f"optuna-dashboard on http://127.0.0.1:{args.port}/ over {redact(storage)}; "
+        "Ctrl-C stops it",
+        flush=True,
+    )
     exe = os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
     os.execv(exe, [*cmd, storage])
     return 0  # pragma: no cover  (execv does not return)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from pipeline.config import to_yaml
+    from pipeline.experiment import compose
+
     print(to_yaml(compose(args.experiment, args.overrides)), end="")
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from pipeline.tracking import artifact_root, client_for, tracking_uri
-
-    client_for(args.store)  # create the database under the store's lock, not in the server
-    cmd = [
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        tracking_uri(args.store),
-        "--default-artifact-root",
-        str(artifact_root(args.store)),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-    ]
+    _check_port(args.port)
+    store = _store(compose_paths(args.overrides))  # creates the database under the store's lock
+    if store.server:
+        print(f"the store is a tracking server: open {store.uri}/#/experiments")
+        return 0
+    assert store.artifact_root is not None
+    cmd = ["mlflow", "ui", "--backend-store-uri", store.uri]
+    cmd += ["--default-artifact-root", str(store.artifact_root)]
+    cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
     print(
-        f"MLflow UI on http://127.0.0.1:{args.port}/#/experiments (store: {args.store}/); "
+        f"MLflow UI on http://127.0.0.1:{args.port}/#/experiments (store: {store}); "
         "Ctrl-C stops it",
         flush=True,
     )
     exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
     os.execv(exe, cmd)
     return 0  # pragma: no cover  (execv does not return)
+
+
+def _check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port: {port} is not a TCP port (1-65535)")
+
+
+def _experiment_command(
+    sub: Any, name: str, fn: Callable[[argparse.Namespace], int], help_: str
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_)
+    p.add_argument(
+        "experiment", help=f"file in conf/experiment/ ({', '.join(available('experiment'))})"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="overrides: trainer.epochs=1, model=mlp, strategy=[naive], paths.store=... ",
+    )
+    p.set_defaults(fn=fn)
+    return p
+
+
+def _paths_command(
+    sub: Any,
+    name: str,
+    fn: Callable[[argparse.Namespace], int],
+    help_: str,
+    positionals: Sequence[tuple[str, str]] = (),
+) -> argparse.ArgumentParser:
+    """A command that takes no experiment: its positional arguments, then ``paths.*``."""
+    p = sub.add_parser(name, help=help_)
+    for arg, arg_help in positionals:
+        p.add_argument(arg, help=arg_help)
+    p.add_argument("overrides", nargs="*", metavar="paths.<key>=value", help="where things are")
+    p.set_defaults(fn=fn)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,37 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    experiments = ", ".join(available("experiment"))
-    for name, fn, help_ in (
-        ("run", cmd_run, "run an experiment, tracked in MLflow"),
-        ("config", cmd_config, "print an experiment's resolved config"),
-    ):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("experiment", help=f"file in conf/experiment/ ({experiments})")
-        p.add_argument(
-            "overrides",
-            nargs="*",
-            metavar="key=value",
-            help="overrides: trainer.epochs=1, model=mlp, strategy=[naive] ...",
-        )
-        p.set_defaults(fn=fn)
-        if name == "run":
-            p.add_argument(
-                "--landscape",
-                action="store_true",
-                help="then draw the loss and accuracy of tasks 0 and 1 along the line between "
-                "their checkpoints (make forget)",
-            )
-    p = sub.add_parser("compare", help="compare strategies over seeds (table, report, plots)")
-    p.add_argument("experiment", help=f"file in conf/experiment/ ({experiments})")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
+    p = _experiment_command(sub, "run", cmd_run, "run an experiment, tracked in MLflow")
     p.add_argument(
-        "--strategies",
-        default="all",
-        help="comma-separated names, a+b for a combination, or all (default)",
+        "--landscape",
+        action="store_true",
+        help="then draw the loss and accuracy of tasks 0 and 1 along the line between their "
+        "checkpoints (make forget)",
+    )
+    _experiment_command(sub, "config", cmd_config, "print an experiment's resolved config")
+    p = _experiment_command(sub, "compare", cmd_compare, "compare strategies over seeds")
+    p.add_argument(
+        "--strategies", default="all", help="comma-separated names, a+b for a combination, or all"
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--out", default="", help="report folder (default reports/compare-...)")
+    p.add_argument("--out", default="", help="report folder (default <reports>/compare-...)")
     p.add_argument(
         "--resume",
         default="",
@@ -296,89 +308,77 @@ def build_parser() -> argparse.ArgumentParser:
         help="parent run of a comparison that was cut off (same arguments): its finished runs "
         "are kept, the others run",
     )
-    p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser(
-        "landscape", help="forgetting in weight space: loss along a line / over a plane"
+    run_help = "MLflow run id: theta_A, theta_B = its checkpoints after tasks 0, 1"
+    p = _paths_command(
+        sub, "landscape", cmd_landscape, "loss along a line / over a plane", [("run", run_help)]
     )
-    p.add_argument("run", help="MLflow run id: theta_A, theta_B = its checkpoints after tasks 0, 1")
     p.add_argument("--vs", default="", help="run id whose checkpoint after task 1 is theta_S")
     p.add_argument("--points", type=int, default=31, help="points along the line (default 31)")
     p.add_argument("--grid", type=int, default=21, help="plane grid per axis (default 21)")
     p.add_argument("--samples", type=int, default=2000, help="test samples per task (2000)")
-    p.add_argument("--store", default="mlruns")
-    p.add_argument("--data", default="", help="dataset folder (default: the run's data.root)")
-    p.add_argument("--out", default="", help="folder (default reports/landscape-<run id[:8]>)")
-    p.set_defaults(fn=cmd_landscape)
-    p = sub.add_parser("erase", help="erase samples from every checkpoint of a run")
-    p.add_argument("run", help="MLflow run id")
+    p.add_argument("--out", default="", help="folder (default <reports>/landscape-<run[:8]>)")
+    p = _paths_command(
+        sub, "erase", cmd_erase, "erase samples from every checkpoint of a run", [("run", "run id")]
+    )
     p.add_argument("--task", required=True, help="task name (e.g. mnist)")
     p.add_argument("--ids", required=True, help="comma-separated sample ids")
-    p.add_argument("--store", default="mlruns")
-    p.set_defaults(fn=cmd_erase)
-    p = sub.add_parser(
-        "sweep",
-        help="Optuna search of a strategy's hyperparameters (starts or resumes a study)",
-        description="Objectives: plasticity and retention (a Pareto front; Optuna cannot prune "
+    p = _experiment_command(sub, "sweep", cmd_sweep, "Optuna search of a strategy (resumes)")
+    p.description = (
+        "Objectives: plasticity and retention (a Pareto front; Optuna cannot prune "
         "multi-objective studies), or with --sweep accuracy the final average accuracy with "
-        "pruning after each task. Trials read validation splits only.",
+        "pruning after each task. Trials read validation splits only."
     )
-    p.add_argument("experiment", help=f"file in conf/experiment/ ({experiments})")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every trial")
     p.add_argument("--strategy", required=True, help="strategy name(s), e.g. ewc or ewc,replay")
     p.add_argument(
-        "--sweep",
-        default="default",
-        help=f"file in conf/sweep/ ({', '.join(available('sweep'))}; default: default)",
+        "--sweep", default="default", help=f"conf/sweep/ ({', '.join(available('sweep'))})"
     )
-    p.add_argument("--trials", type=int, default=0, help="trials to finish (default: the file's)")
+    p.add_argument(
+        "--trials", type=int, default=None, help="trials to finish (default: the file's)"
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--study", default="", help="study name (default <experiment>-<strategy>)")
-    p.add_argument(
-        "--storage", default="", help="journal file or RDB URL (default mlruns/optuna/journal.log)"
+    p.add_argument("--set", action="append", default=[], metavar="key=value", help="sweep config")
+    p = _paths_command(
+        sub, "sweep-worker", cmd_sweep_worker, "one worker of a sweep", [("study", "study name")]
     )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="key=value", help="sweep config override"
-    )
-    p.set_defaults(fn=cmd_sweep)
-    p = sub.add_parser("sweep-worker", help="one worker process of a sweep (started by sweep)")
-    p.add_argument("study")
-    p.add_argument("--storage", required=True)
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
-    p.set_defaults(fn=cmd_sweep_worker)
-    p = sub.add_parser(
-        "best", help="choose a trial of a study, write its config, evaluate it once on test"
+    p = _paths_command(
+        sub, "best", cmd_best, "choose a trial, write its config, test it once", [("study", "name")]
     )
-    p.add_argument("study", help="study name (printed by sweep)")
     p.add_argument(
-        "--rule",
-        default="knee",
-        help="knee (default), best, or max:<metric>[,<metric><=X] with X in percent",
+        "--rule", default="knee", help="knee (default), best, or max:<metric>[,<metric><=X]"
     )
-    p.add_argument("--storage", default="")
-    p.add_argument("--store", default="mlruns")
     p.add_argument("--no-eval", action="store_true", help="only choose and write the config")
     p.add_argument("--no-default", action="store_true", help="do not evaluate the defaults")
-    p.set_defaults(fn=cmd_best)
-    p = sub.add_parser("dashboard", help="optuna-dashboard over the study storage")
-    p.add_argument("--storage", default="")
-    p.add_argument("--store", default="mlruns")
+    p = _paths_command(sub, "dashboard", cmd_dashboard, "optuna-dashboard over the studies")
     p.add_argument("--port", type=int, default=8080)
-    p.set_defaults(fn=cmd_dashboard)
-    # `data` is handed whole to the provisioning CLI (its own --help), see main().
-    sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
-    p = sub.add_parser("ui", help="serve the MLflow UI over the project's store")
-    p.add_argument("--store", default="mlruns")
+    p = _paths_command(sub, "ui", cmd_ui, "serve the MLflow UI over the project's store")
     p.add_argument("--port", type=int, default=5000)
-    p.set_defaults(fn=cmd_ui)
+    # handed whole to their own CLIs (their own --help), see main()
+    sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
+    sub.add_parser("server", help="team mode: PostgreSQL + MLflow server (`server --help`)")
     return parser
 
 
 def _terminate(signum: int, frame: object) -> None:
-    tracking = sys.modules.get("pipeline.tracking")  # loaded by the commands that write runs
-    if tracking is not None and tracking.defer_exit(128 + signum):
+    shield = sys.modules.get("pipeline.shield")  # loaded by the commands that write runs
+    if shield is not None and shield.defer_exit(128 + signum):
         return  # raised as soon as the MLflow write in progress is done
     raise SystemExit(128 + signum)
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a run failed after it started (exit 1), from the modules loaded."""
+    found: list[type[BaseException]] = [RunFailed]
+    for module, name in (
+        ("pipeline.data.tasks", "DataError"),
+        ("pipeline.module", "DivergenceError"),
+        ("pipeline.sweep", "SweepError"),
+    ):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -393,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.data.provision import main as provision_main
 
         return provision_main(argv[1:])
+    if argv[:1] == ["server"]:
+        from pipeline.server import main as server_main
+
+        return server_main(argv[1:])
     parser = build_parser()
     # Overrides may come after options (`compare EXP --seeds 1 trainer.epochs=1`); argparse
     # leaves those over as unknown, so take them back when they look like key=value.
@@ -413,3 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.code == 128 + signal.SIGTERM:
             print("terminated", file=sys.stderr)
         raise
+    except Exception as e:
+        if not isinstance(e, _failures()):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -6,9 +6,13 @@ come last, as ``key=value`` (dotted keys, YAML values) or ``group=choice`` to pi
 a group (``model=mlp``, ``data=synthetic``, ``strategy=[naive]``).
 
 Every layer is merged into the dataclass schema below, so an unknown key, a wrong type or a bad
-value fails here (type errors at merge, value rules in each
-class's ``check``), before any data is read or any MLflow run exists, as one ``ConfigError`` line
-that names the key and where it came from.
+value (each class's ``check``) fails here, before any data is read or any MLflow run exists, as
+one ``ConfigError`` line that names the key and where it came from.
+
+This is the bottom layer of the package: it knows no strategy. A strategy's hyperparameters
+arrive as the plain mapping the YAML files and overrides give (``strategies:``), which
+:func:`pipeline.experiment.compose` parses once against each strategy's ``Params``. Where things
+live is the ``paths`` section (:class:`pipeline.paths.PathsConfig`) that every command reads.
 """
 
 from __future__ import annotations
@@ -29,23 +33,15 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from pipeline.errors import ConfigError, require
+from pipeline.paths import REPO_ROOT, PathsConfig
+
 CONF_DIR = Path(os.environ.get("PIPELINE_CONF_DIR", REPO_ROOT / "conf"))
-REPORTS_DIR = Path("reports")  # reports of compare, sweeps and landscapes (relative: the cwd)
 # Config groups that are folders of conf/ and can be picked by name (`model=mlp`).
 GROUPS = ("data", "model")
 SCENARIOS = ("task", "domain", "class")
 BENCHMARKS = ("split_mnist", "permuted_mnist", "rotated_mnist")
 DATASET_KINDS = ("mnist", "fashion_mnist", "synthetic")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, reported to the user as one line (exit code 2)."""
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
 
 
 @dataclass
@@ -70,12 +66,12 @@ class TaskConfig:
     seed: int = 0
 
     def check(self) -> None:
-        _check(
+        require(
             self.dataset in DATASET_KINDS,
             "data.tasks.dataset",
             f"'{self.dataset}' is not one of {', '.join(DATASET_KINDS)}",
         )
-        _check(
+        require(
             all(0 <= c < 10 for c in self.classes) and len(set(self.classes)) == len(self.classes),
             "data.tasks.classes",
             f"{self.classes}: classes must be distinct labels in 0..9",
@@ -88,7 +84,7 @@ class TaskConfig:
                 self.name += f"_perm{self.permutation}"
             if self.rotation:
                 self.name += f"_rot{self.rotation:g}"
-        _check(
+        require(
             self.name.replace("_", "").replace("-", "").isalnum(),
             "data.tasks.name",
             f"'{self.name}' must be letters, digits, '_' or '-' (it becomes a metric key)",
@@ -104,9 +100,9 @@ class SyntheticConfig:
     noise: float = 0.35
 
     def check(self) -> None:
-        _check(self.n_train >= 20, "data.synthetic.n_train", "must be >= 20")
-        _check(self.n_test >= 1, "data.synthetic.n_test", "must be >= 1")
-        _check(self.noise >= 0, "data.synthetic.noise", "must be >= 0")
+        require(self.n_train >= 20, "data.synthetic.n_train", "must be >= 20")
+        require(self.n_test >= 1, "data.synthetic.n_test", "must be >= 1")
+        require(self.noise >= 0, "data.synthetic.noise", "must be >= 0")
 
 
 @dataclass
@@ -114,7 +110,6 @@ class DataConfig:
     """The task sequence and how it is batched.
 
     Attributes:
-        root: directory of the datasets in torchvision's layout (``make data`` fills it).
         tasks: the ordered task sequence.
         val_fraction: share of each task's training set held out for validation.
         split_seed: seed of the train/validation split; fixed apart from the experiment seed so
@@ -129,7 +124,6 @@ class DataConfig:
             ``trainer.epochs=1``), for data that exists only once.
     """
 
-    root: str = "data"
     tasks: list[TaskConfig] = field(default_factory=list)
     benchmark: str = ""
     n_tasks: int = 5
@@ -143,13 +137,13 @@ class DataConfig:
 
     def check(self) -> None:
         if self.benchmark:
-            _check(
+            require(
                 self.benchmark in BENCHMARKS,
                 "data.benchmark",
                 f"'{self.benchmark}' is not one of {', '.join(BENCHMARKS)}",
             )
-            _check(self.n_tasks >= 1, "data.n_tasks", "must be >= 1")
-            _check(
+            require(self.n_tasks >= 1, "data.n_tasks", "must be >= 1")
+            require(
                 self.n_tasks <= 10 or self.benchmark != "split_mnist",
                 "data.n_tasks",
                 "Split MNIST has 1 to 10 tasks",
@@ -158,22 +152,22 @@ class DataConfig:
             for task in expanded:
                 task.check()
             # A resolved config (config.yaml of a run, a checkpoint) holds both: they must agree.
-            _check(
+            require(
                 not self.tasks or self.tasks == expanded,
                 "data.benchmark",
                 "set data.benchmark or data.tasks, not both",
             )
             self.tasks = expanded
-        _check(len(self.tasks) >= 1, "data.tasks", "the sequence needs at least one task")
+        require(len(self.tasks) >= 1, "data.tasks", "the sequence needs at least one task")
         names = [t.name for t in self.tasks]
-        _check(
+        require(
             len(set(names)) == len(names),
             "data.tasks",
             f"task names must be unique, got {names} (set `name:` on repeated datasets)",
         )
-        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
-        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
-        _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+        require(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
+        require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        require(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
 
 
 def benchmark_tasks(benchmark: str, n_tasks: int, seed: int = 0) -> list[TaskConfig]:
@@ -204,11 +198,11 @@ class ModelConfig:
     dropout: float = 0.0
 
     def check(self) -> None:
-        _check(self.name in ("cnn", "mlp"), "model.name", f"'{self.name}' is not cnn or mlp")
-        _check(all(c >= 1 for c in self.channels), "model.channels", "must be positive")
-        _check(all(h >= 1 for h in self.hidden), "model.hidden", "must be positive")
-        _check(self.kernel_size >= 1, "model.kernel_size", "must be >= 1")
-        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        require(self.name in ("cnn", "mlp"), "model.name", f"'{self.name}' is not cnn or mlp")
+        require(all(c >= 1 for c in self.channels), "model.channels", "must be positive")
+        require(all(h >= 1 for h in self.hidden), "model.hidden", "must be positive")
+        require(self.kernel_size >= 1, "model.kernel_size", "must be >= 1")
+        require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
 
 
 @dataclass
@@ -221,14 +215,14 @@ class OptimConfig:
     momentum: float = 0.9
 
     def check(self) -> None:
-        _check(
+        require(
             self.name in ("adam", "adamw", "sgd"),
             "optim.name",
             f"'{self.name}' is not adam, adamw or sgd",
         )
-        _check(self.lr > 0, "optim.lr", "must be > 0")
-        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-        _check(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        require(self.lr > 0, "optim.lr", "must be > 0")
+        require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        require(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
 
 
 @dataclass
@@ -257,34 +251,55 @@ class TrainerConfig:
     check_finite_every: int = 10
 
     def check(self) -> None:
-        _check(self.epochs >= 1, "trainer.epochs", "must be >= 1")
-        _check(
+        require(self.epochs >= 1, "trainer.epochs", "must be >= 1")
+        require(
             self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"),
             "trainer.accelerator",
             f"'{self.accelerator}' is not auto, cpu, gpu, cuda or mps",
         )
-        _check(self.threads >= 0, "trainer.threads", "must be >= 0")
-        _check(self.max_batches >= 0, "trainer.max_batches", "must be >= 0")
-        _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
-        _check(self.gradient_clip_val >= 0, "trainer.gradient_clip_val", "must be >= 0")
-        _check(self.check_finite_every >= 0, "trainer.check_finite_every", "must be >= 0")
+        require(self.threads >= 0, "trainer.threads", "must be >= 0")
+        require(self.max_batches >= 0, "trainer.max_batches", "must be >= 0")
+        require(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
+        require(self.gradient_clip_val >= 0, "trainer.gradient_clip_val", "must be >= 0")
+        require(self.check_finite_every >= 0, "trainer.check_finite_every", "must be >= 0")
 
 
 @dataclass
 class TrackingConfig:
-    """Where and what MLflow records.
+    """What MLflow records (where: ``paths.store``).
 
     Attributes:
-        store: folder of the MLflow store (SQLite database + artifact root).
         experiment: MLflow experiment name; defaults to the experiment config's name.
         run_name: MLflow run name; MLflow picks one when empty.
         log_checkpoints: log a checkpoint after every task.
     """
 
-    store: str = "mlruns"
     experiment: str = ""
     run_name: str = ""
     log_checkpoints: bool = True
+
+
+def compose_paths(overrides: Sequence[str] = ()) -> PathsConfig:
+    """The ``paths`` section alone, for commands that take no experiment (``paths.<key>=...``
+    overrides; any other key is refused).
+
+    Raises:
+        ConfigError: an unknown key or a bad value (one line).
+    """
+    bad = [o for o in overrides if not o.startswith("paths.")]
+    if bad:
+        raise ConfigError(f"override '{bad[0]}': this command takes only paths.<key>=<value>")
+    cfg = merge(OmegaConf.structured(PathsConfig), {}, "paths")
+    try:
+        cfg = merge(cfg, OmegaConf.from_dotlist([o[len("paths.") :] for o in overrides]), "paths")
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"paths: {describe(e)}") from e
+    assert isinstance(obj, PathsConfig)
+    obj.check()
+    return obj
 
 
 @dataclass
@@ -299,8 +314,12 @@ class ExperimentConfig:
             classes seen so far, no task id).
         retention: ``any``, or ``none`` to refuse, before training, every strategy that keeps
             raw samples across task boundaries (data that privacy law may require deleted).
-        strategy: strategy plugins, applied in this order (``naive`` = plain fine-tuning).
-        strategies: hyperparameters per strategy, read from ``conf/strategy/<name>.yaml``.
+        strategy: strategy plugins, applied in this order; empty: the baseline strategy
+            (plain fine-tuning).
+        strategies: hyperparameters per strategy: as composed, the values the experiment and
+            the overrides set; once resolved (:func:`pipeline.experiment.compose`), each
+            strategy's ``Params`` with its defaults filled in.
+        paths: where the data, the stores and the reports are.
     """
 
     name: str = MISSING
@@ -308,204 +327,28 @@ class ExperimentConfig:
     seed: int = 0
     scenario: str = "domain"
     retention: str = "any"
-    strategy: list[str] = field(default_factory=lambda: ["naive"])
+    strategy: list[str] = field(default_factory=list)
     strategies: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
 
     def check(self) -> None:
-        _check(
+        require(
             self.scenario in SCENARIOS,
             "scenario",
             f"'{self.scenario}' is not available; choose from {', '.join(SCENARIOS)}",
         )
-        _check(self.retention in ("any", "none"), "retention", "must be 'any' or 'none'")
-        _check(
+        require(self.retention in ("any", "none"), "retention", "must be 'any' or 'none'")
+        require(
             not self.data.stream or self.trainer.epochs == 1,
             "data.stream",
             "a stream is seen once: set trainer.epochs=1",
         )
-        _check(len(self.strategy) >= 1, "strategy", "name at least one strategy (e.g. naive)")
-        _check(len(set(self.strategy)) == len(self.strategy), "strategy", "names repeat")
-        extra = sorted(set(self.strategies) - set(self.strategy))
-        _check(not extra, "strategies", f"{extra} configured but not in strategy={self.strategy}")
-
-
-SEARCH_TYPES = ("float", "int", "categorical")
-
-
-@dataclass
-class SearchParam:
-    """One hyperparameter's search range (a ``search:`` entry of a strategy or sweep file).
-
-    Attributes:
-        type: ``float``, ``int`` or ``categorical``.
-        low, high: bounds of ``float`` and ``int`` (inclusive).
-        log: sample ``float``/``int`` on a log scale (strengths and learning rates).
-        choices: the values of a ``categorical``.
-    """
-
-    type: str = MISSING
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: list[Any] | None = None
-
-    def check(self, key: str) -> None:
-        _check(self.type in SEARCH_TYPES, key, f"type '{self.type}' is not one of {SEARCH_TYPES}")
-        if self.type == "categorical":
-            _check(bool(self.choices), key, "a categorical needs a non-empty 'choices' list")
-            return
-        _check(
-            self.low is not None and self.high is not None and self.low <= self.high,
-            key,
-            f"needs low <= high, got low={self.low} high={self.high}",
-        )
-        assert self.low is not None
-        _check(not self.log or self.low > 0, key, "a log range needs low > 0")
-        if self.type == "int":
-            _check(
-                float(self.low).is_integer() and float(self.high or 0).is_integer(),
-                key,
-                "an int range needs integer bounds",
-            )
-
-    def contains(self, value: Any) -> bool:
-        """Whether ``value`` lies in this range (a default outside it cannot be enqueued)."""
-        if self.type == "categorical":
-            return value in (self.choices or [])
-        assert self.low is not None and self.high is not None
-        return isinstance(value, int | float) and self.low <= value <= self.high
-
-
-OBJECTIVES = ("pareto", "accuracy")
-PROTOCOLS = ("validation", "prefix")
-SAMPLERS = ("tpe", "random", "nsga2")
-PRUNERS = ("median", "halving", "none")
-
-
-@dataclass
-class SweepConfig:
-    """An Optuna search over one experiment and strategy (``conf/sweep/<name>.yaml``).
-
-    Attributes:
-        name: the sweep file's name.
-        trials: trials to complete (pruned and recorded failures count; crashed ones are
-            retried).
-        objective: ``pareto``: maximise plasticity and the second objective ``stability``
-            (a Pareto front; Optuna cannot prune multi-objective studies); ``accuracy``: the
-            final average accuracy alone, with pruning after each task.
-        stability: second objective of ``pareto``: ``retention`` (mean final accuracy on the
-            earlier tasks, maximised) or ``forgetting`` (max-based, minimised).
-        protocol: ``validation``: every trial runs the whole sequence and is scored on the
-            validation splits; ``prefix``: trials run only the first ``prefix_tasks`` tasks
-            (hyperparameters frozen afterwards for the whole sequence). The test split is never
-            read by a trial, only by ``make best``'s final evaluation.
-        prefix_tasks: tasks a trial sees under the ``prefix`` protocol (>= 2).
-        sampler: ``tpe`` (multi-objective TPE for ``pareto``), ``random`` or ``nsga2``.
-        seed: sampler seed (reproducible with one worker only).
-        startup_trials: random trials before TPE models the results.
-        pruner: ``median`` or ``halving`` (successive halving) for ``accuracy``; ``none``.
-        pruner_startup_trials: trials completed before the median pruner stops any.
-        space: search ranges that replace or add to the strategy files' ``search:`` blocks, keyed
-            by config path (``optim.lr``, ``strategies.ewc.lam``); ``null`` drops one.
-        defaults_first: enqueue the strategy's default hyperparameters as the first trial, so the
-            front can be compared with them.
-        overrides: ``key=value`` overrides applied to every trial (and to ``make best``).
-        heartbeat_s: how often a running trial says it is alive (in the study storage).
-        grace_s: a trial silent this long (or whose process died) was cut off by a crash: it is
-            marked failed and its parameters are retried.
-    """
-
-    name: str = MISSING
-    description: str = ""
-    trials: int = 30
-    objective: str = "pareto"
-    stability: str = "retention"
-    protocol: str = "validation"
-    prefix_tasks: int = 2
-    sampler: str = "tpe"
-    seed: int = 0
-    startup_trials: int = 8
-    pruner: str = "median"
-    pruner_startup_trials: int = 4
-    space: dict[str, Any] = field(default_factory=dict)
-    defaults_first: bool = True
-    overrides: list[str] = field(default_factory=list)
-    heartbeat_s: float = 20.0
-    grace_s: float = 120.0
-
-    def check(self) -> None:
-        _check(self.trials >= 1, "trials", "must be >= 1")
-        _check(self.objective in OBJECTIVES, "objective", f"choose from {', '.join(OBJECTIVES)}")
-        _check(
-            self.stability in ("retention", "forgetting"),
-            "stability",
-            "choose retention or forgetting",
-        )
-        _check(self.protocol in PROTOCOLS, "protocol", f"choose from {', '.join(PROTOCOLS)}")
-        _check(self.prefix_tasks >= 2, "prefix_tasks", "needs >= 2 (forgetting needs two tasks)")
-        _check(self.sampler in SAMPLERS, "sampler", f"choose from {', '.join(SAMPLERS)}")
-        _check(self.pruner in PRUNERS, "pruner", f"choose from {', '.join(PRUNERS)}")
-        _check(self.startup_trials >= 0, "startup_trials", "must be >= 0")
-        _check(self.pruner_startup_trials >= 0, "pruner_startup_trials", "must be >= 0")
-        _check(self.heartbeat_s > 0, "heartbeat_s", "must be > 0")
-        _check(self.grace_s > self.heartbeat_s, "grace_s", "must exceed heartbeat_s")
-        for key, spec in self.space.items():
-            if spec is not None:
-                search_param(spec, f"space.{key}")
-
-
-def search_param(spec: Any, key: str) -> SearchParam:
-    """Validate one search range (a mapping) into a :class:`SearchParam`."""
-    try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SearchParam), spec))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{key}: {_describe(e)}") from e
-    assert isinstance(obj, SearchParam)
-    obj.check(key)
-    return obj
-
-
-def compose_sweep(name: str, overrides: Sequence[str] = ()) -> SweepConfig:
-    """Build the validated sweep config ``conf/sweep/<name>.yaml`` with ``key=value`` overrides.
-
-    Raises:
-        ConfigError: unknown key, wrong type, bad value or missing file (one line).
-    """
-    body = _load_yaml("sweep", name)
-    cfg = _merge(OmegaConf.structured(SweepConfig), {"name": name}, "name")
-    cfg = _merge(cfg, body, f"conf/sweep/{name}.yaml")
-    try:
-        cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "sweep override")
-        obj = OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"sweep: {_describe(e)}") from e
-    assert isinstance(obj, SweepConfig)
-    try:
-        obj.check()
-    except ConfigError as e:
-        raise ConfigError(f"conf/sweep/{name}.yaml: {e}") from None
-    return obj
-
-
-def strategy_search(name: str) -> dict[str, SearchParam]:
-    """A strategy's search ranges (``search:`` of ``conf/strategy/<name>.yaml``), keyed by
-    config path (``strategies.<name>.<param>``)."""
-    node = _load_yaml("strategy", name)
-    raw = node.get("search") or {}
-    if not isinstance(raw, DictConfig):
-        raise ConfigError(f"conf/strategy/{name}.yaml: search must be a mapping")
-    out = {}
-    for k, v in raw.items():
-        key = f"{k!s}"
-        out[f"strategies.{name}.{key}"] = search_param(v, f"conf/strategy/{name}.yaml: {key}")
-    return out
+        require(len(set(self.strategy)) == len(self.strategy), "strategy", "names repeat")
 
 
 def check_values(node: Any) -> None:
@@ -528,7 +371,7 @@ def available(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def _load_yaml(group: str, name: str) -> DictConfig:
+def load_yaml(group: str, name: str) -> DictConfig:
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
         choices = ", ".join(available(group)) or "none"
@@ -546,7 +389,7 @@ def _load_yaml(group: str, name: str) -> DictConfig:
     return loaded
 
 
-def _describe(e: OmegaConfBaseException) -> str:
+def describe(e: OmegaConfBaseException) -> str:
     """One line out of OmegaConf's multi-line error messages."""
     key = getattr(e, "full_key", None) or "?"
     if isinstance(e, ConfigKeyError | ConfigAttributeError):
@@ -557,11 +400,11 @@ def _describe(e: OmegaConfBaseException) -> str:
     return f"{key}: {first}" if isinstance(e, ValidationError) else first
 
 
-def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
+def merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
     try:
         merged = OmegaConf.merge(base, layer)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {_describe(e)}") from e
+        raise ConfigError(f"{source}: {describe(e)}") from e
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -578,44 +421,49 @@ def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]
             try:
                 parsed = OmegaConf.from_dotlist([item])[key]
             except OmegaConfBaseException as e:
-                raise ConfigError(f"override '{item}': {_describe(e)}") from e
+                raise ConfigError(f"override '{item}': {describe(e)}") from e
             choices[key] = list(parsed) if key == "strategy" else parsed
         else:
             dotlist.append(item)
     return choices, dotlist
 
 
-def _strategy_defaults(names: Sequence[str]) -> dict[str, Any]:
-    """Each strategy's default hyperparameters, from ``conf/strategy/<name>.yaml``."""
-    params: dict[str, Any] = {}
-    for name in names:
-        if not isinstance(name, str):
-            raise ConfigError(f"strategy: expected a list of names, got {name!r}")
-        node = _load_yaml("strategy", name)
-        unknown = {str(k) for k in node} - {"description", "params", "search"}
-        if unknown:
-            raise ConfigError(f"conf/strategy/{name}.yaml: unknown key '{sorted(unknown)[0]}'")
-        raw = node.get("params")
-        if raw is not None and not isinstance(raw, DictConfig):
-            raise ConfigError(f"conf/strategy/{name}.yaml: params must be a mapping")
-        params[name] = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
-    return params
+#: The keys a strategy's YAML file may hold: what only the YAML can say. Its defaults live in
+#: its ``Params`` dataclass (one place), never here.
+STRATEGY_FILE_KEYS = ("description", "search")
 
 
-def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Build the validated config of an experiment.
+def strategy_file(name: str) -> DictConfig:
+    """``conf/strategy/<name>.yaml``: the strategy's ``description`` and ``search`` ranges.
+
+    Raises:
+        ConfigError: no such file, bad YAML, or a key other than those two.
+    """
+    node = load_yaml("strategy", name)
+    unknown = sorted({str(k) for k in node} - set(STRATEGY_FILE_KEYS))
+    if unknown:
+        hint = " (defaults live in the strategy's Params dataclass)" if "params" in unknown else ""
+        raise ConfigError(f"conf/strategy/{name}.yaml: unknown key '{unknown[0]}'{hint}")
+    search = node.get("search")
+    if search is not None and not isinstance(search, DictConfig):
+        raise ConfigError(f"conf/strategy/{name}.yaml: search must be a mapping")
+    return node
+
+
+def compose_raw(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Compose and check an experiment's config, its strategies' hyperparameters left as given.
+
+    This is the config layer alone; every caller wants :func:`pipeline.experiment.compose`,
+    which also parses and checks the strategies.
 
     Args:
         experiment: name of a file in ``conf/experiment/`` (without ``.yaml``).
         overrides: ``key=value`` or ``group=choice`` strings, applied last.
 
-    Returns:
-        The typed config, every value checked.
-
     Raises:
         ConfigError: unknown key, wrong type, bad value or missing file (one line).
     """
-    body = _load_yaml("experiment", experiment)
+    body = load_yaml("experiment", experiment)
     choices, dotlist = split_overrides(overrides)
     defaults = body.pop("defaults", None) or {}
     if not isinstance(defaults, DictConfig):
@@ -629,44 +477,45 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
                 f"in defaults (groups: {', '.join(GROUPS)})"
             )
         choice = choices.pop(group, default)
-        cfg = _merge(
-            cfg, {group: _load_yaml(str(group), str(choice))}, f"conf/{group}/{choice}.yaml"
-        )
+        cfg = merge(cfg, {group: load_yaml(str(group), str(choice))}, f"conf/{group}/{choice}.yaml")
     for group in [g for g in GROUPS if g in choices]:
         choice = choices.pop(group)
-        cfg = _merge(cfg, {group: _load_yaml(group, str(choice))}, f"conf/{group}/{choice}.yaml")
-
-    names = choices.get("strategy", body.get("strategy", ["naive"]))
-    cfg = _merge(cfg, {"strategies": _strategy_defaults(list(names))}, "conf/strategy")
-    cfg = _merge(cfg, {"name": experiment}, "name")
-    cfg = _merge(cfg, body, f"conf/experiment/{experiment}.yaml")
+        cfg = merge(cfg, {group: load_yaml(group, str(choice))}, f"conf/{group}/{choice}.yaml")
+    cfg = merge(cfg, {"name": experiment}, "name")
+    cfg = merge(cfg, body, f"conf/experiment/{experiment}.yaml")
     if "strategy" in choices:
         cfg.strategy = choices["strategy"]
     try:
-        cfg = _merge(cfg, OmegaConf.from_dotlist(dotlist), "override")
+        cfg = merge(cfg, OmegaConf.from_dotlist(dotlist), "override")
     except ConfigError:
         raise
     except OmegaConfBaseException as e:
-        raise ConfigError(f"override: {_describe(e)}") from e
+        raise ConfigError(f"override: {describe(e)}") from e
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e)) from e
+        raise ConfigError(describe(e)) from e
     assert isinstance(obj, ExperimentConfig)
     check_values(obj)
-    from pipeline.strategies import REGISTRY, parse_params  # deferred: they import this module
-
-    for name in obj.strategy:
-        REGISTRY[name].check_config(parse_params(name, obj.strategies.get(name)), obj)
     return obj
 
 
-def from_dict(tree: dict[str, Any]) -> ExperimentConfig:
-    """Rebuild and re-check a config saved with :func:`to_dict` (e.g. inside a checkpoint)."""
+#: Keys of configs written before the ``paths`` section existed; where things live is the
+#: reader's business (its own ``paths``), so a saved config's old locations are dropped.
+_LEGACY_KEYS = (("data", "root"), ("tracking", "store"))
+
+
+def from_dict_raw(tree: dict[str, Any]) -> ExperimentConfig:
+    """Rebuild and re-check a config saved with :func:`to_dict` (e.g. inside a checkpoint),
+    its strategies left as saved (see :func:`compose_raw`)."""
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for section, key in _LEGACY_KEYS:
+        if isinstance(tree.get(section), dict):
+            tree[section].pop(key, None)
     try:
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), tree))
     except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e)) from e
+        raise ConfigError(describe(e)) from e
     assert isinstance(obj, ExperimentConfig)
     check_values(obj)
     return obj

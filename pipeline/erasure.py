@@ -3,33 +3,34 @@
 A deletion request names samples of one task by id (their index in the dataset split). Every
 per-task checkpoint of the run is rewritten with those samples removed from each strategy's
 state (a replay buffer drops them and refuses them later; a strategy that keeps no raw data has
-nothing to remove). Each file is written under a temporary name and moved into place, so a crash
-leaves either the old or the new file, never half of one. The run records every request in
-``erasures.json`` and the ``retention/erased_samples`` metric.
+nothing to remove). The run records every request in ``erasures.json`` and the
+``retention/erased_samples`` metric.
+
+The checkpoints are rewritten through the store's artifact API, local or remote
+(:func:`pipeline.runfiles.rewrite_checkpoints`): a rewritten checkpoint is uploaded as a new
+revision, and the old one is removed only afterwards. A crash in between leaves both, the
+newest being the erased one (every reader takes the newest), or a truncated upload (which does
+not load and is skipped); the request is then not yet recorded. Running the same erasure again
+finishes it: it removes the old revisions and records the request with what was removed.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.runner import load_checkpoint
-from pipeline.tracking import client_for, local_path
-
-ERASURES = "erasures.json"
+from pipeline import runfiles
+from pipeline.tracking import Run, Store, scratch_dir
 
 
 class ErasureError(ValueError):
-    """The request cannot be carried out (unknown run or task, no checkpoints)."""
+    """The request cannot be carried out (unknown run or task, bad ids, no checkpoints)."""
 
 
-def erase(store: str | Path, run_id: str, task: str, ids: Sequence[int]) -> dict[str, Any]:
+def erase(store: Store, run_id: str, task: str, ids: Sequence[int]) -> dict[str, Any]:
     """Remove samples ``ids`` of task ``task`` from every checkpoint of run ``run_id``.
 
     Returns:
@@ -37,43 +38,47 @@ def erase(store: str | Path, run_id: str, task: str, ids: Sequence[int]) -> dict
         removed from each checkpoint.
 
     Raises:
-        ErasureError: unknown run or task name, or a run without checkpoints.
+        ErasureError: unknown run or task name, a negative id, a run without checkpoints.
     """
-    client = client_for(store)
+    if not ids or min(ids) < 0:
+        raise ErasureError(f"--ids: sample ids are indices >= 0, got {list(ids)}")
     try:
-        run = client.get_run(run_id)
-    except Exception as e:  # MlflowException: the id is not in this store
-        raise ErasureError(f"no run {run_id} in the store {store}/") from e
-    art = local_path(run.info.artifact_uri)
-    paths = sorted((art / "checkpoints").glob("*.ckpt"))
-    if not paths:
-        raise ErasureError(f"run {run_id} has no checkpoints to erase from")
+        run = Run.get(store, run_id)
+    except LookupError as e:
+        raise ErasureError(str(e)) from None
+    index = _task_index(run, task)
     wanted = torch.tensor(list(ids), dtype=torch.long)
-    removed: dict[str, int] = {}
-    for path in paths:
-        module, cfg, _ = load_checkpoint(path)
-        names = [t.name for t in cfg.data.tasks]
-        if task not in names:
-            raise ErasureError(f"task '{task}' is not in run {run_id} (tasks: {', '.join(names)})")
-        n = sum(s.erase(names.index(task), wanted) for s in module.strategies)
-        removed[path.name] = n
-        if n:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            ckpt["strategies"] = {s.name: s.state_dict() for s in module.strategies}
-            tmp = path.with_name(f".{path.name}.erasing")
-            torch.save(ckpt, tmp)
-            os.replace(tmp, path)
+    removed = runfiles.rewrite_checkpoints(run, lambda m: m.erase_samples(index, wanted))
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "task": task,
         "ids": [int(i) for i in ids],
         "removed": removed,
     }
-    log_path = art / ERASURES
-    history = json.loads(log_path.read_text()) if log_path.exists() else []
-    history.append(record)
-    client.log_text(run_id, json.dumps(history, indent=2), ERASURES)
+    history = [*runfiles.read_erasures(run), record]
+    runfiles.write_erasures(run, history)
     total = sum(sum(r["removed"].values()) for r in history)
-    client.log_metric(run_id, "retention/erased_samples", total, step=len(history))
-    client.set_tag(run_id, "erasures", str(len(history)))
+    run.log_metrics({"retention/erased_samples": total}, step=len(history))
+    run.set_tags({"erasures": len(history)})
     return record
+
+
+def _task_index(run: Run, task: str) -> int:
+    """The index of ``task`` in the run's sequence, read from its first checkpoint (before
+    anything is rewritten).
+
+    Raises:
+        ErasureError: no checkpoints, or no such task.
+    """
+    files = runfiles.latest_checkpoints(run)
+    if not files:
+        raise ErasureError(f"run {run.run_id} has no checkpoints to erase from")
+    with scratch_dir() as tmp:
+        try:
+            _, cfg, _ = runfiles.fetch_checkpoint(run, next(iter(files.values())), tmp)
+        except (LookupError, ValueError) as e:
+            raise ErasureError(f"run {run.run_id}: {e}") from None
+    names = [t.name for t in cfg.data.tasks]
+    if task not in names:
+        raise ErasureError(f"task '{task}' is not in run {run.run_id} (tasks: {', '.join(names)})")
+    return names.index(task)

@@ -49,7 +49,6 @@ class ContinualModule(pl.LightningModule):
         self.optim = optim
         self.check_finite_every = check_finite_every
         self.ctx: TaskContext | None = None
-        self.extra_checkpoint: dict[str, Any] = {}
         self.samples_trained = 0  # this task's samples, after the strategies' transforms
 
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
@@ -138,13 +137,22 @@ class ContinualModule(pl.LightningModule):
         self.train(was_training)
         return correct / max(total, 1)
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["strategies"] = {s.name: s.state_dict() for s in self.strategies}
-        checkpoint["pipeline"] = dict(self.extra_checkpoint)
+    def erase_samples(self, task: int, ids: Tensor) -> int:
+        """Remove the stored samples ``ids`` of task ``task`` from every strategy (the right to
+        erasure); how many were removed."""
+        return sum(s.erase(task, ids) for s in self.strategies)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("strategies", {})
+    # -- strategy state (checkpoints: pipeline.runfiles) ----------------------------------------
+    def strategy_states(self) -> dict[str, dict[str, Any]]:
+        """Every strategy's ``state_dict()``, by strategy name."""
+        return {s.name: s.state_dict() for s in self.strategies}
+
+    def load_strategy_states(self, states: dict[str, dict[str, Any]]) -> None:
+        """Restore what :meth:`strategy_states` returned.
+
+        Raises:
+            KeyError: a strategy of this module has no state in ``states``.
+        """
         for s in self.strategies:
             if s.name not in states:
                 raise KeyError(

@@ -1,28 +1,36 @@
-"""MLflow tracking: the store in ``mlruns/``, one run per task sequence, and a Lightning logger
-that writes each task's training curves into that run.
+"""MLflow tracking: the store, one run per task sequence, and a Lightning logger that writes
+each task's training curves into that run.
 
-The store is a SQLite database (``mlruns/mlflow.db``) plus an artifact root
-(``mlruns/artifacts``): MLflow 3.13+ refuses the old plain-folder store. Every experiment is
-created with an explicit artifact location inside the store, so ``make ui`` (which serves exactly
-this store) finds every artifact.
+The store (:class:`Store`, from ``paths.store``) is one of:
 
-Runs are driven through ``MlflowClient`` with explicit run ids, never the fluent API's global
-"active run", so that a sweep or a comparison can open a parent run and nest these runs under it
-(``parent_run_id``), from threads or processes.
+- a local folder (the default, ``mlruns/``): the embedded store, an SQLite database
+  (``mlflow.db``) plus an artifact root (``artifacts/``); MLflow 3.13+ refuses the old
+  plain-folder store. Experiments are created with an explicit artifact location inside it, so
+  ``make ui`` (which serves exactly this store) finds every artifact;
+- ``sqlite:///<file>`` or ``postgresql://...``: a database, with artifacts in a folder beside an
+  SQLite file, or in ``mlruns/artifacts`` of this machine for PostgreSQL;
+- ``http(s)://host:port``: a tracking server (``make server``), which also stores the artifacts
+  (``mlflow-artifacts:/`` URIs). Credentials come from MLflow's own environment variables.
+
+Every artifact is read and written through MLflow's API (:class:`Run`), never as a local file,
+so all four work alike. Runs are driven through ``MlflowClient`` with explicit run ids, never the
+fluent API's global "active run", so that a sweep or a comparison can open a parent run and nest
+these runs under it, from threads or processes.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
+import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,79 +39,27 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from mlflow.utils.file_utils import local_file_uri_to_path
 
-from pipeline.config import REPO_ROOT
+from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.locks import file_lock, pg_lock
+from pipeline.paths import DEFAULT_STORE, REPO_ROOT, PathsConfig, redact, repo_path, uri_scheme
+from pipeline.shield import ShieldedClient, shielded
 
-LOCK_FILE = ".lock"  # in the store folder: see store_lock
-_OPENED: set[Path] = set()  # stores whose database this process has created or checked
-
-
-class _Shield:
-    """Store writes in progress in this process, and an exit deferred until they are done."""
-
-    depth = 0
-    pending: int | None = None
-
-
-@contextmanager
-def shielded() -> Iterator[None]:
-    """A store write that a termination signal must not cut in two.
-
-    SIGTERM raises SystemExit wherever Python is (``pipeline.cli``); raised inside SQLAlchemy's
-    commit, it left SQLite locked by the interrupted connection, so the run could not then be
-    marked KILLED. Inside this block :func:`defer_exit` holds the exit until the write is done;
-    :class:`ShieldedClient` wraps each write in it.
-    """
-    _Shield.depth += 1
-    try:
-        yield
-    finally:
-        _Shield.depth -= 1
-    if not _Shield.depth and _Shield.pending is not None:
-        code, _Shield.pending = _Shield.pending, None
-        raise SystemExit(code)
+DB_FILE = "mlflow.db"  # the embedded store's database, in the store folder
+ARTIFACTS_DIR = "artifacts"  # the embedded store's artifact root, in the store folder
+LOCK_FILE = ".lock"  # in the store folder: see Store.client
+PROBE_TIMEOUT_S = 10  # a tracking server that does not answer this fast is reported as down
+# MLflow draws a progress bar for every artifact it downloads, and prints a link each time a run
+# ends on a server (to a page of its GenAI view): noise in our output and logs, where we print
+# our own links. A user who wants them sets the variables.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+_OPENED: set[str] = set()  # stores this process has created, migrated or probed
 
 
-def defer_exit(code: int) -> bool:
-    """Hold ``SystemExit(code)`` until the store write in progress ends; False when none is."""
-    if not _Shield.depth:
-        return False
-    _Shield.pending = code
-    return True
-
-
-class ShieldedClient(MlflowClient):
-    """An ``MlflowClient`` whose writes run :func:`shielded`: every client of :func:`client_for`,
-    so no store write (runs, sweeps, erasure) is cut in two by SIGTERM."""
-
-
-def _shield(name: str) -> Callable[..., Any]:
-    write = getattr(MlflowClient, name)
-
-    @functools.wraps(write)
-    def shielded_write(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
-        with shielded():
-            return write(self, *args, **kwargs)
-
-    return shielded_write
-
-
-for _name in (
-    "create_experiment",
-    "create_run",
-    "update_run",
-    "set_terminated",
-    "set_tag",
-    "log_batch",
-    "log_artifact",
-    "log_text",
-    "log_figure",
-    "log_dict",
-    "delete_run",
-):
-    setattr(ShieldedClient, _name, _shield(_name))
+class StoreError(ConfigError):
+    """The tracking store cannot be used (unreachable, refused credentials, not writable): one
+    line for the user, before any run exists (the CLI exits with code 2)."""
 
 
 MAX_BATCH = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
@@ -111,77 +67,169 @@ TRACKED_PACKAGES = (
     "torch",
     "torchvision",
     "lightning",
-    "torchmetrics",
     "mlflow",
+    "optuna",
     "omegaconf",
     "numpy",
 )
 
 
-def tracking_uri(store: str | Path) -> str:
-    """SQLite URI of the store's database (the store folder is created if needed)."""
-    path = Path(store).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path / 'mlflow.db'}"
+@dataclass(frozen=True)
+class Store:
+    """Where MLflow runs are kept (see the module docstring).
 
-
-def artifact_root(store: str | Path) -> Path:
-    """Folder under which every experiment of the store keeps its artifacts."""
-    return Path(store).resolve() / "artifacts"
-
-
-@contextmanager
-def store_lock(store: str | Path) -> Iterator[None]:
-    """Exclusive lock on the store between processes (held while creating shared things)."""
-    path = Path(store).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / LOCK_FILE, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def client_for(store: str | Path) -> ShieldedClient:
-    """A client of the store; the first one in a process creates or upgrades its database.
-
-    MLflow creates and migrates the SQLite database on first use without a lock, so two processes
-    that open a new store at once (two ``make run``s after a clone) break each other's
-    migration. The first use of each store in a process is done under :func:`store_lock`.
+    Attributes:
+        uri: the tracking URI given to ``MlflowClient``.
+        folder: the local folder of an embedded or SQLite store, else ``None``.
+        artifact_root: where the experiments we create keep their artifacts; ``None`` for a
+            tracking server, which decides (and serves them).
     """
-    path = Path(store).resolve()
-    if path in _OPENED:
-        return ShieldedClient(tracking_uri=tracking_uri(path))
-    with store_lock(path):
-        client = ShieldedClient(tracking_uri=tracking_uri(path))  # creates or migrates the database
-        client.search_experiments(max_results=1)
-    _OPENED.add(path)
-    return client
 
+    uri: str
+    folder: Path | None
+    artifact_root: Path | None
 
-def ensure_experiment(client: MlflowClient, name: str, store: str | Path) -> str:
-    """Id of the experiment ``name``, created with its artifacts inside the store."""
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return str(exp.experiment_id)
-    with store_lock(store):  # two processes may create it at once; one of them does
+    @classmethod
+    def of(cls, paths: PathsConfig) -> Store:
+        """The store that ``paths.store`` (or ``$MLFLOW_TRACKING_URI``) names."""
+        return cls.at(paths.store_uri())
+
+    @classmethod
+    def at(cls, value: str | Path) -> Store:
+        """The store of a folder or tracking URI (the schemes ``PathsConfig.check`` accepts)."""
+        value = str(value)
+        scheme = uri_scheme(value)
+        if not scheme:
+            folder = repo_path(value)
+            return cls(f"sqlite:///{folder / DB_FILE}", folder, folder / ARTIFACTS_DIR)
+        if scheme == "sqlite":
+            folder = Path(value.partition(":///")[2]).resolve().parent
+            return cls(value, folder, folder / ARTIFACTS_DIR)
+        if scheme == "postgresql":
+            return cls(value, None, repo_path(DEFAULT_STORE) / ARTIFACTS_DIR)
+        return cls(value.rstrip("/"), None, None)
+
+    @property
+    def server(self) -> bool:
+        """Whether this is a tracking server (http/https)."""
+        return uri_scheme(self.uri) in ("http", "https")
+
+    def __str__(self) -> str:
+        """What the user is shown: the folder of an embedded store, else the URI without its
+        password."""
+        if self.folder is not None and self.uri == f"sqlite:///{self.folder / DB_FILE}":
+            return f"{self.folder}/"
+        return redact(self.uri)
+
+    def client(self, create: bool = True) -> ShieldedClient:
+        """A client of the store; the first one in a process opens it (see :meth:`_open`).
+
+        Args:
+            create: create a local store that does not exist yet (``False``: commands that
+                only read runs, which must not leave an empty store behind).
+
+        Raises:
+            StoreError: the store cannot be created, reached or written, or (``create=False``)
+                a local store does not exist.
+        """
+        if self.uri not in _OPENED:
+            if not create and self.folder is not None and not self.database.is_file():
+                raise StoreError(f"no MLflow store at {self} ({self.database.name} is missing)")
+            self._open()
+            _OPENED.add(self.uri)
+        return ShieldedClient(tracking_uri=self.uri)
+
+    @property
+    def database(self) -> Path:
+        """The SQLite file of a local store."""
+        assert self.folder is not None, "only a local store has a database file"
+        return Path(self.uri.partition(":///")[2])
+
+    def _open(self) -> None:
+        """Create or migrate a database store, or check that a server answers.
+
+        MLflow creates and migrates a database on first use without a lock, so two processes
+        that open a new store at once (two ``make run``s after a clone) break each other's
+        migration: the first use is done under a lock (a file lock beside an SQLite file, an
+        advisory lock in PostgreSQL).
+        """
+        if self.server:
+            probe_server(self.uri)
+            return
+        try:
+            if self.folder is not None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                if not os.access(self.folder, os.W_OK):
+                    raise StoreError(f"tracking store {self}: the folder is not writable")
+                lock: AbstractContextManager[None] = file_lock(self.folder / LOCK_FILE)
+            else:
+                lock = pg_lock(self.uri, "pipeline:mlflow-schema")
+            with lock:
+                ShieldedClient(tracking_uri=self.uri).search_experiments(max_results=1)
+        except StoreError:
+            raise
+        except Exception as e:  # OSError, MlflowException, sqlalchemy's errors: all one line
+            raise StoreError(f"tracking store {self}: {_first_line(e)}") from None
+
+    def experiment_id(self, name: str) -> str:
+        """Id of the experiment ``name``, created (with its artifacts under
+        :attr:`artifact_root`) when missing. Two processes may create it at once: the loser
+        reads the winner's."""
+        client = self.client()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return str(exp.experiment_id)
-        location = (artifact_root(store) / name).as_uri()
-        return str(client.create_experiment(name, artifact_location=location))
+        location = (self.artifact_root / name).as_uri() if self.artifact_root else None
+        try:
+            return str(client.create_experiment(name, artifact_location=location))
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
+
+    def ui_url(self, experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
+        """Link to the runs table (MLflow 3.17 opens experiments on a GenAI page otherwise):
+        on the server itself, or on ``make ui`` for a store of this machine."""
+        base = self.uri if self.server else f"http://127.0.0.1:{port}"
+        url = f"{base}/#/experiments/{experiment_id}/runs"
+        return f"{url}/{run_id}" if run_id else url
 
 
-def local_path(artifact_uri: str) -> Path:
-    """Local folder of a run's artifacts (``file://`` URI; the store is on this machine)."""
-    return Path(local_file_uri_to_path(artifact_uri))
+def probe_server(uri: str) -> None:
+    """Check that the tracking server at ``uri`` answers and accepts our credentials, at once
+    (MLflow's own client retries a refused connection for minutes).
+
+    Raises:
+        StoreError: it does not answer, or it refuses the credentials.
+    """
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    shown = redact(uri)
+    try:
+        response = http_request(
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            max_retries=0,
+            timeout=PROBE_TIMEOUT_S,
+            params={"max_results": 1},
+        )
+    except Exception as e:  # requests' connection errors, MlflowException: one line
+        raise StoreError(f"tracking server {shown} does not answer ({_first_line(e)})") from None
+    if response.status_code in (401, 403):
+        raise StoreError(
+            f"tracking server {shown} refused the credentials (HTTP {response.status_code}): "
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    if response.status_code != 200:
+        raise StoreError(f"tracking server {shown} answered HTTP {response.status_code}")
 
 
-def ui_url(experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
-    """Link to the runs table (MLflow 3.17 opens experiments on a GenAI page otherwise)."""
-    url = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
-    return f"{url}/{run_id}" if run_id else url
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return redact(f"{type(e).__name__}: {text[0] if text else ''}")[:300]
 
 
 def git_commit() -> str:
@@ -211,77 +259,141 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-class Run:
-    """One MLflow run, written through an explicit client and run id.
+class StopRun(Exception):
+    """Raised inside a run to end it on purpose (a pruned trial): the run ends with ``status``,
+    its reason as the ``stop_reason`` tag plus ``tags``, and the exception goes on to the caller.
 
-    Use :meth:`start` as a context manager: the run ends FINISHED when the block completes,
-    FAILED (with the error as the ``error`` tag) when it raises, KILLED on Ctrl-C.
+    Args:
+        reason: why the run stops (one line).
+        status: the MLflow status the run ends with.
+        tags: more tags to set on the run as it ends.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str) -> None:
-        self.client = client
+    def __init__(
+        self, reason: str, status: str = "KILLED", tags: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.tags = dict(tags or {})
+
+
+#: Opens the run a task sequence writes into; the caller decides its name, parent and tags.
+RunFactory = Callable[[], AbstractContextManager["Run"]]
+
+
+class Run:
+    """One MLflow run, written and read through an explicit client and run id.
+
+    Use :meth:`start` (a new run) or :meth:`reopen` (an existing one) as a context manager:
+    the run ends FINISHED when the block completes, FAILED (with the error as the ``error``
+    tag) when it raises, KILLED on Ctrl-C or SIGTERM, and as a :class:`StopRun` says when one
+    is raised.
+    """
+
+    def __init__(self, store: Store, run_id: str, experiment_id: str) -> None:
+        self.store = store
+        self.client = store.client()
         self.run_id = run_id
         self.experiment_id = experiment_id
+
+    @classmethod
+    def get(cls, store: Store, run_id: str) -> Run:
+        """An existing run, to read or add to; its status is left alone.
+
+        Raises:
+            LookupError: no run ``run_id`` in ``store``.
+        """
+        try:
+            info = store.client().get_run(run_id).info
+        except MlflowException:
+            raise LookupError(f"no MLflow run '{run_id}' in the store {store}") from None
+        return cls(store, run_id, info.experiment_id)
 
     @classmethod
     @contextmanager
     def start(
         cls,
-        store: str | Path,
+        store: Store,
         experiment: str,
         run_name: str = "",
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> Iterator[Run]:
-        client = client_for(store)
-        exp_id = ensure_experiment(client, experiment, store)
+        exp_id = store.experiment_id(experiment)
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        info = client.create_run(exp_id, run_name=run_name or None, tags=all_tags).info
-        with cls(client, info.run_id, exp_id)._managed() as run:
+        info = store.client().create_run(exp_id, run_name=run_name or None, tags=all_tags).info
+        with cls(store, info.run_id, exp_id)._managed() as run:
             yield run
 
     @classmethod
+    def factory(
+        cls,
+        store: Store,
+        experiment: str,
+        run_name: str = "",
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> RunFactory:
+        """A :data:`RunFactory` that starts a new run with these settings."""
+        return functools.partial(cls.start, store, experiment, run_name, parent_run_id, tags)
+
+    @classmethod
+    def of(
+        cls,
+        cfg: ExperimentConfig,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> RunFactory:
+        """The factory of the run a config names: in its store (``paths.store``) and MLflow
+        experiment (``tracking.experiment``, else the config's name), with its run name."""
+        experiment = cfg.tracking.experiment or cfg.name
+        return cls.factory(
+            Store.of(cfg.paths), experiment, cfg.tracking.run_name, parent_run_id, tags
+        )
+
+    @classmethod
     @contextmanager
-    def reopen(cls, store: str | Path, run_id: str) -> Iterator[Run]:
+    def reopen(cls, store: Store, run_id: str) -> Iterator[Run]:
         """An existing run, RUNNING again until the block ends (as in :meth:`start`).
 
         Raises:
             LookupError: no run ``run_id`` in ``store``.
         """
-        client = client_for(store)
-        try:
-            info = client.get_run(run_id).info
-        except MlflowException:
-            raise LookupError(f"no MLflow run '{run_id}' in {store}") from None
-        client.update_run(run_id, status="RUNNING")
-        with cls(client, run_id, info.experiment_id)._managed() as run:
+        run = cls.get(store, run_id)
+        run.client.update_run(run_id, status="RUNNING")
+        with run._managed():
             yield run
 
     @contextmanager
     def _managed(self) -> Iterator[Run]:
         try:
             yield self
+        except StopRun as e:
+            self._end_anyway(e.status, tags={"stop_reason": e.reason, **e.tags})
+            raise
         except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C/SIGTERM into SystemExit
-            self._end_anyway("KILLED", "interrupted")
+            self._end_anyway("KILLED", {"error": "interrupted"})
             raise
         except BaseException as e:
-            self._end_anyway("FAILED", f"{type(e).__name__}: {e}")
+            self._end_anyway("FAILED", {"error": f"{type(e).__name__}: {e}"})
             raise
         self.end("FINISHED")
 
-    def _end_anyway(self, status: str, error: str) -> None:
+    def _end_anyway(self, status: str, tags: Mapping[str, str]) -> None:
         """End the run on the way out of an error, which a store error must not replace."""
         try:
-            self.end(status, error)
+            self.end(status, tags)
         except Exception as e:
             print(f"warning: run {self.run_id} could not be marked {status}: {e}", file=sys.stderr)
 
-    def end(self, status: str, error: str = "") -> None:
+    def end(self, status: str, tags: Mapping[str, str] | None = None) -> None:
+        """Set ``tags`` (an ``error``, a ``stop_reason``...) and end the run with ``status``."""
         with shielded():  # both or neither
-            if error:
-                self.client.set_tag(self.run_id, "error", error[:5000])
+            if tags:
+                self.set_tags({k: str(v)[:5000] for k, v in tags.items()})
             self.client.set_terminated(self.run_id, status=status)
 
     @property
@@ -289,7 +401,8 @@ class Run:
         return str(self.client.get_run(self.run_id).info.status)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        """Log params (values redacted: a URI's password never reaches the store)."""
+        items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
@@ -312,6 +425,43 @@ class Run:
 
     def log_figure(self, figure: Any, name: str) -> None:
         self.client.log_figure(self.run_id, figure, name)
+
+    def list_files(self, folder: str = "") -> list[str]:
+        """Artifact paths of the files directly in ``folder`` of the run."""
+        return [f.path for f in self.client.list_artifacts(self.run_id, folder or None)]
+
+    def download(self, path: str, dst: Path) -> Path:
+        """Copy the artifact ``path`` into the folder ``dst``; the local file.
+
+        Raises:
+            LookupError: the run has no such artifact (or it cannot be fetched).
+        """
+        try:
+            return Path(self.client.download_artifacts(self.run_id, path, str(dst)))
+        except (MlflowException, OSError) as e:
+            raise LookupError(f"run {self.run_id} has no readable {path}: {_first_line(e)}") from e
+
+    def read_json(self, path: str) -> Any:
+        """The JSON artifact ``path``, parsed.
+
+        Raises:
+            LookupError: no such artifact, or not JSON.
+        """
+        with scratch_dir() as tmp:
+            local = self.download(path, tmp)
+            try:
+                return json.loads(local.read_text())
+            except (OSError, ValueError) as e:
+                raise LookupError(f"run {self.run_id}: {path} is not readable JSON: {e}") from e
+
+    def delete_file(self, path: str) -> None:
+        """Remove the artifact ``path`` (MLflow's client has no call for it; its artifact
+        repositories, local and proxied, do)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = self.client.get_run(self.run_id).info.artifact_uri
+        with shielded():
+            get_artifact_repository(uri, tracking_uri=self.store.uri).delete_artifacts(path)
 
 
 def _now_ms() -> int:

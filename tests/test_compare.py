@@ -4,10 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import client as client_for
 
-from pipeline.compare import compare, format_markdown, table
+from pipeline.compare import compare
+from pipeline.compare.table import format_markdown, table
 from pipeline.config import ConfigError
-from pipeline.tracking import client_for, local_path
+from pipeline.tracking import Run, Store
 
 FAST = [
     "trainer.progress_bar=false",
@@ -26,7 +28,7 @@ def comparison(tmp_path_factory):
         "synthetic_forgetting",
         ["naive", "joint"],
         [0, 1],
-        [*FAST, f"tracking.store={store}"],
+        [*FAST, f"paths.store={store}"],
         out_dir=root / "report",
         log=lambda _: None,
     )
@@ -79,7 +81,7 @@ def test_unknown_strategy_fails_before_running(tmp_path):
             "synthetic_forgetting",
             ["naive", "nope"],
             [0],
-            [*FAST, f"tracking.store={tmp_path / 's'}"],
+            [*FAST, f"paths.store={tmp_path / 's'}"],
             out_dir=tmp_path / "r",
         )
     assert not (tmp_path / "s").exists()
@@ -90,7 +92,7 @@ def test_refusing_strategy_is_skipped_with_reason(tmp_path):
         "synthetic_forgetting",
         ["naive", "joint"],
         [0],
-        [*FAST, "retention=none", f"tracking.store={tmp_path / 's'}"],
+        [*FAST, "retention=none", f"paths.store={tmp_path / 's'}"],
         out_dir=tmp_path / "r",
         log=lambda _: None,
     )
@@ -101,7 +103,7 @@ def test_refusing_strategy_is_skipped_with_reason(tmp_path):
 
 def test_resume_reads_back_finished_runs_and_reruns_cut_off_ones(tmp_path):
     store = tmp_path / "mlruns"
-    args = ("synthetic_forgetting", ["naive", "joint"], [0], [*FAST, f"tracking.store={store}"])
+    args = ("synthetic_forgetting", ["naive", "joint"], [0], [*FAST, f"paths.store={store}"])
     first = compare(*args, out_dir=tmp_path / "r1", log=lambda _: None)
     # A crash (SIGKILL) during joint's run leaves it and the parent RUNNING.
     client = client_for(store)
@@ -131,7 +133,7 @@ def test_resume_reads_back_finished_runs_and_reruns_cut_off_ones(tmp_path):
 
 def test_resume_refuses_another_comparison_before_running(tmp_path):
     store = tmp_path / "mlruns"
-    fast = [*FAST, f"tracking.store={store}"]
+    fast = [*FAST, f"paths.store={store}"]
     c = compare("synthetic_forgetting", ["naive"], [0], fast, tmp_path / "r", lambda _: None)
     before = len(client_for(store).search_runs([c.rows[0].results[0].experiment_id]))
     with pytest.raises(ConfigError, match=r"seeds '0' \(now '0,1'\)"):
@@ -145,11 +147,10 @@ def test_resume_refuses_another_comparison_before_running(tmp_path):
 
 def test_resume_reruns_a_finished_run_whose_result_is_gone(tmp_path):
     store = tmp_path / "mlruns"
-    args = ("synthetic_forgetting", ["naive"], [0], [*FAST, f"tracking.store={store}"])
+    args = ("synthetic_forgetting", ["naive"], [0], [*FAST, f"paths.store={store}"])
     first = compare(*args, out_dir=tmp_path / "r1", log=lambda _: None)
     before = first.rows[0].results[0].run_id
-    client = client_for(store)
-    (local_path(client.get_run(before).info.artifact_uri) / "accuracy_matrix.json").unlink()
+    Run.get(Store.at(store), before).delete_file("accuracy_matrix.json")
     lines: list[str] = []
     again = compare(*args, out_dir=tmp_path / "r2", log=lines.append, resume=first.parent_run_id)
     assert any("no readable result" in line and "running it again" in line for line in lines)

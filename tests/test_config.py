@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import ConfigError, available, compose, flatten, to_dict
+from pipeline.config import ConfigError, available, compose_paths, flatten, to_dict
+from pipeline.experiment import compose
+from pipeline.paths import REPO_ROOT, PathsConfig, redact
 
 
 def test_every_experiment_composes():
@@ -59,7 +61,13 @@ def test_flatten_for_mlflow_params():
         (["data.tasks=[{dataset: mnist}, {dataset: mnist}]"], "task names must be unique"),
         (["data.tasks=[{dataset: cifar}]"], "data.tasks.dataset"),
         (["model=resnet"], "conf/model/resnet.yaml"),
-        (["strategy=[nope]"], "conf/strategy/nope.yaml"),
+        (["strategy=[nope]"], "unknown strategy 'nope'"),
+        (["paths.store=ftp://host/x"], "paths.store: 'ftp://host/x' is not a folder"),
+        (["paths.store=README.md"], "paths.store: 'README.md' is a file"),
+        (["paths.store=sqlite://"], "paths.store"),
+        (["paths.studies=conf"], "paths.studies: 'conf' is a directory"),
+        (["paths.studies=mysql://u:secret@h/db"], "paths.studies: 'mysql://u:\\*\\*\\*@h/db'"),
+        (["paths.nope=1"], "unknown key 'paths.nope'"),
         (["strategies.naive.lam=3"], "strategies.naive"),
         (["scenario=continual"], "scenario"),
         (["epochs"], "expected key=value"),
@@ -77,8 +85,49 @@ def test_missing_experiment_names_the_file():
 
 def test_cli_exit_2_one_line_and_no_run(tmp_path: Path, capsys):
     store = tmp_path / "store"
-    code = main(["run", "synthetic_forgetting", f"tracking.store={store}", "trainer.epochs=-1"])
+    code = main(["run", "synthetic_forgetting", f"paths.store={store}", "trainer.epochs=-1"])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error: trainer.epochs") and "\n" not in err
     assert not store.exists()  # no MLflow run, not even a store
+
+
+def test_paths_are_relative_to_the_repository_and_read_the_environment(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    monkeypatch.chdir("/")  # not the working directory
+    paths = PathsConfig()
+    assert paths.store_uri() == str(REPO_ROOT / "mlruns")
+    assert paths.studies_uri() == str(REPO_ROOT / "mlruns" / "optuna" / "journal.log")
+    assert paths.reports_dir() == REPO_ROOT / "reports" and paths.data_dir() == REPO_ROOT / "data"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracker:5000")
+    monkeypatch.setenv("OPTUNA_STORAGE", "postgresql://u@db/optuna")
+    assert PathsConfig().store_uri() == "http://tracker:5000"
+    assert PathsConfig().studies_uri() == "postgresql://u@db/optuna"
+    # the config wins over the environment; a remote store keeps the journal in mlruns/
+    assert PathsConfig(store="/x/store").store_uri() == "/x/store"
+    monkeypatch.delenv("OPTUNA_STORAGE")
+    assert PathsConfig().studies_uri() == str(REPO_ROOT / "mlruns" / "optuna" / "journal.log")
+    assert PathsConfig(store="/x/s").studies_uri() == "/x/s/optuna/journal.log"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "gopher://x")
+    with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI: .gopher://x."):
+        compose_paths()
+
+
+def test_credentials_are_never_logged_as_params():
+    assert redact("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
+    assert redact("http://host:5000") == "http://host:5000"
+    cfg = compose("seed_forgetting", ["paths.studies=postgresql://me:s3cret@db/optuna"])
+    from pipeline.tracking import Run
+
+    logged: list = []
+
+    class Fake:
+        def log_batch(self, run_id, params=()):
+            logged.extend(params)
+
+    run = Run.__new__(Run)
+    run.client, run.run_id = Fake(), "r"
+    run.log_params(flatten(to_dict(cfg)))
+    assert not [p for p in logged if "s3cret" in p.value]
+    assert any(p.value == "postgresql://me:***@db/optuna" for p in logged)

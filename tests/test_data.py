@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.config import DataConfig, SyntheticConfig, TaskConfig, compose
+from pipeline.config import DataConfig, SyntheticConfig, TaskConfig
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import (
     BatchIndices,
@@ -15,6 +15,7 @@ from pipeline.data.tasks import (
     load_task,
     make_synthetic,
 )
+from pipeline.experiment import compose
 
 
 def split(n: int) -> Split:
@@ -105,9 +106,9 @@ def test_datamodule_serves_current_task_and_all_tasks_for_eval():
 
 
 def test_missing_dataset_files_raise_data_error(tmp_path):
-    cfg = DataConfig(root=str(tmp_path), tasks=[TaskConfig(dataset="mnist", name="mnist")])
+    cfg = DataConfig(tasks=[TaskConfig(dataset="mnist", name="mnist")])
     with pytest.raises(DataError, match="make data"):
-        load_task(0, cfg.tasks[0], cfg)
+        load_task(0, cfg.tasks[0], cfg, root=tmp_path)
 
 
 @pytest.mark.slow

@@ -8,21 +8,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import client as client_for
 from torch import nn
 
 from pipeline.cli import main
-from pipeline.compare import Comparison, Row
-from pipeline.config import compose
+from pipeline.compare.plane import best_raw_free, comparison_plane
+from pipeline.compare.table import Comparison, Row
 from pipeline.data.tasks import Batch
-from pipeline.landscape import (
+from pipeline.experiment import compose
+from pipeline.landscape.evaluation import (
     Checkpoint,
-    LandscapeError,
     ModelLoss,
     Options,
-    best_raw_free,
     check_comparable,
-    comparison_plane,
     flat_parameters,
+)
+from pipeline.landscape.geometry import (
+    LandscapeError,
     gram_schmidt,
     line_alphas,
     line_values,
@@ -31,8 +33,11 @@ from pipeline.landscape import (
     plane_values,
 )
 from pipeline.models import build_model
-from pipeline.runner import SequenceResult
-from pipeline.tracking import Run, client_for
+from pipeline.paths import PathsConfig
+from pipeline.results import SequenceResult
+from pipeline.tracking import Run, Store
+
+DATA = PathsConfig().data_dir()  # synthetic tasks read no file
 
 TINY = (
     "trainer.epochs=1",
@@ -220,7 +225,7 @@ def test_another_task_sequence_or_network_is_refused():
     def checkpoint(*overrides: str) -> Checkpoint:
         cfg = compose("synthetic_forgetting", list(overrides))
         model = build_model(cfg.model, (1, 28, 28), [10, 10], cfg.scenario)
-        return Checkpoint("r" + str(len(overrides)), Path("x.ckpt"), model, cfg)
+        return Checkpoint("r" + str(len(overrides)), "x.ckpt", model, cfg)
 
     ref = checkpoint()
     check_comparable(ref, checkpoint("strategy=[ewc]"))  # another strategy: fine
@@ -241,8 +246,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("landscape")
     store = root / "mlruns"
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        base = ["run", "synthetic_forgetting", f"tracking.store={store}", *TINY]
+        mp.chdir("/")  # reports go to paths.reports, not to the working directory
+        base = ["run", "synthetic_forgetting", f"paths.store={store}", *TINY]
+        base += [f"paths.reports={root / 'reports'}"]
         base += ["trainer.progress_bar=false", "trainer.threads=1"]
         assert main([*base, "--landscape"]) == 0
         assert main([*base, "strategy=[l2]"]) == 0
@@ -275,7 +281,7 @@ def test_run_with_landscape_flag_logs_the_line(runs):
 def test_cli_draws_line_and_plane_and_logs_them(runs, tmp_path, capsys):
     _, store, by = runs
     out = tmp_path / "out"
-    argv = ["landscape", by["naive"], "--vs", by["l2"], "--store", str(store), "--out", str(out)]
+    argv = ["landscape", by["naive"], "--vs", by["l2"], f"paths.store={store}", "--out", str(out)]
     assert main([*argv, *SMALL]) == 0
     printed = capsys.readouterr().out
     assert "line: 7 points" in printed and "plane: 4x4 points" in printed and " s (" in printed
@@ -295,9 +301,9 @@ def test_cli_draws_line_and_plane_and_logs_them(runs, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("which", "message"),
     [
-        ("missing", "no run 'nope0000' in the store"),
+        ("missing", "no MLflow run 'nope0000' in the store"),
         ("nockpt", "has no checkpoints"),
-        ("vs-missing", "no run 'nope0000' in the store"),
+        ("vs-missing", "no MLflow run 'nope0000' in the store"),
         ("vs-nockpt", "has no checkpoints"),
         ("vs-self", "theta_S lies on the line"),  # theta_S = theta_B: no plane
     ],
@@ -312,7 +318,7 @@ def test_clear_error_exit_2_nothing_written(runs, tmp_path, capsys, which, messa
     }.get(which, [])
     before = artifacts(store, by["naive"])
     out = tmp_path / "out"
-    code = main(["landscape", run, *vs, "--store", str(store), "--out", str(out), *SMALL])
+    code = main(["landscape", run, *vs, f"paths.store={store}", "--out", str(out), *SMALL])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error: ") and message in err and "\n" not in err
@@ -320,7 +326,7 @@ def test_clear_error_exit_2_nothing_written(runs, tmp_path, capsys, which, messa
 
 
 def test_no_store_is_an_error_and_creates_none(tmp_path, capsys):
-    assert main(["landscape", "abc", "--store", str(tmp_path / "none")]) == 2
+    assert main(["landscape", "abc", f"paths.store={tmp_path / 'none'}"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
 
@@ -331,9 +337,9 @@ def fake_result(run_id: str, val_avg: float) -> SequenceResult:
     )
 
 
-def comparison(rows: list[Row], report: Path) -> Comparison:
+def comparison(rows: list[Row], report: Path, parent: str = "") -> Comparison:
     return Comparison(
-        "synthetic_forgetting", ["a", "b"], ["A", "B"], "domain", [0], rows, {}, "", report
+        "synthetic_forgetting", ["a", "b"], ["A", "B"], "domain", [0], rows, {}, parent, report
     )
 
 
@@ -353,18 +359,16 @@ def test_best_raw_free_strategy_by_mean_val_accuracy(tmp_path):
 def test_comparison_plane_naive_vs_best_and_ewc(runs, tmp_path):
     _, store, by = runs
     rows = [Row("naive", [fake_result(by["naive"], 0.5)]), Row("l2", [fake_result(by["l2"], 0.6)])]
-    with Run.start(store, "synthetic_forgetting", "parent") as parent:
-        lines = comparison_plane(
-            comparison(rows, tmp_path), store, parent.run_id, Options(grid=3, samples=20), print
-        )
+    with Run.start(Store.at(store), "synthetic_forgetting", "parent") as parent:
+        c = comparison(rows, tmp_path, parent.run_id)
+        lines = comparison_plane(c, Store.at(store), DATA, Options(grid=3, samples=20), print)
     assert "![loss landscape: naive vs l2](landscape/plane-l2.png)" in lines
     assert (tmp_path / "landscape" / "plane-l2.png").is_file()
     assert artifacts(store, parent.run_id) == {"landscape/plane-l2.png", "landscape/plane-l2.json"}
     # EWC, the reference regulariser, gets its plane too when it is not the best one
     rows.append(Row("ewc", [fake_result(by["l2"], 0.55)]))
-    lines = comparison_plane(
-        comparison(rows, tmp_path / "e"), store, parent.run_id, Options(grid=3, samples=20), print
-    )
+    c = comparison(rows, tmp_path / "e", parent.run_id)
+    lines = comparison_plane(c, Store.at(store), DATA, Options(grid=3, samples=20), print)
     pictures = [line for line in lines if line.startswith("![")]
     assert pictures == [
         "![loss landscape: naive vs l2](landscape/plane-l2.png)",
@@ -372,5 +376,6 @@ def test_comparison_plane_naive_vs_best_and_ewc(runs, tmp_path):
     ]
     assert (tmp_path / "e" / "landscape" / "plane-ewc.json").is_file()
     # without naive: nothing drawn, the reason in the report
-    lines = comparison_plane(comparison(rows[1:], tmp_path / "x"), store, "p", None, print)
+    c = comparison(rows[1:], tmp_path / "x", "p")
+    lines = comparison_plane(c, Store.at(store), DATA, None, print)
     assert "not drawn" in lines[0] and not (tmp_path / "x").exists()

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_synthetic
+from conftest import checkpoint, client, run, small_synthetic
 
 from pipeline.module import ContinualModule, DivergenceError
-from pipeline.runner import load_checkpoint, run_sequence
+from pipeline.runfiles import load_checkpoint
 from pipeline.strategies import REGISTRY, Strategy
-from pipeline.tracking import client_for, local_path
 
 
 @dataclass
@@ -86,14 +85,14 @@ def toy_cfg(store: Path, **params):
 
 
 def test_hook_order(toy, store):
-    run_sequence(toy_cfg(store))
+    run(toy_cfg(store))
     events = toy[0].events
     per_step = ["batch", "penalty", "backward", "step"]
     assert events == ["start0", *per_step * 5, "end0", "start1", *per_step * 5, "end1"]
 
 
 def test_transformed_batch_is_what_trains(toy, store):
-    result = run_sequence(toy_cfg(store, relabel=3))
+    result = run(toy_cfg(store, relabel=3))
     assert result.matrix["test"][1, 1] < 0.2  # every label was rewritten to 3: task not learned
 
 
@@ -108,29 +107,26 @@ def test_optimizer_is_fresh_per_task(toy, store, monkeypatch):
         return opt
 
     monkeypatch.setattr(ContinualModule, "configure_optimizers", spy)
-    run_sequence(toy_cfg(store))
+    run(toy_cfg(store))
     assert len(made) == 2 and made[0] is not made[1]
 
 
 def test_strategy_state_in_checkpoint(toy, store):
-    result = run_sequence(toy_cfg(store))
-    art = local_path(client_for(store).get_run(result.run_id).info.artifact_uri)
-    module, _, _ = load_checkpoint(art / "checkpoints/task00-synthetic0.ckpt")
+    result = run(toy_cfg(store))
+    module, _, _ = checkpoint(store, result.run_id, 0)
     assert module.strategies[0].steps == 5  # restored from the task-0 checkpoint
-    module, _, _ = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
+    module, _, _ = checkpoint(store, result.run_id, 1)
     assert module.strategies[0].steps == 10
 
 
 def test_divergence_fails_the_run_and_keeps_earlier_checkpoints(toy, store):
     with pytest.raises(DivergenceError, match="task 1"):
-        run_sequence(toy_cfg(store, nan_at_task=1))
-    client = client_for(store)
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name("synthetic_forgetting").experiment_id]
-    )
-    assert run.info.status == "FAILED"
-    assert "DivergenceError" in run.data.tags["error"]
-    ckpts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+        run(toy_cfg(store, nan_at_task=1))
+    c = client(store)
+    (failed,) = c.search_runs([c.get_experiment_by_name("synthetic_forgetting").experiment_id])
+    assert failed.info.status == "FAILED"
+    assert "DivergenceError" in failed.data.tags["error"]
+    ckpts = [a.path for a in c.list_artifacts(failed.info.run_id, "checkpoints")]
     assert ckpts == ["checkpoints/task00-synthetic0.ckpt"]
 
 

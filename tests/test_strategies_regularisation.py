@@ -10,18 +10,17 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import small_synthetic
+from conftest import checkpoint, client, run, small_synthetic
 from torch import Tensor, nn
 
-from pipeline.config import ConfigError, compose
+from pipeline.config import ConfigError
 from pipeline.data.tasks import Batch
+from pipeline.experiment import compose
 from pipeline.models import Classifier, build_head
-from pipeline.runner import load_checkpoint, run_sequence
-from pipeline.strategies import REGISTRY, Strategy, build_strategies
+from pipeline.strategies import REGISTRY, Strategy, parse_params
 from pipeline.strategies._anchor import trainable
 from pipeline.strategies.ewc import empirical_fisher
 from pipeline.strategies.mas import output_sensitivity
-from pipeline.tracking import client_for, local_path
 
 NAMES = ["ewc", "online_ewc", "si", "mas", "l2"]
 CPU = torch.device("cpu")
@@ -50,13 +49,13 @@ def ctx_for(model: nn.Module, data: list[Batch], index: int = 0) -> Any:
         index=index,
         task=None,
         device=CPU,
-        module=SimpleNamespace(model=model),
+        model=model,
         datamodule=SimpleNamespace(loader=lambda task, split, batch_size=None: data),
     )
 
 
 def make(name: str, **params: Any) -> Strategy:
-    return build_strategies([name], {name: params})[0]
+    return REGISTRY[name](parse_params(name, params))
 
 
 def train(model: nn.Module, strategy: Strategy, data: list[Batch], steps: int, lr: float) -> None:
@@ -353,14 +352,6 @@ def test_retention_counts_the_derived_state(name: str, copies: int) -> None:
     assert strategy.retention().raw_bytes == 0
 
 
-# -- config ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", NAMES)
-def test_yaml_defaults_match_params_dataclass(name: str) -> None:
-    cfg = compose("synthetic_forgetting", [f"strategy=[{name}]"])
-    defaults = REGISTRY[name].Params()
-    assert cfg.strategies[name] == vars(defaults)
-
-
 @pytest.mark.parametrize(
     ("name", "key", "value"),
     [
@@ -404,7 +395,7 @@ def synthetic_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     runs = {}
     for name, overrides in SYNTHETIC.items():
         cfg = small_synthetic(store, f"strategy=[{name}]", "trainer.epochs=1", *overrides)
-        runs[name] = run_sequence(cfg)
+        runs[name] = run(cfg)
     return {"store": store, **runs}
 
 
@@ -416,16 +407,15 @@ def test_forgets_less_than_naive_on_synthetic_tasks(
     # Task 0 trains identically (no penalty yet); afterwards the old task is better kept.
     assert result.matrix["test"][0, 0] == naive.matrix["test"][0, 0]
     assert result.matrix["test"][1, 0] > naive.matrix["test"][1, 0] + 0.05
-    client = client_for(synthetic_runs["store"])
-    history = client.get_metric_history(result.run_id, f"t1/train/penalty_{name}")
+    history = client(synthetic_runs["store"]).get_metric_history(
+        result.run_id, f"t1/train/penalty_{name}"
+    )
     assert history and all(m.value >= 0 for m in history)
 
 
 def test_checkpoint_restores_the_penalty(synthetic_runs: dict[str, Any]) -> None:
     result = synthetic_runs["ewc"]
-    run = client_for(synthetic_runs["store"]).get_run(result.run_id)
-    art = local_path(run.info.artifact_uri)
-    module, _, _ = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
+    module, _, _ = checkpoint(synthetic_runs["store"], result.run_id, 1)
     strategy = module.strategies[0]
     assert strategy.state_dict()["tasks_seen"] == 2
     # After task 1 the weights sit at task 1's anchor but away from task 0's: penalty > 0.

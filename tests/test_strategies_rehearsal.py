@@ -11,19 +11,18 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import small_synthetic
+from conftest import checkpoint, run, small_synthetic
 
-from pipeline.config import ConfigError, compose
+from pipeline.config import ConfigError
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Batch, TaskDataset
+from pipeline.experiment import compose
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
-from pipeline.runner import load_checkpoint, run_sequence
 from pipeline.strategies import REGISTRY, Strategy, TaskContext, parse_params
 from pipeline.strategies.agem import project
 from pipeline.strategies.buffer import ReservoirBuffer, water_fill
 from pipeline.strategies.lwf import distillation
-from pipeline.tracking import client_for, local_path
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -57,7 +56,7 @@ class Harness:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=3e-3)
 
     def ctx(self, i: int) -> TaskContext:
-        return TaskContext(i, self.dm.tasks[i], self.dm, self.module, self.device)
+        return TaskContext(i, self.dm.tasks[i], self.dm, self.module.model, self.device)
 
     def batch(self, i: int, start: int = 0, n: int = 32) -> Batch:
         task = self.dm.tasks[i]
@@ -404,7 +403,7 @@ def runs(tmp_path_factory):
                 f"trainer.max_batches={0 if full else 6}",
                 f"tracking.log_checkpoints={names == 'replay'}",
             )
-            done[names] = run_sequence(cfg)
+            done[names] = run(cfg)
         return store, done[names]
 
     return get
@@ -440,8 +439,7 @@ def test_replay_forgets_less_than_naive(runs):
 
 def test_buffer_offers_each_sample_once_and_restores_from_the_checkpoint(runs):
     store, r = runs("replay")
-    art = local_path(client_for(store).get_run(r.run_id).info.artifact_uri)
-    module, cfg, _ = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
+    module, cfg, _ = checkpoint(store, r.run_id, 1)
     buf = module.strategies[0].buffer
     assert cfg.trainer.epochs == 2
     assert buf.seen == 2 * 900  # 900 training samples per task, offered once despite 2 epochs

@@ -7,12 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import small_synthetic
+from conftest import checkpoint, run, small_synthetic
 
 from pipeline.config import SCENARIOS, ConfigError
-from pipeline.runner import load_checkpoint, run_sequence
 from pipeline.strategies import REGISTRY
-from pipeline.tracking import client_for, local_path
 
 TINY = (
     "trainer.epochs=1",
@@ -44,12 +42,10 @@ def test_strategy_runs_and_its_state_round_trips(name: str, scenario: str, tmp_p
         assert "does not work in" in str(e)
         assert not store.exists()
         return
-    result = run_sequence(cfg)
+    result = run(cfg)
     R = result.matrix["test"]
     assert R.shape == (2, 2) and np.isfinite(R).all()
-    run = client_for(store).get_run(result.run_id)
-    art = local_path(run.info.artifact_uri)
-    module, _, _ = load_checkpoint(art / "checkpoints/task01-synthetic1.ckpt")
+    module, _, _ = checkpoint(store, result.run_id, 1)
     (strategy,) = module.strategies
     state = strategy.state_dict()
     fresh = REGISTRY[name](strategy.params)

@@ -15,25 +15,22 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import client as client_for
 from optuna.trial import TrialState
 
 from pipeline import config
 from pipeline.best import best as choose_and_test
 from pipeline.best import choose, format_best, knee, parse_rule
 from pipeline.cli import main
-from pipeline.config import ConfigError, compose, compose_sweep
+from pipeline.config import ConfigError
 from pipeline.data.datamodule import ContinualDataModule
-from pipeline.sweep import (
-    PARENT_ATTR,
-    counted,
-    create_or_resume,
-    load_study,
-    run_worker,
-    search_space,
-    sweep,
-    worker_alive,
-)
-from pipeline.tracking import client_for
+from pipeline.experiment import compose
+from pipeline.paths import PathsConfig
+from pipeline.sweep import sweep
+from pipeline.sweep.config import compose_sweep
+from pipeline.sweep.space import search_space
+from pipeline.sweep.study import PARENT_ATTR, counted, create_or_resume, load_study
+from pipeline.sweep.workers import Liveness, run_worker, worker_id
 
 # Each trial: two synthetic tasks, 2 batches of one epoch (about a second).
 SHRINK = [
@@ -48,16 +45,22 @@ SHRINK = [
 
 @pytest.fixture
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in a temporary folder (reports/ lands there) with a private store and a copy of
-    conf/ (make best writes into conf/experiment/)."""
-    monkeypatch.chdir(tmp_path)
+    """A private store and reports folder, and a copy of conf/ (make best writes into
+    conf/experiment/)."""
     shutil.copytree(config.CONF_DIR, tmp_path / "conf")
     monkeypatch.setattr(config, "CONF_DIR", tmp_path / "conf")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
     return tmp_path
 
 
 def overrides(root: Path, *extra: str) -> list[str]:
-    return [f"tracking.store={root / 'mlruns'}", *SHRINK, *extra]
+    return [f"paths.store={root / 'mlruns'}", f"paths.reports={root / 'reports'}", *SHRINK, *extra]
+
+
+def paths(root: Path) -> PathsConfig:
+    """The paths the overrides above give (a worker's or `make best`'s)."""
+    return PathsConfig(store=str(root / "mlruns"), reports=str(root / "reports"))
 
 
 def journal(root: Path) -> str:
@@ -121,7 +124,7 @@ def test_no_test_split_is_read_during_a_sweep(here: Path, monkeypatch: pytest.Mo
     assert read and "val" in read
     assert "test" not in read
     # Positive control: make best's final evaluation is where the test split is read.
-    choose_and_test("synthetic_forgetting-l2", journal(here), "knee", with_default=False)
+    choose_and_test("synthetic_forgetting-l2", paths(here), "knee", with_default=False)
     assert "test" in read
     monkeypatch.undo()
 
@@ -129,14 +132,14 @@ def test_no_test_split_is_read_during_a_sweep(here: Path, monkeypatch: pytest.Mo
 def test_best_writes_a_config_that_reruns_the_trial(here: Path) -> None:
     conf = here / "conf"
     sweep("synthetic_forgetting", ["si"], "default", ["trials=3"], overrides(here))
-    out = choose_and_test("synthetic_forgetting-si", journal(here), "knee")
+    out = choose_and_test("synthetic_forgetting-si", paths(here), "knee")
     path = Path(out["config"])
     assert path == conf / "experiment" / "synthetic_forgetting-si-best.yaml"
     cfg = compose(path.stem)
     study = load_study("synthetic_forgetting-si", journal(here))
     chosen = study.trials[out["trial"]]
     assert cfg.optim.lr == pytest.approx(chosen.params["optim.lr"])
-    assert cfg.strategies["si"]["c"] == pytest.approx(chosen.params["strategies.si.c"])
+    assert cfg.strategies["si"].c == pytest.approx(chosen.params["strategies.si.c"])
     assert cfg.strategy == ["si"] and cfg.trainer.max_batches == 2
     assert set(out["test"]) == {"chosen", "default"}
     assert 0 <= out["test"]["chosen"]["avg_acc"] <= 1
@@ -151,12 +154,12 @@ def test_best_writes_a_config_that_reruns_the_trial(here: Path) -> None:
 def test_a_diverging_trial_is_recorded_and_the_study_goes_on(here: Path) -> None:
     ovr = overrides(here, "optim.name=sgd")
     cfg = compose_sweep("default", ["trials=2", "defaults_first=false"])
-    study, _ = create_or_resume(
-        "synthetic_forgetting", ["l2"], cfg, ovr, "diverge", journal(here), log=lambda m: None
+    study, _, _ = create_or_resume(
+        "synthetic_forgetting", ["l2"], cfg, ovr, "diverge", log=lambda m: None
     )
     # SGD at lr 1e6 overflows within a few steps.
     study.enqueue_trial({"optim.lr": 1e6, "strategies.l2.lam": 1.0})
-    run_worker("diverge", journal(here), log=lambda m: None)
+    run_worker("diverge", paths(here), log=lambda m: None)
     trials = load_study("diverge", journal(here)).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert "DivergenceError" in trials[0].user_attrs["fail_reason"]
@@ -173,18 +176,17 @@ def test_a_diverging_trial_is_recorded_and_the_study_goes_on(here: Path) -> None
 
 def test_single_objective_prunes_a_poor_trial_after_the_first_task(here: Path) -> None:
     cfg = compose_sweep("accuracy", ["trials=2", "defaults_first=false", "pruner_startup_trials=1"])
-    study, _ = create_or_resume(
+    study, _, _ = create_or_resume(
         "synthetic_forgetting",
         ["l2"],
         cfg,
         overrides(here, "trainer.max_batches=4"),
         "prune",
-        journal(here),
         log=lambda m: None,
     )
     study.enqueue_trial({"optim.lr": 3e-3, "strategies.l2.lam": 0.01})
     study.enqueue_trial({"optim.lr": 1e-4, "strategies.l2.lam": 0.01})  # learns nothing yet
-    run_worker("prune", journal(here), log=lambda m: None)
+    run_worker("prune", paths(here), log=lambda m: None)
     t0, t1 = load_study("prune", journal(here)).get_trials()
     assert t0.state == TrialState.COMPLETE
     assert t1.state == TrialState.PRUNED and list(t1.intermediate_values) == [0]
@@ -296,21 +298,45 @@ def test_two_workers_share_a_study_without_lost_or_duplicated_trials(
 
 
 def test_worker_liveness() -> None:
-    def frozen(worker: str, beat: float | None) -> optuna.trial.FrozenTrial:
+    def frozen(worker: str, beat: float | None, number: int = 0) -> optuna.trial.FrozenTrial:
         attrs = {"worker": worker} | ({"heartbeat": beat} if beat is not None else {})
-        return optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.0], user_attrs=attrs)
+        t = optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0.0], user_attrs=attrs)
+        t._trial_id = number
+        return t
 
     import socket
 
-    from pipeline.sweep import worker_id
-
-    assert worker_alive(frozen(worker_id(), None), 60)
+    clock = [0.0]
+    live = Liveness(60, clock=lambda: clock[0])
+    assert live.alive(frozen(worker_id(), None))  # this very process
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert not worker_alive(frozen(f"{socket.gethostname()}:{dead.pid}:", None), 60)
-    now = time.time()
-    assert worker_alive(frozen("elsewhere:1:1", now - 10), 60, now)
-    assert not worker_alive(frozen("elsewhere:1:1", now - 100), 60, now)
+    assert not live.alive(frozen(f"{socket.gethostname()}:{dead.pid}:", None))
+    # killed, its parent (the sweep) not yet waiting for it: a zombie is a dead worker too
+    zombie = subprocess.Popen(["sleep", "60"])
+    zombie.kill()
+    for _ in range(100):
+        stat = Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if stat[0] == "Z":
+            break
+        time.sleep(0.05)
+    owner = f"{socket.gethostname()}:{zombie.pid}:{stat[19]}"  # its very pid and start time
+    assert not live.alive(frozen(owner, None))
+    zombie.wait()
+    # Another host: only a heartbeat that stops changing for 60 s of our own clock is death,
+    # whatever that host's clock says (here: an hour behind ours).
+    assert live.alive(frozen("elsewhere:1:1", -3600.0, 1))
+    clock[0] = 59
+    assert live.alive(frozen("elsewhere:1:1", -3600.0, 1))
+    clock[0] = 61
+    assert not live.alive(frozen("elsewhere:1:1", -3600.0, 1))
+    assert live.alive(frozen("elsewhere:1:1", -3580.0, 1))  # it beat again: alive
+    clock[0] = 61 + 59
+    assert live.alive(frozen("elsewhere:1:1", -3580.0, 1))
+    # died between being asked for and its first beat: dead after the same grace
+    assert live.alive(frozen("elsewhere:2:1", None, 2))
+    clock[0] = 61 + 59 + 61
+    assert not live.alive(frozen("elsewhere:2:1", None, 2))
 
 
 def test_knee_and_rules() -> None:
@@ -336,14 +362,18 @@ def test_knee_and_rules() -> None:
 
 
 def test_bad_input_is_one_line_and_exit_2(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    store = f"tracking.store={here / 'mlruns'}"
+    # a mistake in a case must not run a sweep into the repository's reports/
+    at = [f"paths.store={here / 'mlruns'}", f"paths.reports={here / 'reports'}"]
+    ewc = ["sweep", "synthetic_forgetting", "--strategy", "ewc", *at]
     cases = [
-        ["sweep", "synthetic_forgetting", "--strategy", "ewc", "--sweep", "nope", store],
-        ["sweep", "synthetic_forgetting", "--strategy", "ewc", "--set", "trials=0", store],
-        ["sweep", "synthetic_forgetting", "--strategy", "ewc", "--set", "objective=x", store],
-        ["sweep", "synthetic_forgetting", "--strategy", "nope", store],
-        ["sweep", "synthetic_forgetting", "--strategy", "ewc", "bogus.key=1", store],
-        ["best", "no-such-study", "--store", str(here / "mlruns")],
+        [*ewc, "--sweep", "nope"],
+        [*ewc, "--set", "trials=0"],
+        [*ewc, "--trials", "0"],
+        [*ewc, "--set", "objective=x"],
+        ["sweep", "synthetic_forgetting", "--strategy", "nope", *at],
+        [*ewc, "bogus.key=1"],
+        [*ewc, f"paths.studies={here}"],  # a directory is no journal file
+        ["best", "no-such-study", *at],
     ]
     for argv in cases:
         assert main(argv) == 2, argv
@@ -362,35 +392,13 @@ def test_space_and_resume_rules(here: Path) -> None:
     cfg.space = {"strategies.ewc.fisher_samples": None}
     assert "strategies.ewc.fisher_samples" not in search_space(["ewc"], cfg)
     base = compose_sweep("default", ["trials=1"])
-    create_or_resume(
-        "synthetic_forgetting",
-        ["ewc"],
-        base,
-        overrides(here),
-        "s",
-        journal(here),
-        log=lambda m: None,
-    )
+    create_or_resume("synthetic_forgetting", ["ewc"], base, overrides(here), "s", log=print)
     other = compose_sweep("default", ["trials=1", "stability=forgetting"])
     with pytest.raises(ConfigError, match="other settings"):
-        create_or_resume(
-            "synthetic_forgetting",
-            ["ewc"],
-            other,
-            overrides(here),
-            "s",
-            journal(here),
-            log=lambda m: None,
-        )
+        create_or_resume("synthetic_forgetting", ["ewc"], other, overrides(here), "s", log=print)
     more = compose_sweep("default", ["trials=5"])  # more trials is a resume, not a conflict
-    study, settings = create_or_resume(
-        "synthetic_forgetting",
-        ["ewc"],
-        more,
-        overrides(here),
-        "s",
-        journal(here),
-        log=lambda m: None,
+    study, settings, _ = create_or_resume(
+        "synthetic_forgetting", ["ewc"], more, overrides(here), "s", log=print
     )
     assert settings.config.trials == 5
     assert json.loads(json.dumps(study.user_attrs["pipeline.settings"]))["sweep"]["trials"] == 5
@@ -409,12 +417,10 @@ def test_an_interrupt_inside_lightning_abandons_the_trial_for_a_retry(
         raise SIGTERMException()
 
     cfg = compose_sweep("default", ["trials=2"])
-    create_or_resume(
-        "synthetic_forgetting", ["l2"], cfg, overrides(here), "sig", journal(here), log=print
-    )
+    create_or_resume("synthetic_forgetting", ["l2"], cfg, overrides(here), "sig", log=print)
     monkeypatch.setattr(pipeline.runner, "run_sequence", terminated)
     with pytest.raises(SystemExit):
-        run_worker("sig", journal(here), log=lambda m: None)
+        run_worker("sig", paths(here), log=lambda m: None)
     trials = load_study("sig", journal(here)).get_trials()
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["crashed"]
     assert trials[0].user_attrs["fail_reason"].startswith("terminated")

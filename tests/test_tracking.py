@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from pipeline.cli import _terminate
-from pipeline.tracking import client_for, ensure_experiment, shielded
+from pipeline.shield import shielded
+from pipeline.tracking import Store
 
 
 def _open_store(store: str, barrier: Any, results: Any) -> None:
     barrier.wait()  # all at once, as two `make run`s started together after a clone
     try:
-        client = client_for(store)
-        results.put(ensure_experiment(client, "race", store))
+        results.put(Store.at(store).experiment_id("race"))
     except Exception as e:  # reported to the parent
         results.put(f"{type(e).__name__}: {e}"[:300])
 
@@ -37,7 +37,7 @@ def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path: Path) ->
         for p in procs:
             p.join()
         assert len(set(got)) == 1, got  # one experiment id, no error
-        assert client_for(store).get_experiment(got[0]).name == "race"
+        assert Store.at(store).client().get_experiment(got[0]).name == "race"
 
 
 def test_sigterm_during_a_store_write_exits_after_the_write() -> None:
@@ -61,8 +61,8 @@ def test_every_client_write_finishes_before_sigterm_exits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = tmp_path / "mlruns"
-    client = client_for(store)
-    run_id = client.create_run(ensure_experiment(client, "x", store)).info.run_id
+    client = Store.at(store).client()
+    run_id = client.create_run(Store.at(store).experiment_id("x")).info.run_id
     write = client._tracking_client.set_tag
 
     def signal_then_write(*args: Any, **kwargs: Any) -> Any:
@@ -76,4 +76,4 @@ def test_every_client_write_finishes_before_sigterm_exits(
             client.set_tag(run_id, "written", "yes")
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert client_for(store).get_run(run_id).data.tags["written"] == "yes"
+    assert Store.at(store).client().get_run(run_id).data.tags["written"] == "yes"

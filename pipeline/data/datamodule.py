@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
@@ -33,13 +35,20 @@ class ContinualDataModule(pl.LightningDataModule):
         seed: experiment seed; fixes the training order of every task.
         max_batches: cap on training batches per epoch (0: all).
         scenario: ``task``, ``domain`` or ``class``: sets the targets (see ``load_task``).
+        root: the datasets' folder (``paths.data``; default ``data/``).
     """
 
     def __init__(
-        self, cfg: DataConfig, seed: int = 0, max_batches: int = 0, scenario: str = "domain"
+        self,
+        cfg: DataConfig,
+        seed: int = 0,
+        max_batches: int = 0,
+        scenario: str = "domain",
+        root: Path | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.root = root
         self.seed = seed
         self.max_batches = max_batches
         self.scenario = scenario
@@ -54,7 +63,7 @@ class ContinualDataModule(pl.LightningDataModule):
             return
         offset = 0
         for i, task_cfg in enumerate(self.cfg.tasks):
-            task = load_task(i, task_cfg, self.cfg, self.scenario, offset)
+            task = load_task(i, task_cfg, self.cfg, self.scenario, offset, self.root)
             offset += task.num_classes
             self.tasks.append(task)
 

@@ -19,7 +19,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from pipeline.config import DataConfig, SyntheticConfig, TaskConfig
-from pipeline.data.provision import DATASETS, verify
+from pipeline.data.datasets import DATASETS
+from pipeline.data.provision import verify
+from pipeline.paths import PathsConfig
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
@@ -243,9 +245,16 @@ def _select_classes(split: Split, classes: list[int], offset: int) -> Split:
 
 
 def load_task(
-    index: int, cfg: TaskConfig, data: DataConfig, scenario: str = "domain", offset: int = 0
+    index: int,
+    cfg: TaskConfig,
+    data: DataConfig,
+    scenario: str = "domain",
+    offset: int = 0,
+    root: Path | None = None,
 ) -> Task:
     """Load (or generate) one task, apply its transform and class subset, carve validation.
+
+    ``root`` is the datasets' folder (default: ``paths.data``'s default, ``data/``).
 
     Targets depend on the scenario: the position of the label in ``cfg.classes`` for
     ``domain`` and ``task`` (Split MNIST's 4/5 task becomes 0/1), and ``offset`` + that
@@ -260,7 +269,7 @@ def load_task(
         scaled = train.images.float() / 255
         mean, std, display = float(scaled.mean()), float(scaled.std()), f"Synthetic-{cfg.seed}"
     else:
-        train, test, md5 = _load_torchvision(cfg.dataset, Path(data.root))
+        train, test, md5 = _load_torchvision(cfg.dataset, root or PathsConfig().data_dir())
         spec = DATASETS[cfg.dataset]
         # A dataset used twice in one sequence is told apart by its task name.
         display = spec.display if cfg.name == cfg.dataset else cfg.name

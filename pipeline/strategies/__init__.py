@@ -1,7 +1,8 @@
 """Strategies against forgetting, registered by name (see :mod:`pipeline.strategies.base`).
 
 Every module of this package is imported here, so a new strategy is one file with a
-``@register``-ed class (plus its ``conf/strategy/<name>.yaml``); nothing else changes.
+``@register``-ed class (plus its ``conf/strategy/<name>.yaml``: description and search ranges);
+nothing else changes (README, "Adding a strategy").
 """
 
 import importlib
@@ -10,11 +11,16 @@ import pkgutil
 from pipeline.strategies.base import (
     REGISTRY,
     Retention,
+    Role,
     Strategy,
+    StrategyRefused,
     TaskContext,
     build_strategies,
+    default_order,
     parse_params,
     register,
+    resolve,
+    with_role,
 )
 
 for _module in pkgutil.iter_modules(__path__):
@@ -24,9 +30,14 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "REGISTRY",
     "Retention",
+    "Role",
     "Strategy",
+    "StrategyRefused",
     "TaskContext",
     "build_strategies",
+    "default_order",
     "parse_params",
     "register",
+    "resolve",
+    "with_role",
 ]

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.data.tasks import Batch
+from pipeline.strategies._rehearsal import Rehearsal, RehearsalParams
 from pipeline.strategies.base import TaskContext, register
-from pipeline.strategies.buffer import Rehearsal, RehearsalParams
 
 
 @dataclass

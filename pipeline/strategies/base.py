@@ -22,13 +22,20 @@ hook                          when / what it returns
 ============================  ===============================================================
 
 Besides the hooks, a strategy declares what it keeps (``keeps_raw_data``, :meth:`retention`:
-the retention ledger), and refuses a setting it cannot work in before anything trains
-(:meth:`check_config`: a scenario, streaming, ``retention: none``).
+the retention ledger), its :class:`Role` in a comparison, and refuses a setting it cannot work
+in before anything trains (:meth:`check_config` raises :class:`StrategyRefused`: a scenario,
+streaming, ``retention: none``).
+
+A strategy's metadata lives once: its defaults in its ``Params`` dataclass, its description and
+search ranges in ``conf/strategy/<name>.yaml``, its name, role and raw-data use as class
+attributes. :func:`resolve` parses an experiment's strategy hyperparameters once, against
+``Params``, and every other module reads the parsed objects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -42,12 +49,32 @@ from pipeline.data.tasks import Batch, Task
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
     from pipeline.data.datamodule import ContinualDataModule
-    from pipeline.module import ContinualModule
+    from pipeline.models import Classifier
 
 
 @dataclass
 class NoParams:
     """Hyperparameters of a strategy that has none."""
+
+
+class StrategyRefused(ConfigError):
+    """A strategy cannot work in this setting (scenario, streaming, retention): not a bad value
+    but a combination a comparison skips with the reason, where a single run stops (exit 2)."""
+
+
+class Role(Enum):
+    """What a strategy stands for in a comparison.
+
+    - ``BASELINE``: no defence, the forgetting every method is measured against (its weights
+      span a comparison's loss-landscape plane); the default strategy of an experiment.
+    - ``REFERENCE``: retrains on all data seen so far, the upper bound; intransigence and
+      training cost are measured against it.
+    - ``METHOD``: a method against forgetting.
+    """
+
+    BASELINE = 0
+    REFERENCE = 1
+    METHOD = 2
 
 
 @dataclass
@@ -84,14 +111,14 @@ class TaskContext:
         index: position of the task in the sequence.
         task: the task (its splits, names, normalisation).
         datamodule: the whole sequence (``datamodule.tasks``) and its loaders.
-        module: the hosting LightningModule (``module.model`` is the network).
+        model: the network being trained (backbone and head).
         device: where the model is during this hook.
     """
 
     index: int
     task: Task
     datamodule: ContinualDataModule
-    module: ContinualModule
+    model: Classifier
     device: torch.device
 
 
@@ -109,6 +136,10 @@ class Strategy:
     keeps_raw_data: ClassVar[bool] = False
     #: Scenarios the strategy can work in.
     scenarios: ClassVar[tuple[str, ...]] = ("task", "domain", "class")
+    role: ClassVar[Role] = Role.METHOD
+    #: A landmark of the field: a comparison draws its loss-landscape plane beside the best
+    #: method's, so readers see where a classic lands.
+    landmark: ClassVar[bool] = False
 
     def __init__(self, params: Any) -> None:
         self.params = params
@@ -118,15 +149,16 @@ class Strategy:
         """Refuse, before training, a setting this strategy cannot work in.
 
         Raises:
-            ConfigError: one line saying why.
+            StrategyRefused: the setting (scenario, streaming, retention) rules it out.
+            ConfigError: a hyperparameter value it cannot work with (one line).
         """
         if cfg.scenario not in cls.scenarios:
-            raise ConfigError(
+            raise StrategyRefused(
                 f"strategy: '{cls.name}' does not work in the {cfg.scenario}-incremental "
                 f"scenario (it works in: {', '.join(cls.scenarios)})"
             )
         if cls.keeps_raw_data and cfg.retention == "none":
-            raise ConfigError(
+            raise StrategyRefused(
                 f"strategy: '{cls.name}' keeps raw training samples, which retention=none forbids"
             )
 
@@ -179,8 +211,9 @@ def register(cls: S) -> S:
     return cls
 
 
-def parse_params(name: str, raw: dict[str, Any] | None) -> Any:
-    """Validate a strategy's hyperparameters against its ``Params`` dataclass.
+def parse_params(name: str, raw: Any) -> Any:
+    """Validate a strategy's hyperparameters against its ``Params`` dataclass, whose defaults
+    fill what ``raw`` leaves out (already parsed params are returned as they are).
 
     Raises:
         ConfigError: unknown strategy, unknown key, wrong type or bad value.
@@ -190,6 +223,10 @@ def parse_params(name: str, raw: dict[str, Any] | None) -> Any:
             f"strategy: unknown strategy '{name}' (available: {', '.join(sorted(REGISTRY))})"
         )
     schema = REGISTRY[name].Params
+    if isinstance(raw, schema):
+        return raw
+    if is_dataclass(raw):
+        raise ConfigError(f"strategies.{name}: expected {schema.__name__}, got {raw!r}")
     try:
         node = OmegaConf.merge(OmegaConf.structured(schema), raw or {})
         return OmegaConf.to_object(node)
@@ -200,6 +237,44 @@ def parse_params(name: str, raw: dict[str, Any] | None) -> Any:
         raise ConfigError(f"strategies.{name}.{e}") from e
 
 
-def build_strategies(names: list[str], params: dict[str, Any]) -> list[Strategy]:
-    """Instantiate the named strategies, in order, with validated hyperparameters."""
-    return [REGISTRY[n](parse_params(n, params.get(n))) for n in names]
+def with_role(role: Role) -> list[str]:
+    """Names of the registered strategies of a role."""
+    return [name for name, cls in REGISTRY.items() if cls.role is role]
+
+
+def default_order() -> list[str]:
+    """Every registered strategy: the baseline, the reference, then the methods that keep no
+    raw data, then those that do (by name within each group): ``make compare``'s default."""
+    return sorted(REGISTRY, key=lambda n: (REGISTRY[n].role.value, REGISTRY[n].keeps_raw_data, n))
+
+
+def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Parse the strategies of a composed config, once, and check them against it.
+
+    ``cfg.strategy`` empty means the baseline; ``cfg.strategies[name]`` becomes the strategy's
+    ``Params`` (its defaults filled in); then each strategy's :meth:`Strategy.check_config`.
+
+    Returns:
+        ``cfg``, changed in place.
+
+    Raises:
+        ConfigError: an unknown strategy, parameters of a strategy not in use, a bad value.
+        StrategyRefused: a strategy that cannot work in this setting.
+    """
+    if not cfg.strategy:
+        cfg.strategy = with_role(Role.BASELINE)[:1]
+    for name in cfg.strategy:
+        if not isinstance(name, str):
+            raise ConfigError(f"strategy: expected a list of names, got {name!r}")
+    extra = sorted(set(cfg.strategies) - set(cfg.strategy))
+    if extra:
+        raise ConfigError(f"strategies: {extra} configured but not in strategy={cfg.strategy}")
+    cfg.strategies = {n: parse_params(n, cfg.strategies.get(n)) for n in cfg.strategy}
+    for name in cfg.strategy:
+        REGISTRY[name].check_config(cfg.strategies[name], cfg)
+    return cfg
+
+
+def build_strategies(cfg: ExperimentConfig) -> list[Strategy]:
+    """Instantiate the strategies of a resolved config (:func:`resolve`), in order."""
+    return [REGISTRY[n](parse_params(n, cfg.strategies.get(n))) for n in cfg.strategy]

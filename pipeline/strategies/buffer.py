@@ -1,8 +1,9 @@
-"""A reservoir buffer of raw training samples, and the base class of the strategies that use it.
+"""A reservoir buffer of raw training samples, shared by the rehearsal strategies.
 
 :class:`ReservoirBuffer` keeps at most ``capacity`` raw samples: a copy of each uint8 image
 with its target, task index, sample id (and, for DER++, the logits the model gave it when it
-was stored). It is shared by ``replay``, ``agem`` and ``derpp`` through :class:`Rehearsal`.
+was stored). It is shared by ``replay``, ``agem`` and ``derpp`` through their base class
+:class:`~pipeline.strategies._rehearsal.Rehearsal`.
 
 Sampling policy
     Reservoir sampling (Vitter 1985, algorithm R) keeps, after ``n`` samples were offered, a
@@ -41,17 +42,13 @@ Erasure
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pipeline.config import ConfigError, ExperimentConfig
-from pipeline.data.tasks import Batch, Task
-from pipeline.strategies.base import Retention, Strategy, TaskContext
+from pipeline.strategies.base import Retention
 
 # (task, id) and (task, target) pairs packed into one int64: ids and targets stay far below 2^40.
 _PAIR = 1 << 40
@@ -408,173 +405,3 @@ class ReservoirBuffer:
             assert self.logits is not None
             self.logits[slots] = state["logits"].to(self.device)
         self.valid[slots] = True
-
-
-class TaskSamples:
-    """The current task's training split addressed by sample id, and which of its samples
-    training has shown so far.
-
-    A training batch holds normalised floats; the raw uint8 images a buffer stores come from
-    ``task.train`` through ``Batch.id`` (built once per task: a dense id -> row table).
-
-    Args:
-        task: the task being trained.
-        device: where the training batches are (the tables live there: no sync per step).
-    """
-
-    def __init__(self, task: Task, device: torch.device) -> None:
-        split = task.train
-        self.index = task.index
-        self.split = split
-        n = len(split)
-        self.row_of = torch.full((int(split.ids.max()) + 1,), -1, dtype=torch.long, device=device)
-        self.row_of[split.ids.to(device)] = torch.arange(n, device=device)
-        # One extra "sink" row absorbs the writes of samples that are not this task's.
-        self.sink = n
-        self.seen = torch.zeros(n + 1, dtype=torch.bool, device=device)
-
-    def first_sight(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Mark the batch's samples as seen; tell which are seen for the first time.
-
-        Only samples of this task found in its training split count (a batch may also hold
-        replayed or earlier tasks' samples). Vectorised, without host synchronisation.
-
-        Returns:
-            A mask over the batch (this task's samples never seen before) and each sample's
-            row in the split (the sink row for the others).
-        """
-        mine = batch.task == self.index
-        ids = torch.where(mine, batch.id, 0).clamp(0, self.row_of.numel() - 1)
-        rows = self.row_of[ids]
-        rows = torch.where(mine & (rows >= 0), rows, self.sink)
-        first = (rows != self.sink) & ~self.seen[rows]
-        self.seen[rows] = True
-        return first, rows
-
-    def seen_rows(self) -> Tensor:
-        """Rows of the split that training has shown (CPU)."""
-        return self.seen[: self.sink].nonzero().squeeze(1).cpu()
-
-
-@dataclass
-class RehearsalParams:
-    """Hyperparameters every rehearsal strategy has.
-
-    Attributes:
-        size: buffer capacity (samples).
-    """
-
-    size: int = 500
-
-
-class Rehearsal(Strategy):
-    """Base of the strategies that keep raw samples in a :class:`ReservoirBuffer`.
-
-    It owns the buffer (on the model's device), a CPU generator for drawing replay samples,
-    the id -> row table of the current task, the retention ledger, erasure and the checkpoint
-    state. Subclasses decide when samples enter (:meth:`insert_seen` at task end, or
-    :meth:`insert_online` in the training step) and what replay does.
-
-    Both generators are seeded from ``torch.initial_seed()`` (the experiment seed once the
-    runner has called ``seed_everything``) and the strategy's name.
-    """
-
-    keeps_raw_data = True
-
-    def __init__(self, params: Any) -> None:
-        super().__init__(params)
-        seed = (torch.initial_seed() + zlib.crc32(self.name.encode())) % (1 << 62)
-        self.buffer = ReservoirBuffer(
-            params.size, class_balanced=bool(getattr(params, "class_balanced", False)), seed=seed
-        )
-        self.generator = torch.Generator().manual_seed(seed + 1)
-        self.task_names: list[str] = []
-        self.current: TaskSamples | None = None
-        self.ctx: TaskContext | None = None
-
-    @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
-        super().check_config(params, cfg)
-        if params.size < 1:
-            raise ConfigError(f"strategies.{cls.name}.size: must be >= 1, got {params.size}")
-        for key in ("batch_size", "sample_size"):
-            value = getattr(params, key, None)
-            low = 1 if key == "sample_size" else 0
-            if value is not None and value < low:
-                raise ConfigError(
-                    f"strategies.{cls.name}.{key}: must be >= {low}"
-                    + (" (0: as many as the training batch)" if low == 0 else "")
-                    + f", got {value}"
-                )
-
-    # -- hooks ------------------------------------------------------------------------------
-    def on_task_start(self, ctx: TaskContext) -> None:
-        self.ctx = ctx
-        self.buffer.to(ctx.device)
-        self.current = TaskSamples(ctx.task, ctx.device)
-        self.task_names = [t.name for t in ctx.datamodule.tasks]
-
-    def on_task_end(self, ctx: TaskContext) -> None:
-        self.current = None  # the id table of a finished task is not kept
-
-    # -- helpers for subclasses -------------------------------------------------------------
-    def memory_batch(self, n: int) -> Batch:
-        """``n`` stored samples (fewer if fewer are stored), uniformly, as a normalised batch
-        on the buffer's device."""
-        assert self.ctx is not None, "on_task_start() must be called first"
-        images, labels, tasks, ids = self.buffer.get(self.buffer.sample(n, self.generator))
-        return self.ctx.datamodule.batch_from(images, labels, tasks, ids)
-
-    def insert_seen(self) -> int:
-        """Offer every sample of the current task that training has shown (call at task end:
-        each sample is offered once, however many epochs saw it)."""
-        assert self.current is not None
-        split, rows = self.current.split, self.current.seen_rows()
-        return self.buffer.add(
-            split.images,
-            rows,
-            split.labels[rows],
-            torch.full_like(rows, self.current.index),
-            split.ids[rows],
-        )
-
-    def insert_online(
-        self, batch: Batch, logits: Tensor | None = None, widths: Tensor | None = None
-    ) -> int:
-        """Offer the batch's samples of the current task seen for the first time in this task
-        (so with several epochs a sample is offered once, during the first)."""
-        assert self.current is not None
-        first, rows = self.current.first_sight(batch)
-        if not bool(first.any()):
-            return 0
-        index = first.nonzero().squeeze(1)
-        return self.buffer.add(
-            self.current.split.images,
-            rows[index],
-            batch.y[index],
-            batch.task[index],
-            batch.id[index],
-            None if logits is None else logits[index],
-            None if widths is None else widths[index],
-        )
-
-    # -- ledger, erasure, checkpoints ---------------------------------------------------------
-    def retention(self) -> Retention:
-        r = self.buffer.retention(self.task_names)
-        r.state_bytes += int(self.generator.get_state().numel())
-        return r
-
-    def erase(self, task: int, ids: Tensor) -> int:
-        return self.buffer.erase(task, ids)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "buffer": self.buffer.state_dict(),
-            "generator": self.generator.get_state(),
-            "task_names": list(self.task_names),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state["buffer"])
-        self.generator.set_state(state["generator"].cpu())
-        self.task_names = [str(n) for n in state["task_names"]]

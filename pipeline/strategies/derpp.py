@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.data.tasks import Batch
 from pipeline.models import MultiHead
+from pipeline.strategies._rehearsal import Rehearsal, RehearsalParams
 from pipeline.strategies.base import register
-from pipeline.strategies.buffer import Rehearsal, RehearsalParams
 
 
 @dataclass

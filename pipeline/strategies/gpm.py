@@ -232,7 +232,7 @@ class GPM(Strategy):
                 if seen >= self.params.samples:
                     return
 
-        for name, gram in input_grams(ctx.module.model, first_samples()).items():
+        for name, gram in input_grams(ctx.model, first_samples()).items():
             old = self.bases.get(name)
             self.bases[name] = grow_basis(
                 old.to(gram.device) if old is not None else None, gram, self.params.threshold

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import ConfigError, ExperimentConfig
-from pipeline.strategies.base import Retention, Strategy, TaskContext, register
+from pipeline.config import ExperimentConfig
+from pipeline.strategies.base import (
+    Retention,
+    Role,
+    Strategy,
+    StrategyRefused,
+    TaskContext,
+    register,
+)
 
 
 @register
@@ -19,6 +26,7 @@ class Joint(Strategy):
 
     name = "joint"
     keeps_raw_data = True
+    role = Role.REFERENCE
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)
@@ -28,7 +36,9 @@ class Joint(Strategy):
     def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         if cfg.data.stream:
-            raise ConfigError("strategy: 'joint' re-reads earlier tasks, a stream is seen once")
+            raise StrategyRefused(
+                f"strategy: '{cls.name}' re-reads earlier tasks, a stream is seen once"
+            )
 
     def on_task_start(self, ctx: TaskContext) -> None:
         ctx.datamodule.train_tasks = list(range(ctx.index + 1))

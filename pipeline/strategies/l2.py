@@ -18,7 +18,9 @@ class L2Params:
     """Hyperparameters of L2.
 
     Attributes:
-        lam: weight of the penalty ``lam * sum_i (theta_i - theta*_i)^2`` (no 1/2).
+        lam: weight of the penalty ``lam * sum_i (theta_i - theta*_i)^2`` (no 1/2). On
+            seed_forgetting (validation MNIST / Fashion-MNIST): 0.1 gives 91.2 / 74.9; 1 gives
+            about 95 / 55 (a third of the second task learned).
     """
 
     lam: float = 0.1
@@ -49,5 +51,5 @@ class L2(AnchorStrategy):
 
     def on_task_end(self, ctx: TaskContext) -> None:
         """Anchor at the weights the task ended with."""
-        self.quad.set(None, snapshot(trainable(ctx.module.model)))
+        self.quad.set(None, snapshot(trainable(ctx.model)))
         self.tasks_seen += 1

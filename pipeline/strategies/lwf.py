@@ -116,7 +116,7 @@ class LwF(Strategy):
             raise ConfigError(f"strategies.lwf.temperature: must be > 0, got {params.temperature}")
 
     def on_task_start(self, ctx: TaskContext) -> None:
-        model = ctx.module.model
+        model = ctx.model
         if self.old is None and self.old_state is not None:
             # Restored from a checkpoint: the architecture is the live model's.
             self.old = frozen_copy(model)
@@ -135,7 +135,7 @@ class LwF(Strategy):
         if self._hook is not None:
             self._hook.remove()
             self._hook, self._features = None, None
-        model = ctx.module.model
+        model = ctx.model
         self.old = frozen_copy(model)
         self.old_tasks = ctx.index + 1
         self.old_active = model.head.num_active

@@ -46,7 +46,9 @@ class MASParams:
     """Hyperparameters of MAS.
 
     Attributes:
-        lam: weight of the penalty ``lam * sum_i Omega_i (theta_i - theta*_i)^2`` (no 1/2).
+        lam: weight of the penalty ``lam * sum_i Omega_i (theta_i - theta*_i)^2`` (no 1/2). On
+            seed_forgetting (validation MNIST / Fashion-MNIST): 1 gives 26.1 / 84.6, 100 gives
+            34.5 / 84.6.
         samples: training samples of each task the importance is estimated on.
     """
 
@@ -81,7 +83,7 @@ class MAS(AnchorStrategy):
 
     def on_task_end(self, ctx: TaskContext) -> None:
         """Add this task's importance; re-anchor at the current weights."""
-        model = ctx.module.model
+        model = ctx.model
         omega = output_sensitivity(model, ctx, self.params.samples)
         old = self.quad.importance
         if old is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.strategies.base import Strategy, register
+from pipeline.strategies.base import Role, Strategy, register
 
 
 @register
@@ -10,3 +10,4 @@ class Naive(Strategy):
     """Plain fine-tuning (the lower bound). Every hook is the base class's no-op."""
 
     name = "naive"
+    role = Role.BASELINE

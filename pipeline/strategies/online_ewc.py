@@ -58,7 +58,7 @@ class OnlineEWC(AnchorStrategy):
 
     def on_task_end(self, ctx: TaskContext) -> None:
         """Decay the running Fisher, add this task's, re-anchor at the current weights."""
-        model = ctx.module.model
+        model = ctx.model
         fisher = empirical_fisher(model, ctx, self.params.fisher_samples)
         old = self.quad.importance
         if old is not None:

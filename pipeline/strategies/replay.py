@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.data.tasks import Batch
+from pipeline.strategies._rehearsal import Rehearsal, RehearsalParams
 from pipeline.strategies.base import TaskContext, register
-from pipeline.strategies.buffer import Rehearsal, RehearsalParams
 
 
 @dataclass
@@ -21,7 +21,8 @@ class ReplayParams(RehearsalParams):
     """Hyperparameters of experience replay.
 
     Attributes:
-        size: buffer capacity (samples, over all tasks).
+        size: buffer capacity (samples, over all tasks); 500 is the size of the reference
+            figures (Avalanche: 95.6 / 86.9 on MNIST -> Fashion-MNIST).
         batch_size: stored samples appended to each training batch; 0: as many as the
             training batch has (each step then trains on half new, half old samples).
         class_balanced: keep per-class quotas in the buffer instead of a plain reservoir.

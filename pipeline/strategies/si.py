@@ -21,8 +21,11 @@ class SIParams:
     """Hyperparameters of SI.
 
     Attributes:
-        c: strength of the penalty ``c * sum_i Omega_i (theta_i - theta*_i)^2`` (no 1/2).
-        xi: damping of the importance's denominator ``(Delta theta)^2 + xi`` (> 0).
+        c: strength of the penalty ``c * sum_i Omega_i (theta_i - theta*_i)^2`` (no 1/2). On
+            seed_forgetting (validation MNIST / Fashion-MNIST): 1 gives 55.4 / 84.0, 10 gives
+            58.3 / 81.9.
+        xi: damping of the importance's denominator ``(Delta theta)^2 + xi`` (> 0); 1e-3 is
+            Zenke et al.'s Split MNIST value.
     """
 
     c: float = 1.0
@@ -89,7 +92,7 @@ class SI(AnchorStrategy):
 
     def on_task_start(self, ctx: TaskContext) -> None:
         """Start a new path integral at the current weights."""
-        params = trainable(ctx.module.model)
+        params = trainable(ctx.model)
         self._names = list(params)
         if not self.quad.empty and list(self.quad.anchor) != self._names:
             raise RuntimeError(
@@ -130,7 +133,7 @@ class SI(AnchorStrategy):
         """Turn the path integral into importance; anchor at the weights the task ended with."""
         if self._omega is None or self._start is None:
             raise RuntimeError("si: on_task_end without on_task_start")
-        model = ctx.module.model
+        model = ctx.model
         params = trainable(model)
         old = self.quad.importance
         importance: dict[str, Tensor] = {}

@@ -1,0 +1,230 @@
+"""Compare strategies on one benchmark over several seeds: one table, one report, one parent run.
+
+Every (strategy, seed) pair is a full :func:`pipeline.runner.run_sequence`, nested as a child
+of a parent MLflow run that holds the table, the markdown report and the plots. Besides the
+accuracy metrics, the table answers "why not just retrain on all the data?": what each strategy
+keeps (raw samples, which privacy law may forbid, and derived state) and what it costs in
+training time next to the reference strategy (``joint``), which retrains on everything.
+
+The package: :mod:`~pipeline.compare.table` (the rows and columns, pure),
+:mod:`~pipeline.compare.figures`, :mod:`~pipeline.compare.plane` (the loss-landscape planes of a
+comparison) and, here, the runs and the report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from pipeline import runfiles
+from pipeline.compare.figures import plot_accuracy_vs_kept, plot_along_sequence
+from pipeline.compare.plane import comparison_plane
+from pipeline.compare.table import Comparison, Row, format_text, report_lines, table
+from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.experiment import compose
+from pipeline.landscape import Options
+from pipeline.runner import run_sequence
+from pipeline.strategies import StrategyRefused, default_order
+from pipeline.tracking import Run, Store
+
+__all__ = ["Comparison", "compare", "default_strategies", "format_text", "table"]
+
+
+def default_strategies() -> list[str]:
+    """Every registered strategy, baseline and reference first (``all`` on the command line)."""
+    return default_order()
+
+
+def configs_of(
+    experiment: str, strategies: Sequence[str], seeds: Sequence[int], overrides: Sequence[str]
+) -> tuple[dict[str, list[ExperimentConfig]], dict[str, str]]:
+    """Every run's config, by strategy, and the strategies that refuse the setting (why).
+
+    Raises:
+        ConfigError: a bad override or strategy name; no strategy can run.
+    """
+    configs: dict[str, list[ExperimentConfig]] = {}
+    skipped: dict[str, str] = {}
+    for spec in strategies:
+        names = spec.replace("+", ",")
+        try:
+            configs[spec] = [
+                compose(experiment, [*overrides, f"strategy=[{names}]", f"seed={seed}"])
+                for seed in seeds
+            ]
+        except StrategyRefused as e:
+            skipped[spec] = str(e).removeprefix("strategy: ")
+    if not configs:
+        raise ConfigError("strategy: no strategy can run in this setting")
+    return configs, skipped
+
+
+def compare(
+    experiment: str,
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    out_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+    landscape: Options | None = None,
+    resume: str | None = None,
+) -> Comparison:
+    """Run every strategy on every seed and write the report.
+
+    Args:
+        experiment: a file of ``conf/experiment/``.
+        strategies: names, ``a+b`` for a combination (``ewc+replay``).
+        seeds: experiment seeds.
+        overrides: applied to every run (``trainer.epochs=1``, ``scenario=class``...).
+        out_dir: where the report goes (default ``<paths.reports>/compare-<experiment>-<time>``).
+        landscape: grid and samples of the loss-landscape planes
+            (:func:`pipeline.compare.plane.comparison_plane`).
+        resume: the parent run of a comparison that was cut off, with the same arguments: its
+            finished child runs are read back, not run again.
+
+    Raises:
+        ConfigError: a bad override or strategy name, or a ``resume`` run that is not the same
+            comparison (before anything runs).
+    """
+    configs, skipped = configs_of(experiment, strategies, seeds, overrides)
+    base = next(iter(configs.values()))[0]
+    store = Store.of(base.paths)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = out_dir or base.paths.reports_dir() / f"compare-{experiment}-{stamp}"
+    params = {
+        "experiment": experiment,
+        "strategies": ",".join(configs),
+        "seeds": ",".join(map(str, seeds)),
+        "scenario": base.scenario,
+        "overrides": " ".join(overrides),
+        "tasks": " -> ".join(t.name for t in base.data.tasks),
+    }
+    done = finished_children(store, resume, params) if resume else {}
+    parent_run = (
+        Run.reopen(store, resume)
+        if resume
+        else Run.start(
+            store,
+            base.tracking.experiment or base.name,
+            f"compare-{experiment}",
+            tags={"kind": "comparison", "scenario": base.scenario},
+        )
+    )
+    with parent_run as parent:
+        if not resume:
+            parent.log_params(params)
+        log(f"parent run {parent.run_id} (if cut off, resume it: RESUME={parent.run_id})")
+        rows = run_all(configs, store, parent, done, log)
+        first = rows[0].results[0]
+        c = Comparison(
+            experiment,
+            first.tasks,
+            first.displays,
+            base.scenario,
+            list(seeds),
+            rows,
+            skipped,
+            parent.run_id,
+            out_dir,
+        )
+        plane = comparison_plane(c, store, base.paths.data_dir(), landscape, log)
+        write_report(c, out_dir, parent, plane)
+    return c
+
+
+def run_all(
+    configs: dict[str, list[ExperimentConfig]],
+    store: Store,
+    parent: Run,
+    done: dict[str, str],
+    log: Callable[[str], None],
+) -> list[Row]:
+    """Every (strategy, seed) run as a child of ``parent``; those in ``done`` (run name -> id,
+    a resumed comparison) are read back instead of run again."""
+    rows: list[Row] = []
+    total = sum(len(c) for c in configs.values())
+    for spec, cfgs in configs.items():
+        row = Row(spec)
+        for cfg in cfgs:
+            cfg.tracking.run_name = f"{spec}-seed{cfg.seed}"
+            step = (
+                f"[{sum(len(r.results) for r in rows) + len(row.results) + 1}/{total}] {spec}, seed"
+            )
+            if cfg.tracking.run_name in done:
+                run_id = done[cfg.tracking.run_name]
+                try:
+                    row.results.append(runfiles.read_result(store, run_id))
+                    log(f"{step} {cfg.seed}: finished before (run {run_id})")
+                    continue
+                except LookupError as e:
+                    log(f"{step} {cfg.seed}: {e}; running it again")
+            else:
+                log(f"{step} {cfg.seed}")
+            row.results.append(run_sequence(cfg, Run.of(cfg, parent.run_id)))
+        rows.append(row)
+    return rows
+
+
+def finished_children(store: Store, parent_id: str, params: dict[str, str]) -> dict[str, str]:
+    """The finished child runs of the comparison ``parent_id``, by run name; children left
+    RUNNING by a crash are marked KILLED (they run again).
+
+    Raises:
+        ConfigError: no such run, or it is not a comparison with these ``params``.
+    """
+    client = store.client()
+    try:
+        parent = client.get_run(parent_id)
+    except MlflowException:
+        raise ConfigError(f"resume: no MLflow run '{parent_id}' in {store}") from None
+    if parent.data.tags.get("kind") != "comparison":
+        raise ConfigError(f"resume: run '{parent_id}' is not a comparison (make compare)")
+    differ = [
+        f"{k} {parent.data.params[k]!r} (now {v!r})"
+        for k, v in params.items()
+        if k in parent.data.params and parent.data.params[k] != v
+    ]
+    if differ:
+        raise ConfigError(
+            f"resume: run '{parent_id}' compared other settings: {'; '.join(differ)}; "
+            "resume it with the same arguments, or start a new comparison"
+        )
+    done: dict[str, str] = {}
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    for run in children:
+        if run.info.status == "FINISHED":
+            done[run.info.run_name] = run.info.run_id  # the latest one wins
+        elif run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "error", "cut off; run again when resumed")
+            client.set_terminated(run.info.run_id, status="KILLED")
+    return done
+
+
+def write_report(c: Comparison, out_dir: Path, parent: Run, extra: Sequence[str] = ()) -> None:
+    """The table (text and markdown), the plots and ``extra`` markdown lines; to ``out_dir``
+    and the parent run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(report_lines(c, extra))
+    (out_dir / runfiles.REPORT_FILE).write_text(text)
+    (out_dir / runfiles.TABLE_FILE).write_text(format_text(table(c)) + "\n")
+    files = [out_dir / runfiles.REPORT_FILE, out_dir / runfiles.TABLE_FILE]
+    for name, fig in (
+        (runfiles.ALONG_SEQUENCE_FIGURE, plot_along_sequence(c)),
+        (runfiles.VS_KEPT_FIGURE, plot_accuracy_vs_kept(c)),
+    ):
+        fig.savefig(out_dir / name, dpi=120)
+        files.append(out_dir / name)
+    runfiles.log_report_files(parent, files)
+    parent.log_metrics(
+        {
+            f"avg_acc/{r.strategy.replace('+', '_and_')}": float(r.values("avg_acc").mean())
+            for r in c.rows
+        }
+    )

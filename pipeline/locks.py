@@ -1,0 +1,67 @@
+"""Exclusive locks between processes: a file lock for what lives on one machine, a PostgreSQL
+advisory lock for what a team shares.
+
+These are the engines' own primitives (``flock``, ``pg_advisory_lock``), used where MLflow or
+Optuna do something without a lock that two processes may do at once: create or migrate a
+database, create a study, count a study's trials and ask for one more.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the block.
+
+    The kernel drops the lock when the process dies, so a killed holder never blocks others.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_lock`` from a name."""
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+@contextmanager
+def pg_lock(url: str, name: str, timeout_s: float = 10.0) -> Iterator[None]:
+    """Hold the PostgreSQL session-level advisory lock ``name`` on the database at ``url``.
+
+    Held on a connection of its own, so the server drops it if this process dies (the
+    connection closes) and a killed worker never blocks the others.
+
+    Args:
+        url: a SQLAlchemy URL of the database (``postgresql://...``).
+        name: what is locked (a study name, say); hashed to the lock's key.
+        timeout_s: connection timeout.
+    """
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(
+        url, poolclass=NullPool, connect_args={"connect_timeout": int(timeout_s)}
+    )
+    key = advisory_key(name)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()

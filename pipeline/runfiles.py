@@ -1,0 +1,329 @@
+"""A run's files: the one module that knows their names and folders, and that writes and reads
+them through MLflow's artifact API (:class:`pipeline.tracking.Run`), so a run in a remote store
+(a tracking server's ``mlflow-artifacts:/``) works exactly as one in ``mlruns/``.
+
+A task sequence's run holds::
+
+    config.yaml                   the resolved config (compose can read it back)
+    data_checksums.json           the MD5 of every dataset file
+    checkpoints/task00-mnist.ckpt one per task: network, optimizer, strategy state, metadata;
+                                  an erasure writes a new revision (task00-mnist.r1.ckpt) and
+                                  then removes the old one (see rewrite_checkpoints)
+    accuracy_matrix.json / .png   R[i][j] per split, the untrained accuracies, the summaries
+    retention.json                the retention ledger and cost of every task
+    erasures.json                 every erasure request carried out on the run
+    landscape/                    line and plane figures with their values (make landscape)
+
+A comparison's parent run holds the report (``report.md``, ``table.txt``, its figures,
+``landscape/plane-<strategy>.png``); a sweep's parent run the study's settings, summary, trials
+table and figures. Their names are here too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from pipeline.config import ExperimentConfig, to_yaml
+from pipeline.data.tasks import IMAGE_SHAPE, Task
+from pipeline.experiment import from_dict
+from pipeline.models import build_model
+from pipeline.module import ContinualModule
+from pipeline.report import heatmap
+from pipeline.results import SequenceResult
+from pipeline.strategies import build_strategies
+from pipeline.tracking import Run, Store, scratch_dir
+
+# -- names ---------------------------------------------------------------------------------------
+CONFIG_FILE = "config.yaml"
+CHECKSUMS_FILE = "data_checksums.json"
+CHECKPOINT_DIR = "checkpoints"
+MATRIX_FILE = "accuracy_matrix.json"
+MATRIX_FIGURE = "accuracy_matrix.png"
+LEDGER_FILE = "retention.json"
+ERASURES_FILE = "erasures.json"
+LANDSCAPE_DIR = "landscape"
+# a comparison's parent run (and its report folder)
+REPORT_FILE = "report.md"
+TABLE_FILE = "table.txt"
+ALONG_SEQUENCE_FIGURE = "accuracy_along_sequence.png"
+VS_KEPT_FIGURE = "accuracy_vs_data_kept.png"
+# a sweep's parent run (and its report folder)
+SWEEP_SETTINGS_FILE = "sweep_settings.json"
+SWEEP_SUMMARY_FILE = "summary.json"
+TRIALS_FILE = "trials.csv"
+PARETO_FIGURE = "pareto_front.png"
+
+
+def history_figure(objective: str) -> str:
+    return f"history_{objective}.png"
+
+
+def importances_figure(objective: str) -> str:
+    return f"importances_{objective}.png"
+
+
+def plane_name(strategy: str) -> str:
+    """File stem of a comparison's plane of the baseline against ``strategy``."""
+    return f"plane-{strategy}"
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+CHECKPOINT_FORMAT = 2  # 1: written by Lightning's Trainer.save_checkpoint (same keys we read)
+_CHECKPOINT = re.compile(r"^task(\d+)-([A-Za-z0-9_-]+?)(?:\.r(\d+))?\.ckpt$")
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """One checkpoint artifact: the task it follows and its revision (0 as trained; each
+    erasure that changes it adds one)."""
+
+    index: int
+    task: str
+    revision: int = 0
+
+    @property
+    def base(self) -> str:
+        """The file name without revision (``task00-mnist.ckpt``)."""
+        return f"task{self.index:02d}-{self.task}.ckpt"
+
+    @property
+    def name(self) -> str:
+        return (
+            self.base
+            if not self.revision
+            else self.base.replace(".ckpt", f".r{self.revision}.ckpt")
+        )
+
+    @property
+    def path(self) -> str:
+        """The artifact path in the run."""
+        return f"{CHECKPOINT_DIR}/{self.name}"
+
+    @classmethod
+    def parse(cls, name: str) -> CheckpointFile | None:
+        m = _CHECKPOINT.match(Path(name).name)
+        return cls(int(m.group(1)), m.group(2), int(m.group(3) or 0)) if m else None
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint says about itself, besides the weights and the strategies' state."""
+
+    run_id: str
+    task_index: int
+    task_name: str
+    classes_per_task: list[int]
+    config: dict[str, Any]
+
+
+class LoadedCheckpoint(NamedTuple):
+    """A checkpoint rebuilt: the module (CPU, eval mode), the run's config, its metadata
+    (``run_id``, ``task_index``, ``task_name``, ``classes_per_task``)."""
+
+    module: ContinualModule
+    cfg: ExperimentConfig
+    meta: dict[str, Any]
+
+
+def save_checkpoint(
+    run: Run,
+    module: ContinualModule,
+    optimizers: Sequence[torch.optim.Optimizer],
+    meta: CheckpointMeta,
+) -> None:
+    """Log a checkpoint after task ``meta.task_index``: the network, the optimizers (for
+    resuming), every strategy's state and ``meta``."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "state_dict": module.state_dict(),
+        "optimizer_states": [o.state_dict() for o in optimizers],
+        "strategies": module.strategy_states(),
+        "pipeline": asdict(meta),
+    }
+    _upload(run, payload, CheckpointFile(meta.task_index, meta.task_name))
+
+
+def _upload(run: Run, payload: dict[str, Any], file: CheckpointFile) -> None:
+    with scratch_dir() as tmp:
+        path = tmp / file.name
+        torch.save(payload, path)
+        run.log_file(path, CHECKPOINT_DIR)
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild the module (network and strategy state) from a checkpoint file.
+
+    Raises:
+        ValueError: the file is not a checkpoint written by the pipeline (or is truncated).
+    """
+    ckpt = _read(path)
+    meta = ckpt["pipeline"]
+    cfg = from_dict(meta["config"])
+    model = build_model(cfg.model, IMAGE_SHAPE, meta["classes_per_task"], cfg.scenario)
+    module = ContinualModule(model, build_strategies(cfg), cfg.optim)
+    module.load_state_dict(ckpt["state_dict"])
+    module.load_strategy_states(ckpt.get("strategies", {}))
+    return LoadedCheckpoint(module.eval(), cfg, {k: v for k, v in meta.items() if k != "config"})
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or "config" not in ckpt["pipeline"]:
+            raise KeyError("pipeline")
+    except (OSError, KeyError, RuntimeError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        why = f"{type(e).__name__}: {e}"
+        raise ValueError(f"{Path(path).name}: not a pipeline checkpoint ({why})") from None
+    return ckpt
+
+
+def checkpoint_files(run: Run) -> dict[int, list[CheckpointFile]]:
+    """Every checkpoint artifact of a run, by task index, revisions in ascending order."""
+    found: dict[int, list[CheckpointFile]] = {}
+    for path in run.list_files(CHECKPOINT_DIR):
+        f = CheckpointFile.parse(path)
+        if f is not None:
+            found.setdefault(f.index, []).append(f)
+    return {i: sorted(fs, key=lambda f: f.revision) for i, fs in sorted(found.items())}
+
+
+def latest_checkpoints(run: Run) -> dict[int, CheckpointFile]:
+    """The newest revision of each task's checkpoint (what every reader uses)."""
+    return {i: fs[-1] for i, fs in checkpoint_files(run).items()}
+
+
+def fetch_checkpoint(run: Run, file: CheckpointFile, dst: Path) -> LoadedCheckpoint:
+    """Download ``file`` into the folder ``dst`` and load it.
+
+    Raises:
+        LookupError: it cannot be downloaded.
+        ValueError: it does not load.
+    """
+    return load_checkpoint(run.download(file.path, dst))
+
+
+def rewrite_checkpoints(run: Run, edit: Callable[[ContinualModule], int]) -> dict[str, int]:
+    """Apply ``edit`` to every task's checkpoint, keeping one revision per task.
+
+    ``edit`` changes a loaded module in place and returns how many things it changed. Per
+    task: the newest revision that loads is edited; when something changed, it is uploaded as
+    the next revision; only then are the other revisions removed. Uploads never overwrite, so
+    a crash leaves at worst an extra revision: a complete new one (readers take the newest)
+    or a truncated one (it does not load: the next rewrite skips and removes it). Running the
+    same edit again finishes the job: the newest revision has nothing left to change, and the
+    count comes from the older revision the crash left behind.
+
+    Returns:
+        For each task's checkpoint (by its revision-free name), what ``edit`` changed.
+
+    Raises:
+        LookupError: a task has no checkpoint that loads.
+    """
+    changed: dict[str, int] = {}
+    for revisions in checkpoint_files(run).values():
+        with scratch_dir() as tmp:
+            newest, path, loaded = _newest_loadable(run, revisions, tmp)
+            n = edit(loaded.module)
+            keep = newest
+            if n:
+                ckpt = _read(path)
+                ckpt["strategies"] = loaded.module.strategy_states()
+                keep = CheckpointFile(newest.index, newest.task, newest.revision + 1)
+                _upload(run, ckpt, keep)
+            else:
+                n = _changed_before(
+                    run, [f for f in revisions if f.revision < newest.revision], edit, tmp
+                )
+            for f in revisions:
+                if f != keep:
+                    run.delete_file(f.path)
+            changed[keep.base] = n
+    return changed
+
+
+def _newest_loadable(
+    run: Run, revisions: list[CheckpointFile], tmp: Path
+) -> tuple[CheckpointFile, Path, LoadedCheckpoint]:
+    for f in reversed(revisions):
+        try:
+            path = run.download(f.path, tmp)
+            return f, path, load_checkpoint(path)
+        except (LookupError, ValueError):
+            continue  # a revision cut off mid-upload: removed once a good one is kept
+    raise LookupError(f"run {run.run_id}: no readable checkpoint {revisions[-1].base}")
+
+
+def _changed_before(
+    run: Run, older: list[CheckpointFile], edit: Callable[[ContinualModule], int], tmp: Path
+) -> int:
+    """What ``edit`` changes in the newest older revision that loads (0 when there is none):
+    the count of an edit whose upload a crash cut off from its clean-up."""
+    if not older:
+        return 0
+    try:
+        _, _, loaded = _newest_loadable(run, older, tmp)
+    except LookupError:
+        return 0
+    return edit(loaded.module)
+
+
+# -- a sequence's results and records --------------------------------------------------------------
+def write_run_info(run: Run, cfg: ExperimentConfig, tasks: Sequence[Task]) -> None:
+    """The resolved config (YAML) and the dataset checksums."""
+    run.log_text(to_yaml(cfg), CONFIG_FILE)
+    run.log_json({t.name: t.md5 for t in tasks}, CHECKSUMS_FILE)
+
+
+def write_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None:
+    """The accuracy matrix (JSON), its heatmap (PNG) and the ledger of every task."""
+    run.log_json(
+        [{"task": n, **asdict(r)} for n, r in zip(result.tasks, result.records, strict=True)],
+        LEDGER_FILE,
+    )
+    run.log_json(result.matrix_record(cfg.scenario), MATRIX_FILE)
+    title = (
+        f"{cfg.name}: {' -> '.join(result.displays)} ({cfg.scenario}-incremental, "
+        f"{'+'.join(cfg.strategy)})"
+    )
+    matrices: dict[str, Any] = {s: result.matrix[s] for s in ("test", "val") if s in result.matrix}
+    run.log_figure(heatmap(matrices, result.displays, title), MATRIX_FIGURE)
+
+
+def read_result(store: Store, run_id: str) -> SequenceResult:
+    """The result of a finished run, read back from its artifacts (a comparison resumes so).
+
+    Raises:
+        LookupError: no such run, or it has no readable result (it did not finish).
+    """
+    run = Run.get(store, run_id)
+    try:
+        acc, kept = run.read_json(MATRIX_FILE), run.read_json(LEDGER_FILE)
+        return SequenceResult.from_records(run_id, run.experiment_id, acc, kept)
+    except (LookupError, TypeError, ValueError) as e:  # a KeyError is a LookupError
+        raise LookupError(f"run {run_id} has no readable result ({e})") from None
+
+
+def read_erasures(run: Run) -> list[dict[str, Any]]:
+    """The erasure requests recorded on the run (none yet: an empty list)."""
+    if ERASURES_FILE not in run.list_files():
+        return []
+    history = run.read_json(ERASURES_FILE)
+    return list(history) if isinstance(history, list) else []
+
+
+def write_erasures(run: Run, history: list[dict[str, Any]]) -> None:
+    run.log_json(history, ERASURES_FILE)
+
+
+def log_report_files(run: Run, files: Sequence[Path], folder: str | None = None) -> None:
+    """Log files already written to a report folder (a figure rendered once, not twice)."""
+    for path in files:
+        run.log_file(path, folder)

@@ -1,0 +1,112 @@
+"""What the servers share: their settings and errors, addresses, processes and secrets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServerError(Exception):
+    """A server did not come up or could not be stopped (exit 1)."""
+
+
+class SettingsError(ServerError):
+    """Bad input, found before anything started (exit 2)."""
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Uvicorn workers for ``cores`` CPUs: 1 up to 2 cores, else cores / 2, at most 4."""
+    cores = cores or os.cpu_count() or 1
+    return 1 if cores <= 2 else min(4, cores // 2)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``start`` runs; an empty ``db`` means our own cluster in ``folder``."""
+
+    folder: Path = Path(".server")
+    host: str = "127.0.0.1"
+    port: int = 5000
+    pg_port: int = 5433
+    db: str = ""
+    auth: bool = False
+    workers: int = field(default_factory=default_workers)
+    timeout: float = 180.0  # MLflow imports itself twice (CLI, uvicorn): ~20 s on 2 idle cores
+    admin_password: str | None = field(default=None, repr=False)  # None: from the environment
+
+    @property
+    def admin(self) -> str:
+        """The MLflow admin's password for ``auth``."""
+        return self.admin_password or os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", "")
+
+
+def url_host(host: str, local: bool = False) -> str:
+    """``host`` as a URL names it, for this machine (``local``) or others: for a wildcard, our
+    domain name if we have one, else our address on the default route."""
+    if host in ("0.0.0.0", "::") and local:
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    elif host in ("0.0.0.0", "::"):
+        fqdn = socket.getfqdn()
+        host = fqdn if "." in fqdn and not fqdn.startswith("localhost") else primary_ip()
+    return f"[{host}]" if ":" in host else host
+
+
+def primary_ip() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+        s.connect(("10.255.255.255", 1))  # sends nothing: only picks the route's address
+        return str(s.getsockname()[0])
+    return "127.0.0.1"
+
+
+def pid_of(pid_file: Path, marker: str) -> int | None:
+    """The pid in ``pid_file`` if that process runs (no zombie) and its command line holds
+    ``marker``: a pid reused by another program must not pass for our server."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if state != "Z" and marker.encode() in cmdline else None
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live members of process group ``pgid``; zombies are not (a container's PID 1 may not
+    reap them)."""
+    alive = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z" and int(stat[2]) == pgid:
+                alive.append(int(proc.name))
+    return alive
+
+
+def failed(what: str, log: Path) -> ServerError:
+    with contextlib.suppress(OSError):
+        end = log.read_text(errors="replace").splitlines()[-15:]
+        return ServerError(f"{what}; end of {log}:\n" + "\n".join(f"  {x}" for x in end))
+    return ServerError(f"{what} ({log} is missing)")
+
+
+def secret(path: Path) -> str:
+    """The secret kept in ``path``, created random with mode 600 at first use."""
+    if not path.exists():
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")  # URL- and SQL-safe characters
+    path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

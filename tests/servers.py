@@ -1,0 +1,87 @@
+"""Real PostgreSQL and MLflow servers for tests, started with :mod:`pipeline.server`.
+
+- ``postgres_cluster()`` yields the URL (password inside) of a fresh cluster's ``mlflow``
+  database; ``database(url, "optuna")`` names its other one.
+- ``mlflow_server(backend_url, folder, auth=False)`` yields the ``http://`` URI of an MLflow
+  server on that backend; with ``auth`` its admin is ``admin`` / ``ADMIN_PASSWORD``.
+
+Both listen on 127.0.0.1 on free ports (never 5000/5433, which a user may be running) and are
+stopped, their folders removed, on exit, also when the test fails. Without the PostgreSQL
+binaries ``require_postgres()`` skips the test (CI has them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pipeline import server
+
+ADMIN_PASSWORD = "admin-password-for-tests"  # MLflow wants 12+ characters
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on now (from the ephemeral range)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_postgres() -> None:
+    """Skip the calling test when the PostgreSQL binaries are absent."""
+    try:
+        server.pg_bindir()
+    except server.SettingsError as e:
+        pytest.skip(f"PostgreSQL is not installed here: {e}")
+
+
+@contextlib.contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A fresh folder that the `postgres` user can enter, removed afterwards.
+
+    pytest's ``tmp_path`` lies under /tmp/pytest-of-root (mode 700), which `postgres` cannot
+    traverse, so this is a ``mkdtemp`` right under /tmp, opened to others (mode 755).
+    """
+    path = Path(tempfile.mkdtemp(prefix="pipeline-server-"))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` of the same server."""
+    return f"{url.rsplit('/', 1)[0]}/{name}"
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A PostgreSQL cluster of its own: yields its ``mlflow`` database's URL with password."""
+    require_postgres()
+    with scratch_folder() as folder:
+        settings = server.Settings(folder=folder, pg_port=free_port(), workers=1, timeout=60)
+        try:
+            server.start_postgres(settings)
+            password = (folder / "postgres.password").read_text().strip()
+            yield f"{server.SCHEME}://{server.ROLE}:{password}@127.0.0.1:{settings.pg_port}/mlflow"
+        finally:
+            server.stop_postgres(folder)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_url: str, folder: Path, auth: bool = False) -> Iterator[str]:
+    """``mlflow server`` on ``backend_url`` (``make server DB=...``), its files in ``folder``."""
+    admin = ADMIN_PASSWORD if auth else None
+    settings = server.Settings(folder, port=free_port(), db=backend_url, auth=auth, workers=1)
+    try:
+        yield server.start(replace(settings, admin_password=admin)).tracking_uri
+    finally:
+        server.stop(folder)

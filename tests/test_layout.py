@@ -1,0 +1,123 @@
+"""The shape of the package, read from its source: no import circle (imports for type checking
+count), no file over 550 lines, no function over 80 lines without a stated reason, and the
+literal names of a run's files and of strategies each spelled in one module."""
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from pipeline.strategies import REGISTRY
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+MAX_FILE_LINES = 550
+MAX_FUNCTION_LINES = 80
+LONG_OK = "# long:"  # a function over the limit says why, in a comment starting so
+
+
+def modules() -> dict[str, Path]:
+    """Dotted name -> file, for every module of the package (a package is its __init__)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports anywhere (top level, functions, and
+    ``if TYPE_CHECKING``), resolved to modules that exist (``from a import b`` is ``a.b`` when
+    that is a module, else ``a``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def test_no_import_circle() -> None:
+    mods = modules()
+    graph = {m: imports(p, set(mods)) - {m} for m, p in mods.items()}
+    # A package's __init__ importing its own submodules is how a package is built; a submodule
+    # importing its package back (or any other way round) is a circle.
+    state: dict[str, int] = defaultdict(int)  # 0 new, 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state[n] == 1:
+                circle = [*stack[stack.index(n) :], n]
+                pytest.fail("import circle: " + " -> ".join(circle))
+            if state[n] == 0:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if state[m] == 0:
+            visit(m)
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_no_file_over_the_limit(name: str) -> None:
+    lines = len(modules()[name].read_text().splitlines())
+    assert lines <= MAX_FILE_LINES, f"{name}: {lines} lines"
+
+
+def test_no_long_function_without_a_reason() -> None:
+    long = []
+    for name, path in modules().items():
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                body = "\n".join(source.splitlines()[node.lineno - 1 : node.end_lineno])
+                if size > MAX_FUNCTION_LINES and LONG_OK not in body:
+                    long.append(f"{name}.{node.name} ({size} lines)")
+    assert not long, long
+
+
+def string_constants(path: Path) -> set[str]:
+    """String literals of the code (docstrings left out: they are prose)."""
+    tree = ast.parse(path.read_text())
+    docs = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    return {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
+    }
+
+
+@pytest.mark.parametrize(
+    "literal", ["mlflow.db", "checkpoints", "accuracy_matrix.json", "retention.json", "mlruns"]
+)
+def test_a_file_name_is_spelled_in_one_module(literal: str) -> None:
+    where = [m for m, p in modules().items() if literal in string_constants(p)]
+    assert len(where) == 1, f"{literal!r} spelled in {where}"
+
+
+def test_a_strategy_name_is_spelled_only_in_its_own_module() -> None:
+    mods = modules()
+    for name, cls in REGISTRY.items():
+        where = [m for m, p in mods.items() if name in string_constants(p)]
+        assert where == [cls.__module__], f"{name!r} spelled in {where}"

@@ -1,0 +1,150 @@
+"""Strategy metadata lives once: defaults in the Params dataclass, description and search ranges
+in the YAML, name, role and raw-data use on the class. Checked over every registered strategy,
+and a new strategy shown to be one file and one YAML."""
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import CONF_DIR, STRATEGY_FILE_KEYS, available, strategy_file
+from pipeline.experiment import compose
+from pipeline.paths import REPO_ROOT
+from pipeline.strategies import REGISTRY, Role, default_order, with_role
+from pipeline.sweep.config import strategy_search
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_the_yaml_says_only_what_only_the_yaml_can_say(name: str) -> None:
+    node = strategy_file(name)
+    assert set(node) <= set(STRATEGY_FILE_KEYS)
+    assert isinstance(node.get("description"), str) and node["description"]
+    params = REGISTRY[name].Params()
+    fields = {f.name for f in dataclasses.fields(params)}
+    for key, search in strategy_search(name).items():
+        param = key.split(".")[-1]
+        assert param in fields, f"{name}: search range for unknown parameter {param}"
+        default = getattr(params, param)
+        assert search.contains(default), f"{name}: default {param}={default} outside its range"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_composing_fills_the_dataclass_defaults_once(name: str) -> None:
+    cfg = compose("synthetic_forgetting", [f"strategy=[{name}]"])
+    assert cfg.strategies == {name: REGISTRY[name].Params()}  # parsed objects, defaults filled
+
+
+def test_every_strategy_file_belongs_to_a_registered_strategy() -> None:
+    assert set(available("strategy")) == set(REGISTRY)
+    assert (CONF_DIR / "strategy").is_dir()
+
+
+def test_roles_order_the_default_comparison() -> None:
+    (baseline,) = with_role(Role.BASELINE)
+    (reference,) = with_role(Role.REFERENCE)
+    order = default_order()
+    assert order[:2] == [baseline, reference]
+    assert sorted(order) == sorted(REGISTRY)  # every strategy, gpm included
+    keeps = [REGISTRY[n].keeps_raw_data for n in order[2:]]
+    assert keeps == sorted(keeps)  # methods that keep no raw data come first
+    assert compose("synthetic_forgetting", ["strategy=[]"]).strategy == [baseline]
+
+
+NEW_STRATEGY = '''
+"""A throw-away strategy: a pull of every weight towards zero."""
+
+from dataclasses import dataclass
+
+from pipeline.strategies.base import Strategy, register
+
+
+@dataclass
+class ShrinkParams:
+    """Hyperparameters of Shrink.
+
+    Attributes:
+        scale: weight of the penalty ``scale * sum_i theta_i^2``.
+    """
+
+    scale: float = 0.01
+
+
+@register
+class Shrink(Strategy):
+    name = "shrink"
+    Params = ShrinkParams
+
+    def __init__(self, params: ShrinkParams) -> None:
+        super().__init__(params)
+        self.steps = 0
+
+    def penalty(self, model, batch, logits):
+        self.steps += 1
+        return self.params.scale * sum((p**2).sum() for p in model.parameters())
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+'''
+
+NEW_YAML = """\
+description: pull every weight towards zero
+search:
+  scale: {type: float, low: 1.0e-4, high: 1.0, log: true}
+"""
+
+CHECK = """
+import sys
+from pipeline import runfiles
+from pipeline.cli import main
+from pipeline.compare import default_strategies
+from pipeline.experiment import compose
+from pipeline.sweep.config import compose_sweep
+from pipeline.sweep.space import search_space
+from pipeline.tracking import Run, Store
+
+store = sys.argv[1]
+assert "shrink" in default_strategies()
+cfg = compose("synthetic_forgetting", ["strategy=[shrink]", "strategies.shrink.scale=0.5"])
+assert cfg.strategies["shrink"].scale == 0.5
+space = search_space(["shrink"], compose_sweep("default"))
+assert "strategies.shrink.scale" in space
+tiny = ["trainer.epochs=1", "trainer.max_batches=2", "trainer.progress_bar=false"]
+argv = ["run", "synthetic_forgetting", "strategy=[shrink]", f"paths.store={store}", *tiny]
+assert main(argv) == 0
+client = Store.at(store).client()
+(run,) = client.search_runs([client.get_experiment_by_name("synthetic_forgetting").experiment_id])
+r = Run.get(Store.at(store), run.info.run_id)
+with runfiles.scratch_dir() as tmp:
+    module = runfiles.fetch_checkpoint(r, runfiles.latest_checkpoints(r)[1], tmp).module
+assert module.strategies[0].steps == 4, module.strategies[0].steps
+print("shrink ok")
+"""
+
+
+def test_a_new_strategy_is_one_file_and_one_yaml(tmp_path: Path) -> None:
+    """Copy the package and the configs, add exactly two files, and the new strategy composes,
+    is compared by default, is searchable, runs, and round-trips through its checkpoints."""
+    repo = tmp_path / "repo"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO_ROOT / "pipeline", repo / "pipeline", ignore=ignore)
+    shutil.copytree(CONF_DIR, repo / "conf", ignore=ignore)
+    (repo / "pipeline" / "strategies" / "shrink.py").write_text(NEW_STRATEGY)
+    (repo / "conf" / "strategy" / "shrink.yaml").write_text(NEW_YAML)
+    script = tmp_path / "check.py"
+    script.write_text(textwrap.dedent(CHECK))
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "mlruns")],
+        cwd=repo,
+        env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "shrink ok" in done.stdout, done.stdout + done.stderr[-3000:]

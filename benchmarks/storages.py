@@ -63,7 +63,7 @@ def timed_storage(storage: BaseStorage, spent: list[float]) -> BaseStorage:
 
 def worker(name: str, paths: PathsConfig, index: int, n: int, work: float, out: Any) -> None:
     """One worker process: the real loop, a synthetic trial, timers on the storage and lock."""
-    storage_s, lock_s, trial_s = [0.0], [0.0], [0.0]
+    storage_s, lock_s, trial_s, under_lock_s = [0.0], [0.0], [0.0], [0.0]
     opened = study_module.open_storage
     locked = study_module.storage_lock
 
@@ -72,12 +72,13 @@ def worker(name: str, paths: PathsConfig, index: int, n: int, work: float, out: 
 
     @contextmanager
     def storage_lock(url: str, study: str) -> Any:
-        start = time.perf_counter()
+        start, before = time.perf_counter(), storage_s[0]
         try:
             with locked(url, study):
                 yield
         finally:
             lock_s[0] += time.perf_counter() - start
+            under_lock_s[0] += storage_s[0] - before
 
     def synthetic(study: Any, trial: Any, settings: Any, paths: Any, threads: int) -> Outcome:
         start = time.perf_counter()
@@ -91,7 +92,8 @@ def worker(name: str, paths: PathsConfig, index: int, n: int, work: float, out: 
     workers_module.run_trial = synthetic  # type: ignore[assignment]
     started = time.perf_counter()
     ran = run_worker(name, paths, index, n, log=lambda m: None)
-    out.put((ran, time.perf_counter() - started, storage_s[0], lock_s[0], trial_s[0]))
+    coordination = storage_s[0] - under_lock_s[0] + lock_s[0]  # storage calls counted once
+    out.put((ran, time.perf_counter() - started, storage_s[0], lock_s[0], trial_s[0], coordination))
 
 
 def measure(paths: PathsConfig, name: str, trials: int, workers: int, work: float) -> dict:
@@ -113,7 +115,7 @@ def measure(paths: PathsConfig, name: str, trials: int, workers: int, work: floa
         p.join()
     wall = time.perf_counter() - started
     done = load_study(name, paths.studies_uri()).get_trials(states=(TrialState.COMPLETE,))
-    busy = sum(s[1] for s in stats)
+    busy = sum(s[1] for s in stats)  # the workers' time from start to exit, summed
     return {
         "trials": len(done),
         "wall": wall,
@@ -121,6 +123,7 @@ def measure(paths: PathsConfig, name: str, trials: int, workers: int, work: floa
         "storage": sum(s[2] for s in stats) / busy,
         "lock": sum(s[3] for s in stats) / busy,
         "work": sum(s[4] for s in stats) / busy,
+        "per_trial": sum(s[5] for s in stats) / len(done),
     }
 
 
@@ -190,14 +193,19 @@ def main() -> None:
     )
     print(
         f"{'storage':<11}{'workers':>8}{'complete':>9}{'wall s':>8}{'trials/min':>11}"
-        f"{'in storage':>11}{'in lock':>9}{'in work':>9}"
+        f"{'coordination ms/trial':>22}{'in storage':>11}{'in lock':>9}{'in work':>9}"
     )
     for label, n, r in rows:
         print(
             f"{label:<11}{n:>8}{r['trials']:>9}{r['wall']:>8.1f}{r['per_min']:>11.1f}"
+            f"{r['per_trial'] * 1000:>22.0f}"
             f"{r['storage'] * 100:>10.0f}%{r['lock'] * 100:>8.0f}%{r['work'] * 100:>8.0f}%"
         )
-    print("shares: of the workers' busy time; 'in lock' includes the storage calls made under it")
+    print(
+        "coordination: storage calls and the study lock (waiting for it and holding it), per "
+        "trial.\nshares: of the workers' time from start to exit; 'in lock' includes the storage "
+        "calls made under it; the rest is start-up and waiting for the last trials"
+    )
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.compare import compare, default_strategies, format_text, table
+    from pipeline.tracking import Store
 
     names = default_strategies() if args.strategies == "all" else args.strategies.split(",")
     seeds = list(range(args.seeds))
@@ -133,7 +134,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name, why in c.skipped.items():
         print(f"not run: {name}: {why}")
     print(f"\nreport: {c.report_dir}/report.md (with table.txt and the plots)")
-    print(f"MLflow parent run {c.parent_run_id}")
+    store = Store.of(compose_paths([o for o in args.overrides if o.startswith("paths.")]))
+    url = store.ui_url(c.rows[0].results[0].experiment_id, c.parent_run_id)
+    print(f"MLflow parent run {c.parent_run_id}: {url}")
     return 0
 
 

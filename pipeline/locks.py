@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -37,12 +39,18 @@ def advisory_key(name: str) -> int:
     )
 
 
+# One small pool per database and process (a forked worker must not share its parent's
+# connections): a lock costs no new login.
+_ENGINES: dict[tuple[int, str], Any] = {}
+
+
 @contextmanager
 def pg_lock(url: str, name: str, timeout_s: float = 10.0) -> Iterator[None]:
     """Hold the PostgreSQL session-level advisory lock ``name`` on the database at ``url``.
 
-    Held on a connection of its own, so the server drops it if this process dies (the
-    connection closes) and a killed worker never blocks the others.
+    Held on a connection of its own (from a pool of one per database and process), so the
+    server drops it if this process dies (the connection closes) and a killed worker never
+    blocks the others; the lock is released before the connection goes back to the pool.
 
     Args:
         url: a SQLAlchemy URL of the database (``postgresql://...``).
@@ -50,18 +58,21 @@ def pg_lock(url: str, name: str, timeout_s: float = 10.0) -> Iterator[None]:
         timeout_s: connection timeout.
     """
     import sqlalchemy
-    from sqlalchemy.pool import NullPool
 
-    engine = sqlalchemy.create_engine(
-        url, poolclass=NullPool, connect_args={"connect_timeout": int(timeout_s)}
-    )
+    where = (os.getpid(), url)
+    if where not in _ENGINES:
+        _ENGINES[where] = sqlalchemy.create_engine(
+            url,
+            pool_size=1,
+            max_overflow=1,  # a lock taken inside another (schema, then study) gets its own
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": int(timeout_s)},
+        )
     key = advisory_key(name)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-    finally:
-        engine.dispose()
+    with _ENGINES[where].connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()

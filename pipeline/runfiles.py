@@ -21,6 +21,7 @@ table and figures. Their names are here too.
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -173,8 +174,6 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 
 
 def _read(path: str | Path) -> dict[str, Any]:
-    import pickle
-
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict) or "config" not in ckpt["pipeline"]:

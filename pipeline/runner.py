@@ -72,7 +72,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")  # inside Lightning 2.6
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema-creation lines
 
 
 def make_trainer(

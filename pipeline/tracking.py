@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -156,6 +157,7 @@ class Store:
         if self.server:
             probe_server(self.uri)
             return
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema lines
         try:
             if self.folder is not None:
                 self.folder.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ from pipeline.sweep.study import (
 from pipeline.tracking import Run, StopRun, Store
 
 MAX_CONSECUTIVE_ERRORS = 3  # a worker gives up when this many trials in a row raise
-MAX_WAIT_S = 5.0  # how often an idle worker looks again while others finish the last trials
+MAX_WAIT_S = 1.0  # how often an idle worker looks again while others finish the last trials
 
 
 def say(message: str) -> None:

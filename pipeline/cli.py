@@ -240,6 +240,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "Ctrl-C stops it",
         flush=True,
     )
+    # No job consumers: they serve MLflow's GenAI features and would add 8 processes.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
     os.execv(exe, cmd)
     return 0  # pragma: no cover  (execv does not return)

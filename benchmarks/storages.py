@@ -128,37 +128,17 @@ def measure(paths: PathsConfig, name: str, trials: int, workers: int, work: floa
 
 
 @contextmanager
-def postgres(root: Path) -> Any:
-    """A cluster of its own (``None`` without PostgreSQL binaries): its ``optuna`` URL."""
-    from pipeline.server import common
-    from pipeline.server import postgres as pg
+def postgres() -> Any:
+    """A cluster of its own: its ``optuna`` URL (``None`` without PostgreSQL binaries)."""
     from pipeline.server.common import SettingsError
+    from pipeline.server.postgres import throwaway_cluster
 
     try:
-        pg.pg_bindir()
+        with throwaway_cluster() as url:
+            yield f"{url}/optuna"
     except SettingsError as e:
         print(f"PostgreSQL not measured: {e}")
         yield None
-        return
-    folder = root / "pg"
-    folder.mkdir(mode=0o755)
-    root.chmod(0o755)
-    port = free_port()
-    settings = common.Settings(folder=folder, pg_port=port, workers=1, timeout=60)
-    try:
-        pg.start_postgres(settings)
-        password = (folder / "postgres.password").read_text().strip()
-        yield f"postgresql://{pg.ROLE}:{password}@127.0.0.1:{port}/optuna"
-    finally:
-        pg.stop_postgres(folder)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -173,7 +153,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-storages-", dir="/tmp"))
     rows = []
     try:
-        with postgres(root) as pg_url:
+        with postgres() as pg_url:
             storages: list[tuple[str, str]] = [("journal", str(root / "journal.log"))]
             if pg_url:
                 storages.append(("postgresql", pg_url))

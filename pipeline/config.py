@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -289,15 +289,8 @@ def compose_paths(overrides: Sequence[str] = ()) -> PathsConfig:
     bad = [o for o in overrides if not o.startswith("paths.")]
     if bad:
         raise ConfigError(f"override '{bad[0]}': this command takes only paths.<key>=<value>")
-    cfg = merge(OmegaConf.structured(PathsConfig), {}, "paths")
-    try:
-        cfg = merge(cfg, OmegaConf.from_dotlist([o[len("paths.") :] for o in overrides]), "paths")
-        obj = OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"paths: {describe(e)}") from e
-    assert isinstance(obj, PathsConfig)
+    dotlist = [o[len("paths.") :] for o in overrides]
+    obj = build(OmegaConf.structured(PathsConfig), dotlist, "paths", PathsConfig)
     obj.check()
     return obj
 
@@ -398,6 +391,26 @@ def describe(e: OmegaConfBaseException) -> str:
         return f"missing value for '{key}'"
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     return f"{key}: {first}" if isinstance(e, ValidationError) else first
+
+
+T = TypeVar("T")
+
+
+def build(cfg: DictConfig, dotlist: Sequence[str], source: str, schema: type[T]) -> T:
+    """``key=value`` overrides merged into ``cfg``, then the typed object of ``schema``.
+
+    Raises:
+        ConfigError: an unknown key or a wrong type, one line prefixed with ``source``.
+    """
+    try:
+        cfg = merge(cfg, OmegaConf.from_dotlist(list(dotlist)), source)
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {describe(e)}") from e
+    assert isinstance(obj, schema)
+    return obj
 
 
 def merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
@@ -531,19 +544,3 @@ def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     assert isinstance(out, dict)
     return out  # type: ignore[return-value]
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts and lists into ``a.b.0.c`` keys (MLflow params)."""
-    if isinstance(tree, list) and all(not isinstance(v, dict | list) for v in tree):
-        return {prefix: tree} if prefix else {}  # a list of scalars stays one param
-    if isinstance(tree, dict):
-        items = [(str(k), v) for k, v in tree.items()]
-    elif isinstance(tree, list):
-        items = [(str(i), v) for i, v in enumerate(tree)]
-    else:
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for k, v in items:
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out

@@ -20,14 +20,22 @@ import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 from pipeline import runfiles
-from pipeline.config import ExperimentConfig, TrainerConfig, flatten, to_dict
+from pipeline.config import ExperimentConfig, TrainerConfig, to_dict
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Task
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.results import SPLITS, SequenceResult, TaskRecord, ledger, task_metrics
 from pipeline.strategies import TaskContext, build_strategies
-from pipeline.tracking import Run, RunFactory, TaskLogger, git_commit, package_versions, scratch_dir
+from pipeline.tracking import (
+    Run,
+    RunFactory,
+    TaskLogger,
+    flatten,
+    git_commit,
+    package_versions,
+    scratch_dir,
+)
 
 # Called after each task with its index and the accuracy rows so far (per evaluated split);
 # sweeps report to their pruner here and may raise (a StopRun) to stop the sequence.

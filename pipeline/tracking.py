@@ -466,6 +466,22 @@ class Run:
             get_artifact_repository(uri, tracking_uri=self.store.uri).delete_artifacts(path)
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts and lists into ``a.b.0.c`` keys (MLflow params)."""
+    if isinstance(tree, list) and all(not isinstance(v, dict | list) for v in tree):
+        return {prefix: tree} if prefix else {}  # a list of scalars stays one param
+    if isinstance(tree, dict):
+        items = [(str(k), v) for k, v in tree.items()]
+    elif isinstance(tree, list):
+        items = [(str(i), v) for i, v in enumerate(tree)]
+    else:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,15 +22,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import server
+from pipeline.server.common import free_port
+from pipeline.server.postgres import throwaway_cluster
 
 ADMIN_PASSWORD = "admin-password-for-tests"  # MLflow wants 12+ characters
-
-
-def free_port() -> int:
-    """A TCP port that nothing listens on now (from the ephemeral range)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require_postgres() -> None:
@@ -66,14 +60,8 @@ def database(url: str, name: str) -> str:
 def postgres_cluster() -> Iterator[str]:
     """A PostgreSQL cluster of its own: yields its ``mlflow`` database's URL with password."""
     require_postgres()
-    with scratch_folder() as folder:
-        settings = server.Settings(folder=folder, pg_port=free_port(), workers=1, timeout=60)
-        try:
-            server.start_postgres(settings)
-            password = (folder / "postgres.password").read_text().strip()
-            yield f"{server.SCHEME}://{server.ROLE}:{password}@127.0.0.1:{settings.pg_port}/mlflow"
-        finally:
-            server.stop_postgres(folder)
+    with throwaway_cluster() as url:
+        yield f"{url}/mlflow"
 
 
 @contextlib.contextmanager

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import ConfigError, available, compose_paths, flatten, to_dict
+from pipeline.config import ConfigError, available, compose_paths, to_dict
 from pipeline.experiment import compose
 from pipeline.paths import REPO_ROOT, PathsConfig, redact
+from pipeline.tracking import flatten
 
 
 def test_every_experiment_composes():

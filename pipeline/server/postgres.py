@@ -3,11 +3,14 @@ an unprivileged user: ``initdb`` and ``postgres`` refuse to run as root."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shlex
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -17,6 +20,7 @@ from pipeline.server.common import (
     Settings,
     SettingsError,
     failed,
+    free_port,
     pid_of,
     secret,
 )
@@ -146,3 +150,28 @@ def stop_postgres(folder: Path) -> int | None:
             raise ServerError(f"PostgreSQL (pid {pid}) did not stop: {r.stderr.strip()}")
     (folder / "postgres.pid").unlink(missing_ok=True)
     return pid
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """A cluster of its own, for tests and benchmarks: in a fresh folder under ``/tmp`` (one the
+    unprivileged owner can enter: pytest's temporary folders are mode 700), on a free port of
+    127.0.0.1. Yields ``postgresql://pipeline:<password>@127.0.0.1:<port>`` (add ``/mlflow``
+    or ``/optuna``); stopped and removed afterwards, also when the block fails.
+
+    Raises:
+        SettingsError: no PostgreSQL binaries.
+    """
+    pg_bindir()
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-postgres-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        settings = Settings(folder=folder, pg_port=free_port(), workers=1, timeout=60)
+        try:
+            start_postgres(settings)
+            password = (folder / "postgres.password").read_text().strip()
+            yield f"{SCHEME}://{ROLE}:{password}@127.0.0.1:{settings.pg_port}"
+        finally:
+            stop_postgres(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

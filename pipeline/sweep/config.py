@@ -12,7 +12,15 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import ConfigError, describe, load_yaml, merge, require, strategy_file
+from pipeline.config import (
+    ConfigError,
+    build,
+    describe,
+    load_yaml,
+    merge,
+    require,
+    strategy_file,
+)
 
 SEARCH_TYPES = ("float", "int", "categorical")
 
@@ -159,14 +167,7 @@ def compose_sweep(name: str, overrides: Sequence[str] = ()) -> SweepConfig:
     body = load_yaml("sweep", name)
     cfg = merge(OmegaConf.structured(SweepConfig), {"name": name}, "name")
     cfg = merge(cfg, body, f"conf/sweep/{name}.yaml")
-    try:
-        cfg = merge(cfg, OmegaConf.from_dotlist(list(overrides)), "sweep override")
-        obj = OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"sweep: {describe(e)}") from e
-    assert isinstance(obj, SweepConfig)
+    obj = build(cfg, overrides, "sweep", SweepConfig)
     try:
         obj.check()
     except ConfigError as e:

@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ConfigError, available, compose_paths
+from pipeline.errors import RunFailed
 from pipeline.paths import PathsConfig, redact
 
 if TYPE_CHECKING:
     from pipeline.results import SequenceResult
     from pipeline.tracking import Store
-
-
-class RunFailed(Exception):
-    """A run or provisioning failed after it started (exit code 1)."""
 
 
 def _store(paths: PathsConfig, create: bool = True) -> Store:
@@ -373,19 +370,6 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _failures() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean a run failed after it started (exit 1), from the modules loaded."""
-    found: list[type[BaseException]] = [RunFailed]
-    for module, name in (
-        ("pipeline.data.tasks", "DataError"),
-        ("pipeline.module", "DivergenceError"),
-        ("pipeline.sweep", "SweepError"),
-    ):
-        if module in sys.modules:
-            found.append(getattr(sys.modules[module], name))
-    return tuple(found)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     if threading.current_thread() is threading.main_thread():
@@ -418,12 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except SystemExit as e:
         if e.code == 128 + signal.SIGTERM:
             print("terminated", file=sys.stderr)
         raise
-    except Exception as e:
-        if not isinstance(e, _failures()):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1

@@ -48,7 +48,10 @@ def erase(store: Store, run_id: str, task: str, ids: Sequence[int]) -> dict[str,
         raise ErasureError(str(e)) from None
     index = _task_index(run, task)
     wanted = torch.tensor(list(ids), dtype=torch.long)
-    removed = runfiles.rewrite_checkpoints(run, lambda m: m.erase_samples(index, wanted))
+    try:
+        removed = runfiles.rewrite_checkpoints(run, lambda m: m.erase_samples(index, wanted))
+    except LookupError as e:  # a task whose every revision fails to load
+        raise ErasureError(str(e)) from None
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "task": task,

@@ -12,11 +12,12 @@ from torch import Tensor
 
 from pipeline.config import OptimConfig
 from pipeline.data.tasks import Batch
+from pipeline.errors import RunFailed
 from pipeline.models import Classifier
 from pipeline.strategies.base import Strategy, TaskContext
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(RunFailed):
     """The training loss became NaN or infinite."""
 
 

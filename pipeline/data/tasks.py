@@ -21,13 +21,14 @@ from torch.utils.data import Dataset, Sampler
 from pipeline.config import DataConfig, SyntheticConfig, TaskConfig
 from pipeline.data.datasets import DATASETS
 from pipeline.data.provision import verify
+from pipeline.errors import RunFailed
 from pipeline.paths import PathsConfig
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
 
 
-class DataError(RuntimeError):
+class DataError(RunFailed):
     """Data the run needs is missing or does not verify (one line for the user)."""
 
 

@@ -41,6 +41,7 @@ import optuna
 
 from pipeline import runfiles
 from pipeline.config import ConfigError
+from pipeline.errors import RunFailed
 from pipeline.sweep.config import Settings, compose_sweep
 from pipeline.sweep.report import state_counts, study_figures, study_summary, trial_tags
 from pipeline.sweep.space import study_name
@@ -57,7 +58,7 @@ from pipeline.tracking import Run, Store
 __all__ = ["SweepError", "finalize", "load_settings", "load_study", "run_worker", "sweep"]
 
 
-class SweepError(RuntimeError):
+class SweepError(RunFailed):
     """The workers stopped before the study had its total (exit code 1)."""
 
 

@@ -190,11 +190,6 @@ def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials)
 
 
-def settings_record(settings: Settings) -> dict[str, Any]:
-    """The settings as the study's user attribute."""
-    return asdict(settings)
-
-
 # -- creating and resuming -------------------------------------------------------------------------
 def prepare(
     experiment: str,

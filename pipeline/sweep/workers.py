@@ -166,8 +166,11 @@ def abandon(study: optuna.Study, trial: FrozenTrial, store: Store, reason: str) 
         attrs["default"] = True
     study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
     run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        run = Run.get(store, run_id)
+    try:
+        run = Run.get(store, run_id) if run_id else None
+    except LookupError:  # in a store this worker does not see: the trial is retried anyway
+        run = None
+    if run is not None:
         if run.status == "RUNNING":
             run.end("FAILED", {"error": reason})
         run.set_tags({"optuna.state": "FAIL"})
@@ -308,7 +311,7 @@ def run_worker(
     study = optuna.load_study(
         study_name=name,
         storage=probe._storage,
-        sampler=make_sampler(sweep, offset + index),
+        sampler=make_sampler(sweep, offset),
         pruner=make_pruner(sweep),
     )
     prefix = f"[worker {index}] " if workers > 1 else ""

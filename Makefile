@@ -40,6 +40,9 @@ PG_PORT = 5433
 DB =
 AUTH =
 
+# A value as one shell word, whatever it holds: '...' with each ' inside written '\''.
+q = '$(subst ','\'',$(1))'
+
 .PHONY: help install data forget run compare erase landscape sweep best dashboard test test-slow lint format bench ui clean
 .PHONY: server server-stop
 
@@ -63,31 +66,31 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 install: $(STAMP) ## create .venv from uv.lock (a no-op when up to date)
 
 data: install ## provision MNIST and Fashion-MNIST into data/ (verified by MD5)
-	$(PY) -m pipeline data --root '$(DATA)'
+	$(PY) -m pipeline data --root $(call q,$(DATA))
 
 forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain fine-tuning
-	$(PY) -m pipeline run seed_forgetting --landscape 'paths.data=$(DATA)' $(ARGS)
+	$(PY) -m pipeline run seed_forgetting --landscape $(call q,paths.data=$(DATA)) $(ARGS)
 
 run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..."
-	$(PY) -m pipeline run '$(EXP)' 'paths.data=$(DATA)' $(ARGS)
+	$(PY) -m pipeline run $(call q,$(EXP)) $(call q,paths.data=$(DATA)) $(ARGS)
 
 compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run (RESUME=<its id>)
-	$(PY) -m pipeline compare '$(EXP)' --strategies '$(STRATEGIES)' --seeds '$(SEEDS)' $(if $(RESUME),--resume '$(RESUME)') 'paths.data=$(DATA)' $(ARGS)
+	$(PY) -m pipeline compare $(call q,$(EXP)) --strategies $(call q,$(STRATEGIES)) --seeds $(call q,$(SEEDS)) $(if $(RESUME),--resume $(call q,$(RESUME))) $(call q,paths.data=$(DATA)) $(ARGS)
 
 landscape: install ## forgetting in weight space: make landscape RUN=<run id> [VS=<run id>]
-	$(PY) -m pipeline landscape '$(RUN)' $(if $(VS),--vs '$(VS)') 'paths.data=$(DATA)' $(ARGS)
+	$(PY) -m pipeline landscape $(call q,$(RUN)) $(if $(VS),--vs $(call q,$(VS))) $(call q,paths.data=$(DATA)) $(ARGS)
 
 sweep: install data ## Optuna study: make sweep [EXP=..] STRATEGY=ewc [TRIALS=30] [WORKERS=2] [SWEEP=default|accuracy|prefix] (resumes)
-	$(PY) -m pipeline sweep '$(EXP)' --strategy '$(STRATEGY)' --sweep '$(SWEEP)' $(if $(TRIALS),--trials '$(TRIALS)') --workers '$(WORKERS)' $(if $(STUDY),--study '$(STUDY)') 'paths.data=$(DATA)' $(ARGS)
+	$(PY) -m pipeline sweep $(call q,$(EXP)) --strategy $(call q,$(STRATEGY)) --sweep $(call q,$(SWEEP)) $(if $(TRIALS),--trials $(call q,$(TRIALS))) --workers $(call q,$(WORKERS)) $(if $(STUDY),--study $(call q,$(STUDY))) $(call q,paths.data=$(DATA)) $(ARGS)
 
 best: install ## choose from a study, write conf/experiment/<study>-best.yaml, test once: make best STUDY=<name> [RULE=knee]
-	$(PY) -m pipeline best '$(STUDY)' --rule '$(RULE)'
+	$(PY) -m pipeline best $(call q,$(STUDY)) --rule $(call q,$(RULE))
 
 dashboard: install ## optuna-dashboard on http://127.0.0.1:8080 over the study storage (STORAGE=)
 	$(PY) -m pipeline dashboard
 
 erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...>
-	$(PY) -m pipeline erase '$(RUN)' --task '$(TASK)' --ids '$(IDS)'
+	$(PY) -m pipeline erase $(call q,$(RUN)) --task $(call q,$(TASK)) --ids $(call q,$(IDS))
 
 test: lint ## lint, then the test suite on synthetic data, 2 processes (real data: `make test-slow`)
 	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
@@ -105,15 +108,15 @@ format: install ## apply ruff's formatting and import order
 	$(VENV)/bin/ruff format pipeline tests benchmarks
 
 bench: install data ## samples/s of the pipeline vs a bare PyTorch loop; strategy cost vs naive; study storages
-	$(PY) benchmarks/throughput.py --root '$(DATA)'
-	$(PY) benchmarks/strategy_cost.py --root '$(DATA)' $(ARGS)
+	$(PY) benchmarks/throughput.py --root $(call q,$(DATA))
+	$(PY) benchmarks/strategy_cost.py --root $(call q,$(DATA)) $(ARGS)
 	$(PY) benchmarks/storages.py
 
 ui: install ## the MLflow UI on http://127.0.0.1:5000 over mlruns/ [PORT=5000]
-	$(PY) -m pipeline ui --port '$(PORT)'
+	$(PY) -m pipeline ui --port $(call q,$(PORT))
 
 server: install ## team mode: PostgreSQL + MLflow server in .server/ [HOST= PORT= PG_PORT= DB=postgresql://... AUTH=1]
-	$(PY) -m pipeline.server start --host '$(HOST)' --port '$(PORT)' --pg-port '$(PG_PORT)' $(if $(DB),--db '$(DB)') $(if $(filter 1 yes true,$(AUTH)),--auth)
+	$(PY) -m pipeline.server start --host $(call q,$(HOST)) --port $(call q,$(PORT)) --pg-port $(call q,$(PG_PORT)) $(if $(DB),--db $(call q,$(DB))) $(if $(filter 1 yes true,$(AUTH)),--auth)
 
 server-stop: ## stop what `make server` started (nothing running is fine)
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pipeline.server stop

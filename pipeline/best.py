@@ -32,8 +32,10 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline import config
-from pipeline.config import ConfigError, ExperimentConfig, split_overrides
+from pipeline import conf
+from pipeline.conf import split_overrides
+from pipeline.config import ExperimentConfig
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.paths import PathsConfig
 from pipeline.sweep.config import Settings
@@ -156,7 +158,7 @@ def write_experiment(
     hyperparameters merged in, so ``make run EXP=<study>-best`` reruns it (the whole sequence:
     a prefix protocol's truncation is not carried over).
     """
-    directory = directory or config.CONF_DIR / "experiment"  # read now: tests point it elsewhere
+    directory = directory or conf.CONF_DIR / "experiment"  # read now: tests point it elsewhere
     base = OmegaConf.load(directory / f"{settings.experiment}.yaml")
     assert isinstance(base, DictConfig)
     choices, dotlist = split_overrides(settings.overrides)

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ConfigError, available, compose_paths
-from pipeline.errors import RunFailed
+from pipeline.conf import available, compose_paths
+from pipeline.errors import ConfigError, RunFailed
 from pipeline.paths import PathsConfig, redact
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--ids: expected comma-separated integers, got '{args.ids}'") from None
     try:
-        record = erase(_store(compose_paths(args.overrides), False), args.run, args.task, ids)
+        paths = compose_paths(args.overrides)
+        record = erase(_store(paths, False), args.run, args.task, ids, paths.data_dir())
     except ErasureError as e:
         raise ConfigError(str(e)) from e
     for name, n in record["removed"].items():

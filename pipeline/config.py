@@ -1,13 +1,7 @@
-"""Typed experiment configuration, composed from the YAML files in ``conf/``.
-
-An experiment file (``conf/experiment/<name>.yaml``) names one file per config group in its
-``defaults`` block (``data``, ``model``) and overrides anything below it. Command-line overrides
-come last, as ``key=value`` (dotted keys, YAML values) or ``group=choice`` to pick another file of
-a group (``model=mlp``, ``data=synthetic``, ``strategy=[naive]``).
-
-Every layer is merged into the dataclass schema below, so an unknown key, a wrong type or a bad
-value (each class's ``check``) fails here, before any data is read or any MLflow run exists, as
-one ``ConfigError`` line that names the key and where it came from.
+"""Typed experiment configuration: the dataclass schema every layer of ``conf/`` and every
+override is merged into (:mod:`pipeline.conf` reads and composes them), with the value rules of
+each class's ``check``. A bad value fails before any data is read or any MLflow run exists, as
+one ``ConfigError`` line that names the key.
 
 This is the bottom layer of the package: it knows no strategy. A strategy's hyperparameters
 arrive as the plain mapping the YAML files and overrides give (``strategies:``), which
@@ -17,28 +11,19 @@ live is the ``paths`` section (:class:`pipeline.paths.PathsConfig`) that every c
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import (
-    ConfigAttributeError,
-    ConfigKeyError,
-    MissingMandatoryValue,
-    OmegaConfBaseException,
-    ValidationError,
-)
+from omegaconf import MISSING, OmegaConf
 
-from pipeline.errors import ConfigError, require
-from pipeline.paths import REPO_ROOT, PathsConfig
+from pipeline.errors import require
+from pipeline.paths import PathsConfig
 
-CONF_DIR = Path(os.environ.get("PIPELINE_CONF_DIR", REPO_ROOT / "conf"))
-# Config groups that are folders of conf/ and can be picked by name (`model=mlp`).
-GROUPS = ("data", "model")
+MAX_LR = 10.0  # a learning rate above this is a typo, not an experiment (1e308, inf)
+#: What Lightning's ``Trainer(precision=...)`` accepts.
+PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
+MAX_SEED = 2**32 - 1  # numpy's seeds, which Lightning's seed_everything sets too
 SCENARIOS = ("task", "domain", "class")
 BENCHMARKS = ("split_mnist", "permuted_mnist", "rotated_mnist")
 DATASET_KINDS = ("mnist", "fashion_mnist", "synthetic")
@@ -220,8 +205,12 @@ class OptimConfig:
             "optim.name",
             f"'{self.name}' is not adam, adamw or sgd",
         )
-        require(self.lr > 0, "optim.lr", "must be > 0")
-        require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        require(0 < self.lr <= MAX_LR, "optim.lr", f"must be in (0, {MAX_LR:g}], got {self.lr}")
+        require(
+            0 <= self.weight_decay <= 1,
+            "optim.weight_decay",
+            f"must be in [0, 1], got {self.weight_decay}",
+        )
         require(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
 
 
@@ -235,7 +224,8 @@ class TrainerConfig:
         threads: CPU threads for torch; 0 keeps torch's default (one per core).
         max_batches: cap on training batches per epoch (0: all); shrinks smoke runs.
         validate_every_epoch: run the current task's validation split after each epoch.
-        check_finite_every: check the loss for NaN/inf every this many steps (0: never).
+        check_finite_every: check the loss for NaN/inf every this many steps (>= 1; the
+            weights are checked again before every checkpoint).
     """
 
     epochs: int = 3
@@ -251,17 +241,27 @@ class TrainerConfig:
     check_finite_every: int = 10
 
     def check(self) -> None:
-        require(self.epochs >= 1, "trainer.epochs", "must be >= 1")
+        require(1 <= self.epochs <= 10_000, "trainer.epochs", "must be in 1..10000")
         require(
             self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"),
             "trainer.accelerator",
             f"'{self.accelerator}' is not auto, cpu, gpu, cuda or mps",
         )
+        require(
+            self.precision in PRECISIONS,
+            "trainer.precision",
+            f"'{self.precision}' is not one of {', '.join(PRECISIONS)}",
+        )
         require(self.threads >= 0, "trainer.threads", "must be >= 0")
         require(self.max_batches >= 0, "trainer.max_batches", "must be >= 0")
         require(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
-        require(self.gradient_clip_val >= 0, "trainer.gradient_clip_val", "must be >= 0")
-        require(self.check_finite_every >= 0, "trainer.check_finite_every", "must be >= 0")
+        require(
+            0 <= self.gradient_clip_val < float("inf"),
+            "trainer.gradient_clip_val",
+            "must be finite and >= 0 (0: no clipping)",
+        )
+        # The loss check cannot be switched off: a NaN run must not end FINISHED.
+        require(self.check_finite_every >= 1, "trainer.check_finite_every", "must be >= 1")
 
 
 @dataclass
@@ -277,22 +277,6 @@ class TrackingConfig:
     experiment: str = ""
     run_name: str = ""
     log_checkpoints: bool = True
-
-
-def compose_paths(overrides: Sequence[str] = ()) -> PathsConfig:
-    """The ``paths`` section alone, for commands that take no experiment (``paths.<key>=...``
-    overrides; any other key is refused).
-
-    Raises:
-        ConfigError: an unknown key or a bad value (one line).
-    """
-    bad = [o for o in overrides if not o.startswith("paths.")]
-    if bad:
-        raise ConfigError(f"override '{bad[0]}': this command takes only paths.<key>=<value>")
-    dotlist = [o[len("paths.") :] for o in overrides]
-    obj = build(OmegaConf.structured(PathsConfig), dotlist, "paths", PathsConfig)
-    obj.check()
-    return obj
 
 
 @dataclass
@@ -330,6 +314,7 @@ class ExperimentConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def check(self) -> None:
+        require(0 <= self.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}, got {self.seed}")
         require(
             self.scenario in SCENARIOS,
             "scenario",
@@ -357,181 +342,6 @@ def check_values(node: Any) -> None:
                 check_values(item)
     if hasattr(node, "check"):
         node.check()
-
-
-def available(group: str) -> list[str]:
-    """Names of the YAML files of a config group folder (``experiment``, ``model``...)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def load_yaml(group: str, name: str) -> DictConfig:
-    path = CONF_DIR / group / f"{name}.yaml"
-    if not path.is_file():
-        choices = ", ".join(available(group)) or "none"
-        raise ConfigError(
-            f"conf/{group}/{name}.yaml: no such {group} config (available: {choices})"
-        )
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as e:  # yaml.YAMLError and friends: report the file, not a traceback
-        raise ConfigError(
-            f"conf/{group}/{name}.yaml: not valid YAML ({str(e).splitlines()[0]})"
-        ) from e
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"conf/{group}/{name}.yaml: must hold a mapping at top level")
-    return loaded
-
-
-def describe(e: OmegaConfBaseException) -> str:
-    """One line out of OmegaConf's multi-line error messages."""
-    key = getattr(e, "full_key", None) or "?"
-    if isinstance(e, ConfigKeyError | ConfigAttributeError):
-        return f"unknown key '{key}'"
-    if isinstance(e, MissingMandatoryValue):
-        return f"missing value for '{key}'"
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return f"{key}: {first}" if isinstance(e, ValidationError) else first
-
-
-T = TypeVar("T")
-
-
-def build(cfg: DictConfig, dotlist: Sequence[str], source: str, schema: type[T]) -> T:
-    """``key=value`` overrides merged into ``cfg``, then the typed object of ``schema``.
-
-    Raises:
-        ConfigError: an unknown key or a wrong type, one line prefixed with ``source``.
-    """
-    try:
-        cfg = merge(cfg, OmegaConf.from_dotlist(list(dotlist)), source)
-        obj = OmegaConf.to_object(cfg)
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {describe(e)}") from e
-    assert isinstance(obj, schema)
-    return obj
-
-
-def merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
-    try:
-        merged = OmegaConf.merge(base, layer)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {describe(e)}") from e
-    assert isinstance(merged, DictConfig)
-    return merged
-
-
-def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-    """Split ``group=choice`` selections from ``key=value`` overrides."""
-    choices: dict[str, Any] = {}
-    dotlist: list[str] = []
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override '{item}': expected key=value")
-        if key in GROUPS or key == "strategy":
-            try:
-                parsed = OmegaConf.from_dotlist([item])[key]
-            except OmegaConfBaseException as e:
-                raise ConfigError(f"override '{item}': {describe(e)}") from e
-            choices[key] = list(parsed) if key == "strategy" else parsed
-        else:
-            dotlist.append(item)
-    return choices, dotlist
-
-
-#: The keys a strategy's YAML file may hold: what only the YAML can say. Its defaults live in
-#: its ``Params`` dataclass (one place), never here.
-STRATEGY_FILE_KEYS = ("description", "search")
-
-
-def strategy_file(name: str) -> DictConfig:
-    """``conf/strategy/<name>.yaml``: the strategy's ``description`` and ``search`` ranges.
-
-    Raises:
-        ConfigError: no such file, bad YAML, or a key other than those two.
-    """
-    node = load_yaml("strategy", name)
-    unknown = sorted({str(k) for k in node} - set(STRATEGY_FILE_KEYS))
-    if unknown:
-        hint = " (defaults live in the strategy's Params dataclass)" if "params" in unknown else ""
-        raise ConfigError(f"conf/strategy/{name}.yaml: unknown key '{unknown[0]}'{hint}")
-    search = node.get("search")
-    if search is not None and not isinstance(search, DictConfig):
-        raise ConfigError(f"conf/strategy/{name}.yaml: search must be a mapping")
-    return node
-
-
-def compose_raw(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Compose and check an experiment's config, its strategies' hyperparameters left as given.
-
-    This is the config layer alone; every caller wants :func:`pipeline.experiment.compose`,
-    which also parses and checks the strategies.
-
-    Args:
-        experiment: name of a file in ``conf/experiment/`` (without ``.yaml``).
-        overrides: ``key=value`` or ``group=choice`` strings, applied last.
-
-    Raises:
-        ConfigError: unknown key, wrong type, bad value or missing file (one line).
-    """
-    body = load_yaml("experiment", experiment)
-    choices, dotlist = split_overrides(overrides)
-    defaults = body.pop("defaults", None) or {}
-    if not isinstance(defaults, DictConfig):
-        raise ConfigError(f"conf/experiment/{experiment}.yaml: defaults must be a mapping")
-    cfg = OmegaConf.structured(ExperimentConfig)
-    for key, default in defaults.items():
-        group = str(key)
-        if group not in GROUPS:
-            raise ConfigError(
-                f"conf/experiment/{experiment}.yaml: unknown group '{group}' "
-                f"in defaults (groups: {', '.join(GROUPS)})"
-            )
-        choice = choices.pop(group, default)
-        cfg = merge(cfg, {group: load_yaml(str(group), str(choice))}, f"conf/{group}/{choice}.yaml")
-    for group in [g for g in GROUPS if g in choices]:
-        choice = choices.pop(group)
-        cfg = merge(cfg, {group: load_yaml(group, str(choice))}, f"conf/{group}/{choice}.yaml")
-    cfg = merge(cfg, {"name": experiment}, "name")
-    cfg = merge(cfg, body, f"conf/experiment/{experiment}.yaml")
-    if "strategy" in choices:
-        cfg.strategy = choices["strategy"]
-    try:
-        cfg = merge(cfg, OmegaConf.from_dotlist(dotlist), "override")
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"override: {describe(e)}") from e
-    try:
-        obj = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as e:
-        raise ConfigError(describe(e)) from e
-    assert isinstance(obj, ExperimentConfig)
-    check_values(obj)
-    return obj
-
-
-#: Keys of configs written before the ``paths`` section existed; where things live is the
-#: reader's business (its own ``paths``), so a saved config's old locations are dropped.
-_LEGACY_KEYS = (("data", "root"), ("tracking", "store"))
-
-
-def from_dict_raw(tree: dict[str, Any]) -> ExperimentConfig:
-    """Rebuild and re-check a config saved with :func:`to_dict` (e.g. inside a checkpoint),
-    its strategies left as saved (see :func:`compose_raw`)."""
-    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
-    for section, key in _LEGACY_KEYS:
-        if isinstance(tree.get(section), dict):
-            tree[section].pop(key, None)
-    try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentConfig), tree))
-    except OmegaConfBaseException as e:
-        raise ConfigError(describe(e)) from e
-    assert isinstance(obj, ExperimentConfig)
-    check_values(obj)
-    return obj
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

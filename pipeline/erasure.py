@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline import runfiles
+from pipeline.config import ExperimentConfig
+from pipeline.data.datamodule import ContinualDataModule
 from pipeline.tracking import Run, Store, scratch_dir
 
 
@@ -30,15 +33,26 @@ class ErasureError(ValueError):
     """The request cannot be carried out (unknown run or task, bad ids, no checkpoints)."""
 
 
-def erase(store: Store, run_id: str, task: str, ids: Sequence[int]) -> dict[str, Any]:
+def erase(
+    store: Store, run_id: str, task: str, ids: Sequence[int], data_dir: Path | None = None
+) -> dict[str, Any]:
     """Remove samples ``ids`` of task ``task`` from every checkpoint of run ``run_id``.
+
+    Args:
+        store: the run's store.
+        run_id: the run.
+        task: the task's name (``mnist``).
+        ids: sample ids: indices of the task's dataset split.
+        data_dir: the datasets (to check that the ids exist; default ``paths.data``'s).
 
     Returns:
         The record appended to the run's ``erasures.json``: time, task, ids and the samples
         removed from each checkpoint.
 
     Raises:
-        ErasureError: unknown run or task name, a negative id, a run without checkpoints.
+        ErasureError: unknown run or task name, an id the task does not have, a run without
+            checkpoints.
+        DataError: the task's data is missing (the ids cannot be checked).
     """
     if not ids or min(ids) < 0:
         raise ErasureError(f"--ids: sample ids are indices >= 0, got {list(ids)}")
@@ -46,7 +60,14 @@ def erase(store: Store, run_id: str, task: str, ids: Sequence[int]) -> dict[str,
         run = Run.get(store, run_id)
     except LookupError as e:
         raise ErasureError(str(e)) from None
-    index = _task_index(run, task)
+    cfg, index = _task_of(run, task)
+    known = _sample_ids(cfg, index, data_dir)
+    unknown = sorted(set(ids) - known)
+    if unknown:
+        raise ErasureError(
+            f"--ids: task '{task}' has no sample {', '.join(map(str, unknown[:5]))} "
+            f"(its ids: {min(known)}..{max(known)})"
+        )
     wanted = torch.tensor(list(ids), dtype=torch.long)
     try:
         removed = runfiles.rewrite_checkpoints(run, lambda m: m.erase_samples(index, wanted))
@@ -66,9 +87,17 @@ def erase(store: Store, run_id: str, task: str, ids: Sequence[int]) -> dict[str,
     return record
 
 
-def _task_index(run: Run, task: str) -> int:
-    """The index of ``task`` in the run's sequence, read from its first checkpoint (before
-    anything is rewritten).
+def _sample_ids(cfg: ExperimentConfig, index: int, data_dir: Path | None) -> set[int]:
+    """The ids of task ``index``'s training samples (validation carved out included)."""
+    data = ContinualDataModule(cfg.data, cfg.seed, 0, cfg.scenario, data_dir)
+    data.setup()
+    task = data.tasks[index]
+    return set(task.train.ids.tolist()) | set(task.val.ids.tolist())
+
+
+def _task_of(run: Run, task: str) -> tuple[ExperimentConfig, int]:
+    """The run's config and the index of ``task`` in its sequence, read from its first
+    checkpoint (before anything is rewritten).
 
     Raises:
         ErasureError: no checkpoints, or no such task.
@@ -84,4 +113,4 @@ def _task_index(run: Run, task: str) -> int:
     names = [t.name for t in cfg.data.tasks]
     if task not in names:
         raise ErasureError(f"task '{task}' is not in run {run.run_id} (tasks: {', '.join(names)})")
-    return names.index(task)
+    return cfg, names.index(task)

@@ -8,10 +8,20 @@ Every command builds its configs here, so both always happen, in that order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from pipeline.config import ExperimentConfig, compose_raw, from_dict_raw
+import torch
+
+from pipeline.conf import compose_raw, from_dict_raw
+from pipeline.config import ExperimentConfig
+from pipeline.data.tasks import IMAGE_SHAPE, NUM_CLASSES
+from pipeline.errors import ConfigError
+from pipeline.models import parameter_count
 from pipeline.strategies import resolve
+
+#: Bytes per parameter while training: the weight, its gradient and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 16
 
 
 def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -25,10 +35,44 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
         ConfigError: unknown key, wrong type, bad value or missing file (one line).
         StrategyRefused: a strategy that cannot work in this setting (a ``ConfigError``).
     """
-    return resolve(compose_raw(experiment, overrides))
+    return check_machine(resolve(compose_raw(experiment, overrides)))
 
 
 def from_dict(tree: dict[str, Any]) -> ExperimentConfig:
     """Rebuild and re-check a config saved with :func:`pipeline.config.to_dict` (a run's
     ``config.yaml``, a checkpoint)."""
     return resolve(from_dict_raw(tree))
+
+
+def check_machine(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Refuse what this machine cannot run: a device it does not have, a network that does not
+    fit the image or its memory.
+
+    Raises:
+        ConfigError: one line naming the key.
+    """
+    accelerator = cfg.trainer.accelerator
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator: '{accelerator}', but this machine has no GPU")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator: 'mps', but this machine has no MPS device")
+    classes = sum(len(t.classes) or NUM_CLASSES for t in cfg.data.tasks)
+    params = parameter_count(cfg.model, IMAGE_SHAPE, classes)
+    need, have = params * TRAINING_BYTES_PER_PARAMETER, available_memory()
+    if have and need > have:
+        raise ConfigError(
+            f"model: {params:,} parameters need {need / 2**30:.1f} GiB to train, this machine "
+            f"has {have / 2**30:.1f} GiB available"
+        )
+    return cfg
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable``; 0 where /proc/meminfo is missing)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

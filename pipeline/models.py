@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import ModelConfig
+from pipeline.errors import ConfigError
 
 
 class Head(nn.Module):
@@ -142,6 +143,32 @@ def _fc_stack(in_features: int, hidden: Sequence[int], dropout: float) -> list[n
         layers += [nn.Linear(in_features, width), nn.ReLU()]
         in_features = width
     return layers
+
+
+def parameter_count(cfg: ModelConfig, input_shape: tuple[int, int, int], classes: int) -> int:
+    """Parameters of the network :func:`build_model` would build with a head of ``classes``
+    outputs, counted without building it.
+
+    Raises:
+        ConfigError: the convolutions shrink the image to nothing.
+    """
+    c, h, w = input_shape
+    count = 0
+    if cfg.name == "cnn":
+        for out_c in cfg.channels:
+            count += out_c * (c * cfg.kernel_size**2 + 1)
+            c, h, w = out_c, (h - cfg.kernel_size + 1) // 2, (w - cfg.kernel_size + 1) // 2
+            if h < 1 or w < 1:
+                raise ConfigError(
+                    f"model.kernel_size: {len(cfg.channels)} conv layer(s) of kernel "
+                    f"{cfg.kernel_size} with 2x2 pooling shrink a {input_shape[1]}x"
+                    f"{input_shape[2]} image to nothing"
+                )
+    features = c * h * w
+    for width in cfg.hidden:
+        count += features * width + width
+        features = width
+    return count + features * classes + classes
 
 
 def build_model(

@@ -65,7 +65,19 @@ class ContinualModule(pl.LightningModule):
             s.on_task_start(ctx)
 
     def end_task(self, ctx: TaskContext) -> None:
-        """Leave a task: every strategy's ``on_task_end``, in order."""
+        """Leave a task: check the weights, then every strategy's ``on_task_end``, in order.
+
+        Raises:
+            DivergenceError: a weight is NaN or infinite (the loss is checked every
+                ``check_finite_every`` steps, so a few batches can slip through; no checkpoint
+                of non-finite weights is ever written).
+        """
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise DivergenceError(
+                f"weights {', '.join(bad[:3])} are NaN or infinite after task {ctx.index} "
+                f"({ctx.task.name}): lower optim.lr or the regularisation strength"
+            )
         for s in self.strategies:
             s.on_task_end(ctx)
 

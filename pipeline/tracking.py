@@ -41,7 +41,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.config import ExperimentConfig
+from pipeline.errors import ConfigError
 from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import DEFAULT_STORE, REPO_ROOT, PathsConfig, redact, repo_path, uri_scheme
 from pipeline.shield import ShieldedClient, shielded
@@ -198,6 +199,13 @@ class Store:
         return f"{url}/{run_id}" if run_id else url
 
 
+def default_run_name(cfg: ExperimentConfig) -> str:
+    """``naive-domain-seed0-20261201-225637``: what ran, and when (distinct per second; MLflow's
+    own names come from Python's ``random``, which the experiment seed fixes)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{'+'.join(cfg.strategy)}-{cfg.scenario}-seed{cfg.seed}-{stamp}"
+
+
 def probe_server(uri: str) -> None:
     """Check that the tracking server at ``uri`` answers and accepts our credentials, at once
     (MLflow's own client retries a refused connection for minutes).
@@ -352,9 +360,8 @@ class Run:
         """The factory of the run a config names: in its store (``paths.store``) and MLflow
         experiment (``tracking.experiment``, else the config's name), with its run name."""
         experiment = cfg.tracking.experiment or cfg.name
-        return cls.factory(
-            Store.of(cfg.paths), experiment, cfg.tracking.run_name, parent_run_id, tags
-        )
+        name = cfg.tracking.run_name or default_run_name(cfg)
+        return cls.factory(Store.of(cfg.paths), experiment, name, parent_run_id, tags)
 
     @classmethod
     @contextmanager

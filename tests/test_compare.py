@@ -8,7 +8,7 @@ from conftest import client as client_for
 
 from pipeline.compare import compare
 from pipeline.compare.table import format_markdown, table
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.tracking import Run, Store
 
 FAST = [

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import ConfigError, available, compose_paths, to_dict
+from pipeline.conf import available, compose_paths
+from pipeline.config import to_dict
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.paths import REPO_ROOT, PathsConfig, redact
 from pipeline.tracking import flatten
@@ -56,7 +58,7 @@ def test_flatten_for_mlflow_params():
     [
         (["trainer.epochz=1"], "unknown key 'trainer.epochz'"),
         (["trainer.epochs=abc"], "trainer.epochs"),
-        (["trainer.epochs=0"], "trainer.epochs: must be >= 1"),
+        (["trainer.epochs=0"], "trainer.epochs: must be in 1..10000"),
         (["optim.name=rmsprop"], "optim.name"),
         (["data.val_fraction=1.5"], "data.val_fraction"),
         (["data.tasks=[{dataset: mnist}, {dataset: mnist}]"], "task names must be unique"),

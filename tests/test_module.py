@@ -135,3 +135,25 @@ def test_not_a_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a pipeline checkpoint"):
         load_checkpoint(bad)
+
+
+def test_weights_gone_non_finite_between_loss_checks_fail_the_task_and_write_no_checkpoint(
+    toy, store, monkeypatch
+):
+    """The loss is checked every 10th batch; weights that turn NaN in between must not reach a
+    checkpoint (nor a FINISHED run)."""
+
+    def poison(self, model):  # after the first step of task 1, a weight becomes NaN
+        self.steps += 1
+        if self.task == 1 and self.steps == 6:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("nan")
+
+    monkeypatch.setattr(Toy, "after_optimizer_step", poison)
+    with pytest.raises(DivergenceError, match="NaN or infinite after task 1"):
+        run(toy_cfg(store))  # 5 batches a task: the loss is checked at batch 0 only
+    c = client(store)
+    (failed,) = c.search_runs([c.get_experiment_by_name("synthetic_forgetting").experiment_id])
+    assert failed.info.status == "FAILED"
+    ckpts = [a.path for a in c.list_artifacts(failed.info.run_id, "checkpoints")]
+    assert ckpts == ["checkpoints/task00-synthetic0.ckpt"]

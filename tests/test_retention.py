@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import artifacts, checkpoint, client, run, small_synthetic
 
-from pipeline.config import ConfigError
 from pipeline.data.datamodule import ContinualDataModule
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.strategies import REGISTRY
 from pipeline.tracking import Run, Store

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import client, run, small_synthetic
 
-from pipeline.config import ConfigError
 from pipeline.data.datamodule import ContinualDataModule
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.models import IncrementalHead, MultiHead, SharedHead, build_model
 from pipeline.tracking import Run, Store

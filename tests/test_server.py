@@ -279,7 +279,7 @@ def _kill_a_worker_mid_trial(name: str, storage: str, launcher: subprocess.Popen
 
     from optuna.trial import TrialState
 
-    from pipeline.config import ConfigError
+    from pipeline.errors import ConfigError
     from pipeline.sweep.study import load_study
 
     deadline = time.monotonic() + 240

@@ -7,7 +7,7 @@ import torch
 from conftest import run, small_synthetic
 from torch import nn
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.models import Classifier, MultiHead, SharedHead
 from pipeline.strategies import parse_params

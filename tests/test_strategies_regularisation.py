@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from conftest import checkpoint, client, run, small_synthetic
 from torch import Tensor, nn
 
-from pipeline.config import ConfigError
 from pipeline.data.tasks import Batch
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.models import Classifier, build_head
 from pipeline.strategies import REGISTRY, Strategy, parse_params

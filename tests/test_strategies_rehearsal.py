@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from conftest import checkpoint, run, small_synthetic
 
-from pipeline.config import ConfigError
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Batch, TaskDataset
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.models import build_model
 from pipeline.module import ContinualModule

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import checkpoint, run, small_synthetic
 
-from pipeline.config import SCENARIOS, ConfigError
+from pipeline.config import SCENARIOS
+from pipeline.errors import ConfigError
 from pipeline.strategies import REGISTRY
 
 TINY = (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import CONF_DIR, STRATEGY_FILE_KEYS, available, strategy_file
+from pipeline.conf import CONF_DIR, STRATEGY_FILE_KEYS, available, strategy_file
 from pipeline.experiment import compose
 from pipeline.paths import REPO_ROOT
 from pipeline.strategies import REGISTRY, Role, default_order, with_role

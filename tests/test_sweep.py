@@ -12,18 +12,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from conftest import client as client_for
 from optuna.trial import TrialState
 
-from pipeline import config
+from pipeline import conf
 from pipeline.best import best as choose_and_test
 from pipeline.best import choose, format_best, knee, parse_rule
 from pipeline.cli import main
-from pipeline.config import ConfigError
 from pipeline.data.datamodule import ContinualDataModule
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.paths import PathsConfig
 from pipeline.sweep import sweep
@@ -47,8 +48,8 @@ SHRINK = [
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private store and reports folder, and a copy of conf/ (make best writes into
     conf/experiment/)."""
-    shutil.copytree(config.CONF_DIR, tmp_path / "conf")
-    monkeypatch.setattr(config, "CONF_DIR", tmp_path / "conf")
+    shutil.copytree(conf.CONF_DIR, tmp_path / "conf")
+    monkeypatch.setattr(conf, "CONF_DIR", tmp_path / "conf")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
     return tmp_path
@@ -152,13 +153,14 @@ def test_best_writes_a_config_that_reruns_the_trial(here: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter:UserWarning")
 def test_a_diverging_trial_is_recorded_and_the_study_goes_on(here: Path) -> None:
-    ovr = overrides(here, "optim.name=sgd")
+    ovr = overrides(here, "optim.name=sgd", "trainer.max_batches=30", "data.batch_size=4")
     cfg = compose_sweep("default", ["trials=2", "defaults_first=false"])
     study, _, _ = create_or_resume(
         "synthetic_forgetting", ["l2"], cfg, ovr, "diverge", log=lambda m: None
     )
-    # SGD at lr 1e6 overflows within a few steps.
-    study.enqueue_trial({"optim.lr": 1e6, "strategies.l2.lam": 1.0})
+    # SGD at lr 10 with a pull of 10 to task 0's weights: each step multiplies the distance to
+    # the anchor by 1 - 2 * 10 * 10 = -199, and float32 overflows within 17 steps of task 1.
+    study.enqueue_trial({"optim.lr": 10.0, "strategies.l2.lam": 10.0})
     run_worker("diverge", paths(here), log=lambda m: None)
     trials = load_study("diverge", journal(here)).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -278,7 +280,7 @@ def test_two_workers_share_a_study_without_lost_or_duplicated_trials(
     # The real path of `make sweep WORKERS=2`: two `python -m pipeline sweep-worker` processes.
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("PYTHONPATH", str(repo))
-    monkeypatch.setenv("PIPELINE_CONF_DIR", str(config.CONF_DIR))
+    monkeypatch.setenv("PIPELINE_CONF_DIR", str(conf.CONF_DIR))
     lines: list[str] = []
     study = sweep(
         "synthetic_forgetting",
@@ -426,3 +428,71 @@ def test_an_interrupt_inside_lightning_abandons_the_trial_for_a_retry(
     assert trials[0].user_attrs["fail_reason"].startswith("terminated")
     assert trials[1].state == TrialState.WAITING and trials[1].user_attrs["retry_of"] == 0
     assert counted(trials) == 0
+
+
+def _start_at_once(root: str, barrier: Any) -> None:
+    """`make sweep` in a forked process, started together with another one."""
+    barrier.wait()
+    sweep(
+        "synthetic_forgetting",
+        ["l2"],
+        "default",
+        ["trials=2", "defaults_first=false", "sampler=random"],
+        overrides(Path(root)),
+        study="twin",
+        log=lambda m: None,
+    )
+
+
+def test_two_sweeps_started_at_once_share_one_study_and_draw_different_points(
+    here: Path,
+) -> None:
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_start_at_once, args=(str(here), barrier)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+    assert [p.exitcode for p in procs] == [0, 0]
+    study = load_study("twin", journal(here))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # not one trial more
+    assert trials[0].params != trials[1].params  # the samplers' seeds differ
+    client = client_for(here / "mlruns")
+    exp = client.get_experiment_by_name("synthetic_forgetting")
+    parents = client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def _terminated_in_child(root: str) -> None:
+    """A sweep whose trial stalls after its first task; SIGTERM unwinds it as the CLI does."""
+    from pipeline.cli import _terminate
+
+    signal.signal(signal.SIGTERM, _terminate)
+    _sweep_in_child(root)
+
+
+def test_sigterm_ends_a_sweep_at_once_with_its_parent_run_killed(here: Path) -> None:
+    proc = multiprocessing.get_context("fork").Process(
+        target=_terminated_in_child, args=(str(here),)
+    )
+    proc.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.is_alive() and not (here / "stalled").exists():
+        time.sleep(0.2)
+    assert (here / "stalled").exists(), "no trial started within 120 s"
+    assert proc.pid is not None
+    started = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join(60)
+    took = time.monotonic() - started
+    assert proc.exitcode == 143
+    assert took < 10, f"SIGTERM took {took:.1f} s"  # about 0.5 s here; the bound allows a busy CI
+    study = load_study("synthetic_forgetting-l2", journal(here))
+    (first, *_) = study.get_trials()
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"].startswith(
+        "interrupted"
+    )
+    parent = client_for(here / "mlruns").get_run(study.user_attrs[PARENT_ATTR])
+    assert parent.info.status == "KILLED"

@@ -23,7 +23,8 @@ from pipeline import runfiles
 from pipeline.compare.figures import plot_accuracy_vs_kept, plot_along_sequence
 from pipeline.compare.plane import comparison_plane
 from pipeline.compare.table import Comparison, Row, format_text, report_lines, table
-from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.config import ExperimentConfig
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.landscape import Options
 from pipeline.runner import run_sequence

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from pipeline.config import ConfigError
 from pipeline.data.tasks import Batch
+from pipeline.errors import ConfigError
 from pipeline.strategies.base import Strategy, TaskContext
 
 #: Samples per vmap chunk of the per-sample gradient pass (bounds its memory: a chunk holds

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.config import ExperimentConfig
 from pipeline.data.tasks import Batch, Task
+from pipeline.errors import ConfigError
 from pipeline.strategies.base import Retention, Strategy, TaskContext
 from pipeline.strategies.buffer import ReservoirBuffer
 

@@ -34,7 +34,8 @@ attributes. :func:`resolve` parses an experiment's strategy hyperparameters once
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, is_dataclass
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -43,8 +44,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
-from pipeline.config import ConfigError
 from pipeline.data.tasks import Batch, Task
+from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
@@ -229,12 +230,18 @@ def parse_params(name: str, raw: Any) -> Any:
         raise ConfigError(f"strategies.{name}: expected {schema.__name__}, got {raw!r}")
     try:
         node = OmegaConf.merge(OmegaConf.structured(schema), raw or {})
-        return OmegaConf.to_object(node)
+        params = OmegaConf.to_object(node)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or "?"
         raise ConfigError(f"strategies.{name}.{key}: {str(e).splitlines()[0]}") from e
     except ConfigError as e:
         raise ConfigError(f"strategies.{name}.{e}") from e
+    assert is_dataclass(params)
+    for f in fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"strategies.{name}.{f.name}: must be finite, got {value}")
+    return params
 
 
 def with_role(role: Role) -> list[str]:

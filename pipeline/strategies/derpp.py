@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.config import ExperimentConfig
 from pipeline.data.tasks import Batch
+from pipeline.errors import ConfigError
 from pipeline.models import MultiHead
 from pipeline.strategies._rehearsal import Rehearsal, RehearsalParams
 from pipeline.strategies.base import register

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.config import ExperimentConfig
+from pipeline.errors import ConfigError
 from pipeline.models import MultiHead
 from pipeline.strategies._anchor import require, task_batches
 from pipeline.strategies.base import Strategy, TaskContext, register

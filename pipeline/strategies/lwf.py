@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.config import ExperimentConfig
 from pipeline.data.tasks import Batch
+from pipeline.errors import ConfigError
 from pipeline.models import Classifier, IncrementalHead, MultiHead
 from pipeline.strategies.base import Strategy, TaskContext, register
 

@@ -34,14 +34,14 @@ creation, counting), :mod:`~pipeline.sweep.workers` (trials, liveness, the worke
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
 
 from pipeline import runfiles
-from pipeline.config import ConfigError
-from pipeline.errors import RunFailed
+from pipeline.errors import ConfigError, RunFailed
 from pipeline.sweep.config import Settings, compose_sweep
 from pipeline.sweep.report import state_counts, study_figures, study_summary, trial_tags
 from pipeline.sweep.space import study_name
@@ -93,6 +93,7 @@ def sweep(
     if workers < 1:
         raise ConfigError("workers: must be >= 1")
     name = study or study_name(experiment, strategy, sweep_name)
+    check_study_name(name)
     _, settings, paths = create_or_resume(experiment, strategy, cfg, overrides, name, log)
     if cfg.objective == "pareto":
         log("note: Optuna does not prune multi-objective studies; every trial runs to the end")
@@ -110,17 +111,37 @@ def sweep(
         status = "KILLED"
         raise
     finally:
-        # The report of what finished is written even when the sweep stops early.
         result = load_study(name, paths.studies_uri())
         if status == "FINISHED" and finished(result.get_trials(deepcopy=False)) < cfg.trials:
             status = "FAILED"  # the workers gave up before the study had its total
         try:
-            finalize(result, settings, store, paths.reports_dir(), log)
+            # The report of what finished is written when the sweep ends or fails; not when it
+            # is stopped, which must take seconds (`timeout -k` kills what lingers): the next
+            # `make sweep` resumes the study and writes it.
+            if status != "KILLED":
+                finalize(result, settings, store, paths.reports_dir(), log)
         finally:
             Run.get(store, result.user_attrs[PARENT_ATTR]).end(status)
     if status == "FAILED":
         raise SweepError(f"study '{name}' stopped short of {cfg.trials} trials (see above)")
     return result
+
+
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
+
+
+def check_study_name(name: str) -> None:
+    """A study name is a folder name of the reports and a file name of ``make best``: letters,
+    digits and ``_ . + -``, starting with a letter or digit, at most 100 characters.
+
+    Raises:
+        ConfigError: anything else (``../x``, quotes, spaces).
+    """
+    if not STUDY_NAME.match(name):
+        raise ConfigError(
+            f"study: '{name}' must be letters, digits and _ . + - (first a letter or a digit), "
+            "at most 100 characters"
+        )
 
 
 def finalize(

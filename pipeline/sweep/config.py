@@ -12,15 +12,8 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import (
-    ConfigError,
-    build,
-    describe,
-    load_yaml,
-    merge,
-    require,
-    strategy_file,
-)
+from pipeline.conf import build, describe, load_yaml, merge, strategy_file
+from pipeline.errors import ConfigError, require
 
 SEARCH_TYPES = ("float", "int", "categorical")
 

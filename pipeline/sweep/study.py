@@ -33,8 +33,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import runfiles
-from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.config import ExperimentConfig
 from pipeline.data.datamodule import ContinualDataModule
+from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import PathsConfig, redact, uri_scheme
@@ -259,9 +260,9 @@ def create_or_resume(
     """
     settings, base = prepare(experiment, strategy, sweep, overrides)
     paths, storage = base.paths, base.paths.studies_uri()
+    st = open_storage(storage)  # StorageError now: the storage is down or refuses us
     store = Store.of(paths)
     store.client()  # StoreError now: the store is down or refuses us
-    st = open_storage(storage)
     directions: list[Any] = [o.direction for o in objectives(sweep)]
     with quiet_optuna(), storage_lock(storage, name):
         study = optuna.create_study(

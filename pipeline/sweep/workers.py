@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import metrics
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.paths import PathsConfig
 from pipeline.sweep.config import Settings
 from pipeline.sweep.space import distribution, trial_config

@@ -1,0 +1,186 @@
+"""Hostile input, table-driven: every bad key, value, file, id, name and path a user can type is
+refused with one line (`error: ...` on stderr), exit code 2, no traceback, and no new run.
+Nothing here trains: every case must fail while validating."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import client, run, small_synthetic
+
+from pipeline.cli import main
+from pipeline.server.common import free_port
+
+RUN = "<run>"  # replaced by the id of a finished tiny run
+STORE = "<store>"  # replaced by that run's store
+FRESH = "<fresh>"  # replaced by a store folder of the case's own (it must stay empty)
+EXP = ["run", "synthetic_forgetting", f"paths.store={FRESH}"]
+SWEEP = ["sweep", "synthetic_forgetting", "--strategy", "ewc", f"paths.store={FRESH}"]
+WHERE = f"paths.store={STORE}"
+
+CASES: list[tuple[str, list[str]]] = [
+    # keys and values of the experiment config
+    ("unknown key", [*EXP, "trainer.epochz=1"]),
+    ("wrong type", [*EXP, "trainer.epochs=abc"]),
+    ("zero epochs", [*EXP, "trainer.epochs=0"]),
+    ("negative epochs", [*EXP, "trainer.epochs=-1"]),
+    ("epochs beyond reason", [*EXP, "trainer.epochs=100000000"]),
+    ("unknown optimizer", [*EXP, "optim.name=rmsprop"]),
+    ("infinite lr", [*EXP, "optim.lr=inf"]),
+    ("huge lr", [*EXP, "optim.lr=1e308"]),
+    ("nan lr", [*EXP, "optim.lr=nan"]),
+    ("zero lr", [*EXP, "optim.lr=0"]),
+    ("negative lr", [*EXP, "optim.lr=-1"]),
+    ("negative weight decay", [*EXP, "optim.weight_decay=-1"]),
+    ("infinite weight decay", [*EXP, "optim.weight_decay=inf"]),
+    ("momentum of 1", [*EXP, "optim.momentum=1"]),
+    ("validation share above 1", [*EXP, "data.val_fraction=1.5"]),
+    ("no validation share", [*EXP, "data.val_fraction=0"]),
+    ("empty batches", [*EXP, "data.batch_size=0"]),
+    ("repeated task names", [*EXP, "data.tasks=[{dataset: mnist}, {dataset: mnist}]"]),
+    ("unknown dataset", [*EXP, "data.tasks=[{dataset: cifar}]"]),
+    ("no task", [*EXP, "data.tasks=[]"]),
+    ("class out of range", [*EXP, "data.tasks=[{dataset: mnist, classes: [11]}]"]),
+    ("unknown benchmark", [*EXP, "data.benchmark=split_cifar"]),
+    ("too many splits", [*EXP, "data.benchmark=split_mnist", "data.n_tasks=11"]),
+    ("unknown model file", [*EXP, "model=resnet"]),
+    ("kernel larger than the image", [*EXP, "model.kernel_size=29"]),
+    ("kernel of 0", [*EXP, "model.kernel_size=0"]),
+    ("a network that does not fit memory", [*EXP, "model.hidden=[1000000000]"]),
+    ("dropout above 1", [*EXP, "model.dropout=1.5"]),
+    ("a conv of no channel", [*EXP, "model.channels=[0]"]),
+    ("unknown strategy", [*EXP, "strategy=[nope]"]),
+    ("unfinished list", [*EXP, "strategy=[ewc,"]),
+    ("repeated strategy", [*EXP, "strategy=[ewc,ewc]"]),
+    ("a param of a strategy without params", [*EXP, "strategies.naive.lam=3"]),
+    ("a strategy configured but not used", [*EXP, "strategies.ewc.lam=3"]),
+    ("infinite strength", [*EXP, "strategy=[ewc]", "strategies.ewc.lam=inf"]),
+    ("infinite DER++ alpha", [*EXP, "strategy=[derpp]", "strategies.derpp.alpha=inf"]),
+    ("negative strength", [*EXP, "strategy=[ewc]", "strategies.ewc.lam=-1"]),
+    ("an empty buffer", [*EXP, "strategy=[replay]", "strategies.replay.size=0"]),
+    ("a threshold above 1", [*EXP, "strategy=[gpm]", "strategies.gpm.threshold=2"]),
+    ("temperature 0", [*EXP, "strategy=[lwf]", "strategies.lwf.temperature=0"]),
+    ("unknown scenario", [*EXP, "scenario=continual"]),
+    ("raw data where none may be kept", [*EXP, "retention=none", "strategy=[replay]"]),
+    ("unknown retention", [*EXP, "retention=maybe"]),
+    ("a stream seen twice", [*EXP, "data.stream=true", "trainer.epochs=2"]),
+    ("joint on a stream", [*EXP, "data.stream=true", "trainer.epochs=1", "strategy=[joint]"]),
+    ("a GPU that is not there", [*EXP, "trainer.accelerator=gpu"]),
+    ("an unknown device", [*EXP, "trainer.accelerator=tpu"]),
+    ("an unknown precision", [*EXP, "trainer.precision=banana"]),
+    ("the NaN check switched off", [*EXP, "trainer.check_finite_every=0"]),
+    ("negative threads", [*EXP, "trainer.threads=-1"]),
+    ("infinite clipping", [*EXP, "trainer.gradient_clip_val=inf"]),
+    ("negative seed", [*EXP, "seed=-1"]),
+    ("seed beyond numpy", [*EXP, "seed=1099511627776"]),
+    ("override without =", [*EXP, "epochs"]),
+    ("override without key", [*EXP, "=3"]),
+    ("unknown experiment", ["run", "nope", f"paths.store={FRESH}"]),
+    ("unknown experiment to print", ["config", "nope"]),
+    # where things are
+    ("a store of an unknown scheme", ["run", "synthetic_forgetting", "paths.store=ftp://host/x"]),
+    ("a file as the store", ["run", "synthetic_forgetting", "paths.store=README.md"]),
+    ("an SQLite URI without a file", ["run", "synthetic_forgetting", "paths.store=sqlite://"]),
+    ("a tracking server that is down", ["run", "synthetic_forgetting", "paths.store=<down>"]),
+    ("an unknown paths key", [*EXP, "paths.nope=1"]),
+    ("a folder as the study journal", [*SWEEP, "paths.studies=<folder>"]),
+    ("a study storage of an unknown kind", [*SWEEP, "paths.studies=mysql://u@h/db"]),
+    ("a PostgreSQL study storage that is down", [*SWEEP, "paths.studies=<down-pg>"]),
+    # sweeps
+    ("unknown sweep file", [*SWEEP, "--sweep", "nope"]),
+    ("zero trials", [*SWEEP, "--trials", "0"]),
+    ("zero trials in the sweep file", [*SWEEP, "--set", "trials=0"]),
+    ("unknown objective", [*SWEEP, "--set", "objective=x"]),
+    ("unknown strategy to sweep", [*SWEEP[:3], "nope", *SWEEP[4:]]),
+    ("a study name that climbs out of reports/", [*SWEEP, "--study", "../../x"]),
+    ("a study name with a quote", [*SWEEP, "--study", "it's"]),
+    ("no worker", [*SWEEP, "--workers", "0"]),
+    ("unknown key for every trial", [*SWEEP, "bogus.key=1"]),
+    ("a study that is not there", ["best", "no-such-study", WHERE]),
+    ("a study that is not there, for the dashboard", ["dashboard", "paths.studies=<nofile>"]),
+    # runs that are there, ids and names that are not
+    ("a negative sample id", ["erase", RUN, "--task", "synthetic0", "--ids", "-5", WHERE]),
+    ("a sample id that is no number", ["erase", RUN, "--task", "synthetic0", "--ids", "a", WHERE]),
+    ("a sample id the task lacks", ["erase", RUN, "--task", "synthetic0", "--ids", "99999", WHERE]),
+    ("a task the run lacks", ["erase", RUN, "--task", "nope", "--ids", "1", WHERE]),
+    ("a run the store lacks", ["erase", "0" * 32, "--task", "synthetic0", "--ids", "1", WHERE]),
+    ("a landscape of a run the store lacks", ["landscape", "0" * 32, WHERE]),
+    ("a landscape of one point", ["landscape", RUN, "--points", "1", WHERE]),
+    ("a plane of one cell", ["landscape", RUN, "--vs", RUN, "--grid", "1", WHERE]),
+    ("a landscape of an empty store", ["landscape", "abc", "paths.store=<nofile>"]),
+    ("a key other than paths", ["landscape", RUN, WHERE, "trainer.epochs=1"]),
+    (
+        "a comparison of an unknown strategy",
+        ["compare", "synthetic_forgetting", "--strategies", "naive,nope", f"paths.store={FRESH}"],
+    ),
+    (
+        "resuming a comparison that is not there",
+        ["compare", "synthetic_forgetting", "--resume", "feed", WHERE],
+    ),
+    ("a port that is no port", ["ui", "--port", "99999"]),
+    ("a dashboard port of 0", ["dashboard", "--port", "0"]),
+]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A store holding one finished tiny run."""
+    store = tmp_path_factory.mktemp("hostile") / "mlruns"
+    tiny = ["trainer.epochs=1", "trainer.max_batches=2", "data.synthetic.n_train=100"]
+    result = run(small_synthetic(store, "strategy=[replay]", *tiny))
+    return store, result.run_id
+
+
+def runs_in(store: Path) -> int:
+    if not (store / "mlflow.db").exists():
+        return 0
+    c = client(store)
+    return sum(len(c.search_runs([e.experiment_id])) for e in c.search_experiments())
+
+
+def test_there_are_at_least_60_cases() -> None:
+    assert len(CASES) >= 60
+    assert len({name for name, _ in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("name", "argv"), CASES, ids=[name for name, _ in CASES])
+def test_refused_in_one_line_with_exit_2_and_no_run(
+    name: str,
+    argv: list[str],
+    finished: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, run_id = finished
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    fresh = tmp_path / "fresh"
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    names = {
+        RUN: run_id,
+        STORE: str(store),
+        FRESH: str(fresh),
+        "<down>": f"http://127.0.0.1:{free_port()}",
+        "<down-pg>": f"postgresql://u@127.0.0.1:{free_port()}/optuna",
+        "<folder>": str(folder),
+        "<nofile>": str(tmp_path / "nothing-here"),
+    }
+    args = []
+    for a in argv:
+        for key, value in names.items():
+            a = a.replace(key, value)
+        args.append(a)
+    args.append(f"paths.reports={tmp_path / 'reports'}")
+    before = runs_in(store)
+    code = main(args)
+    out = capsys.readouterr()
+    assert code == 2, (name, code, out.err[-2000:])
+    assert out.err.startswith("error: ") and out.err.count("\n") == 1, (name, out.err)
+    assert "Traceback" not in out.err + out.out
+    assert not fresh.exists() or runs_in(fresh) == 0, name
+    assert runs_in(store) == before, name
+    assert not (tmp_path / "reports").exists(), name
+    assert not list(tmp_path.rglob("journal.log")), name

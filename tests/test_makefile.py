@@ -1,0 +1,55 @@
+"""The Makefile passes what users type through whole (quoted), and the README's `make run`
+examples compose as written. `make -n` prints a target's command without running it."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.paths import REPO_ROOT
+
+
+def dry_run(*make_args: str) -> list[str]:
+    """The argv of the pipeline command a make target runs (its last line under `make -n`)."""
+    out = subprocess.run(
+        ["make", "-s", "-n", *make_args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return shlex.split(out.splitlines()[-1])
+
+
+def test_values_with_spaces_and_quotes_reach_the_command_whole() -> None:
+    argv = dry_run("run", "EXP=seed_forgetting", "DATA=my data/it's here")
+    assert "paths.data=my data/it's here" in argv
+    argv = dry_run("erase", "RUN=abc def", "TASK=mnist", "IDS=1, 2")
+    assert argv[-6:-2] == ["erase", "abc def", "--task", "mnist"] and "1, 2" in argv
+    argv = dry_run("sweep", "STUDY=a b", "STRATEGY=ewc")
+    assert argv[argv.index("--study") + 1] == "a b"
+
+
+def readme_examples() -> list[str]:
+    """`make run` lines of the README's bash blocks (placeholders like <a> left out)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    lines = [line.split("  #")[0].strip() for b in blocks for line in b.splitlines()]
+    return [line for line in lines if line.startswith("make run ") and "<" not in line]
+
+
+@pytest.mark.parametrize("line", readme_examples())
+def test_readme_run_examples_compose_as_written(
+    line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = dry_run(*shlex.split(line)[1:])
+    assert argv[1:4] == ["-m", "pipeline", "run"], argv
+    assert main(["config", *argv[4:]]) == 0, capsys.readouterr().err
+    assert sys.executable  # the dry run printed the venv's python; main ran in this one
+
+
+def test_there_are_readme_examples() -> None:
+    assert len(readme_examples()) >= 3
+    assert Path(REPO_ROOT / "Makefile").is_file()

@@ -43,7 +43,7 @@ AUTH =
 # A value as one shell word, whatever it holds: '...' with each ' inside written '\''.
 q = '$(subst ','\'',$(1))'
 
-.PHONY: help install data forget run compare erase landscape sweep best dashboard test test-slow lint format bench ui clean
+.PHONY: help install data forget run runs compare erase landscape sweep best dashboard test test-slow lint format bench ui clean
 .PHONY: server server-stop
 
 help: ## list the targets
@@ -51,7 +51,8 @@ help: ## list the targets
 	@echo "  variables: EXP=<conf/experiment name> ARGS=\"key=value ...\" DATA=<data dir>"
 	@echo "             TRACKING=<MLflow store or http://server> STORAGE=<study storage> (every target;"
 	@echo "             else MLFLOW_TRACKING_URI / OPTUNA_STORAGE, else mlruns/)"
-	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 RESUME=<parent run id of a cut-off compare> (compare)"
+	@echo "             RESUME=<run id> (run: a run cut off; compare: the parent run of a comparison)"
+	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 (compare)"
 	@echo "             STRATEGY=ewc TRIALS=30 WORKERS=1 SWEEP=default STUDY=<name> RULE=knee (sweep, best)"
 	@echo "             multi-objective sweeps (SWEEP=default, prefix) are not pruned: Optuna cannot prune them"
 
@@ -71,8 +72,11 @@ data: install ## provision MNIST and Fashion-MNIST into data/ (verified by MD5)
 forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain fine-tuning
 	$(PY) -m pipeline run seed_forgetting --landscape $(call q,paths.data=$(DATA)) $(ARGS)
 
-run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..."
-	$(PY) -m pipeline run $(call q,$(EXP)) $(call q,paths.data=$(DATA)) $(ARGS)
+run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..." (RESUME=<run id>: carry it on)
+	$(PY) -m pipeline run $(if $(RESUME),--resume $(call q,$(RESUME)),$(call q,$(EXP))) $(call q,paths.data=$(DATA)) $(ARGS)
+
+runs: install ## the newest runs, what became of them, which can be resumed [EXP=<MLflow experiment>]
+	$(PY) -m pipeline runs $(if $(filter command line,$(origin EXP)),$(call q,$(EXP)))
 
 compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run (RESUME=<its id>)
 	$(PY) -m pipeline compare $(call q,$(EXP)) --strategies $(call q,$(STRATEGIES)) --seeds $(call q,$(SEEDS)) $(if $(RESUME),--resume $(call q,$(RESUME))) $(call q,paths.data=$(DATA)) $(ARGS)

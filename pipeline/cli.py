@@ -1,6 +1,7 @@
 """Command line: ``python -m pipeline <command>`` (the make targets call these).
 
-Commands: run, config, compare, landscape, erase, sweep, best, dashboard, ui, data, server.
+Commands: run (or resume), runs, config, compare, landscape, erase, sweep, best, dashboard, ui,
+data, server.
 
 Where things live is the config's ``paths`` section: every command takes ``paths.<key>=<value>``
 overrides (``paths.store``, ``paths.studies``, ``paths.data``, ``paths.reports``), and reads
@@ -64,6 +65,10 @@ def _print_result(result: SequenceResult, store: Store) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.experiment import compose
 
+    if args.resume:
+        return resume(args)
+    if not args.experiment:
+        raise ConfigError("run: name an experiment (conf/experiment/), or --resume a run")
     cfg = compose(args.experiment, args.overrides)  # ConfigError -> exit 2, before anything runs
     store = _store(cfg.paths)
     from pipeline.runner import run_sequence
@@ -88,6 +93,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         draw(store, result.run_id, out_dir=out, data_dir=cfg.paths.data_dir())
     except LandscapeError as e:
         raise RunFailed(f"landscape: {e}") from e
+    return 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    """`run --resume ID [overrides]`: carry on a run that was cut off, in the same run."""
+    from pipeline.resume import resume_run
+
+    # argparse took the first override for the experiment, which a resume does not name
+    overrides = [*([args.experiment] if args.experiment else []), *args.overrides]
+    paths = compose_paths([o for o in overrides if o.startswith("paths.")])
+    store = _store(paths, create=False)
+    print(f"resuming run {args.resume}")
+    result = resume_run(args.resume, paths, overrides)
+    _print_result(result, store)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pipeline.resume import list_runs
+
+    experiment, overrides = args.experiment, list(args.overrides)
+    if "=" in experiment:  # argparse took the first override for the experiment
+        experiment, overrides = "", [experiment, *overrides]
+    rows = list_runs(_store(compose_paths(overrides), create=False), experiment)
+    if not rows:
+        print("no task-sequence run in the store")
+        return 0
+    print(f"{'run id':<32}  {'started':<16}  {'status':<18}  tasks  {'name'}")
+    for r in rows:
+        mark = "  (resume: make run RESUME=<id>)" if r.resumable else ""
+        print(f"{r.run_id:<32}  {r.started:<16}  {r.status:<18}  {r.tasks:>5}  {r.name}{mark}")
     return 0
 
 
@@ -251,11 +287,17 @@ def _check_port(port: int) -> None:
 
 
 def _experiment_command(
-    sub: Any, name: str, fn: Callable[[argparse.Namespace], int], help_: str
+    sub: Any,
+    name: str,
+    fn: Callable[[argparse.Namespace], int],
+    help_: str,
+    optional: bool = False,
 ) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_)
     p.add_argument(
-        "experiment", help=f"file in conf/experiment/ ({', '.join(available('experiment'))})"
+        "experiment",
+        nargs="?" if optional else None,
+        help=f"file in conf/experiment/ ({', '.join(available('experiment'))})",
     )
     p.add_argument(
         "overrides",
@@ -290,7 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = _experiment_command(sub, "run", cmd_run, "run an experiment, tracked in MLflow")
+    p = _experiment_command(sub, "run", cmd_run, "run an experiment, tracked in MLflow", True)
+    p.add_argument(
+        "--resume",
+        default="",
+        metavar="RUN_ID",
+        help="carry on a run that was cut off, in the same run, from its last checkpoint "
+        "(only trainer.threads, trainer.accelerator, trainer.progress_bar, paths.* may change)",
+    )
     p.add_argument(
         "--landscape",
         action="store_true",
@@ -325,6 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--task", required=True, help="task name (e.g. mnist)")
     p.add_argument("--ids", required=True, help="comma-separated sample ids")
+    _study_commands(sub)
+    p = sub.add_parser("runs", help="the newest runs, what became of them, which can resume")
+    p.add_argument("experiment", nargs="?", default="", help="MLflow experiment (default: all)")
+    p.add_argument("overrides", nargs="*", metavar="paths.<key>=value", help="where things are")
+    p.set_defaults(fn=cmd_runs)
+    p = _paths_command(sub, "dashboard", cmd_dashboard, "optuna-dashboard over the studies")
+    p.add_argument("--port", type=int, default=8080)
+    p = _paths_command(sub, "ui", cmd_ui, "serve the MLflow UI over the project's store")
+    p.add_argument("--port", type=int, default=5000)
+    # handed whole to their own CLIs (their own --help), see main()
+    sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
+    sub.add_parser("server", help="team mode: PostgreSQL + MLflow server (`server --help`)")
+    return parser
+
+
+def _study_commands(sub: Any) -> None:
+    """The commands of sweeps: sweep, sweep-worker, best."""
     p = _experiment_command(sub, "sweep", cmd_sweep, "Optuna search of a strategy (resumes)")
     p.description = (
         "Objectives: plasticity and retention (a Pareto front; Optuna cannot prune "
@@ -354,14 +420,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-eval", action="store_true", help="only choose and write the config")
     p.add_argument("--no-default", action="store_true", help="do not evaluate the defaults")
-    p = _paths_command(sub, "dashboard", cmd_dashboard, "optuna-dashboard over the studies")
-    p.add_argument("--port", type=int, default=8080)
-    p = _paths_command(sub, "ui", cmd_ui, "serve the MLflow UI over the project's store")
-    p.add_argument("--port", type=int, default=5000)
-    # handed whole to their own CLIs (their own --help), see main()
-    sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
-    sub.add_parser("server", help="team mode: PostgreSQL + MLflow server (`server --help`)")
-    return parser
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -6,7 +6,7 @@ metric values logged after each task and at the end. Pure: nothing here reads or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -172,3 +172,48 @@ def task_metrics(
         "retention/state_bytes": kept["state_bytes"],
         **{f"retention/raw_from/{t.name}": kept["raw_from"].get(t.name, 0) for t in tasks},
     }
+
+
+@dataclass
+class Progress:
+    """Where a sequence stands after a task: what a resumed run needs to carry on exactly.
+
+    Attributes:
+        next_task: the index of the task to train next.
+        rows: per split, the accuracy rows evaluated after each task so far.
+        init: per split, the untrained model's accuracies.
+        records: per task so far, its cost and retention ledger.
+        rng: the random number generators' states after the task (:func:`pipeline.runner`'s
+            ``rng_state``).
+        logged: the metric records of the last task (values and training curves): logged
+            right after its checkpoint, so a resumed run logs those of them that are missing.
+    """
+
+    next_task: int
+    rows: dict[str, list[list[float]]]
+    init: dict[str, list[float]]
+    records: list[TaskRecord] = field(default_factory=list)
+    rng: dict[str, Any] = field(default_factory=dict)
+    logged: list[list[Any]] = field(default_factory=list)
+
+    def to_record(self) -> dict[str, Any]:
+        """As plain containers (for a checkpoint)."""
+        return {
+            "next_task": self.next_task,
+            "rows": self.rows,
+            "init": self.init,
+            "records": [asdict(r) for r in self.records],
+            "rng": self.rng,
+            "logged": self.logged,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Progress:
+        return cls(
+            int(record["next_task"]),
+            {s: [list(map(float, r)) for r in rows] for s, rows in record["rows"].items()},
+            {s: list(map(float, v)) for s, v in record["init"].items()},
+            [TaskRecord(**r) for r in record["records"]],
+            dict(record["rng"]),
+            [list(m) for m in record["logged"]],
+        )

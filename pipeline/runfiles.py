@@ -24,11 +24,12 @@ from __future__ import annotations
 import pickle
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from omegaconf import OmegaConf
 
 from pipeline.config import ExperimentConfig, to_yaml
 from pipeline.data.tasks import IMAGE_SHAPE, Task
@@ -121,6 +122,7 @@ class CheckpointMeta:
     task_name: str
     classes_per_task: list[int]
     config: dict[str, Any]
+    progress: dict[str, Any] = field(default_factory=dict)  # results.Progress, for a resume
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -173,6 +175,15 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(module.eval(), cfg, {k: v for k, v in meta.items() if k != "config"})
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw contents of a checkpoint file (weights, optimizers, strategy states, metadata).
+
+    Raises:
+        ValueError: the file is not a checkpoint written by the pipeline (or is truncated).
+    """
+    return _read(path)
+
+
 def _read(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -197,6 +208,36 @@ def checkpoint_files(run: Run) -> dict[int, list[CheckpointFile]]:
 def latest_checkpoints(run: Run) -> dict[int, CheckpointFile]:
     """The newest revision of each task's checkpoint (what every reader uses)."""
     return {i: fs[-1] for i, fs in checkpoint_files(run).items()}
+
+
+def last_checkpoint(run: Run, dst: Path) -> dict[str, Any] | None:
+    """The raw contents of the run's checkpoint after its latest finished task: the newest
+    revision, of the highest task index, that loads (one cut off mid-upload does not: the one
+    before it is taken); ``None`` when the run has none."""
+    for revisions in reversed(list(checkpoint_files(run).values())):
+        for f in reversed(revisions):
+            try:
+                return _read(run.download(f.path, dst))
+            except (LookupError, ValueError):
+                continue
+    return None
+
+
+def read_config(run: Run) -> dict[str, Any]:
+    """The run's resolved config (``config.yaml``) as plain containers.
+
+    Raises:
+        LookupError: the run has no readable config.
+    """
+    with scratch_dir() as tmp:
+        try:
+            node = OmegaConf.load(run.download(CONFIG_FILE, tmp))
+        except (OSError, ValueError) as e:
+            raise LookupError(f"run {run.run_id}: {CONFIG_FILE} is not readable: {e}") from e
+    tree = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(tree, dict):
+        raise LookupError(f"run {run.run_id}: {CONFIG_FILE} holds no mapping")
+    return {str(k): v for k, v in tree.items()}
 
 
 def fetch_checkpoint(run: Run, file: CheckpointFile, dst: Path) -> LoadedCheckpoint:

@@ -9,15 +9,22 @@ factory that opens it), and everything recorded goes through :mod:`pipeline.runf
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from mlflow.entities import Metric
 
 from pipeline import runfiles
 from pipeline.config import ExperimentConfig, TrainerConfig, to_dict
@@ -25,21 +32,58 @@ from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Task
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
-from pipeline.results import SPLITS, SequenceResult, TaskRecord, ledger, task_metrics
+from pipeline.results import SPLITS, Progress, SequenceResult, TaskRecord, ledger, task_metrics
 from pipeline.strategies import TaskContext, build_strategies
 from pipeline.tracking import (
     Run,
     RunFactory,
-    TaskLogger,
     flatten,
     git_commit,
+    metric_records,
     package_versions,
+    records_of,
+    rows_of,
     scratch_dir,
 )
 
+TASKS_DONE_TAG = "pipeline.tasks_done"  # on a run: tasks finished so far (make runs)
 # Called after each task with its index and the accuracy rows so far (per evaluated split);
 # sweeps report to their pruner here and may raise (a StopRun) to stop the sequence.
 TaskCallback = Callable[[int, dict[str, np.ndarray]], None]
+
+
+class TaskLogger(Logger):
+    """Lightning logger that collects one task's training curves for an MLflow run.
+
+    Metric names get a task prefix (``t0/train/loss``) because each task's fresh Trainer starts
+    its ``global_step`` at 0 again. The curves are held (:attr:`curves`) and written by the
+    runner once the task's checkpoint is saved: a task cut off by a crash has logged nothing,
+    so a resumed run logs each step once. Lightning never ends the run either (its MLFlowLogger
+    would mark it FINISHED after the first task's ``fit``).
+    """
+
+    def __init__(self, run: Run, task_index: int) -> None:
+        super().__init__()
+        self.run = run
+        self.prefix = f"t{task_index}/"
+        self.curves: list[Metric] = []
+
+    @property
+    def name(self) -> str:
+        return "mlflow-task"
+
+    @property
+    def version(self) -> str:
+        return self.run.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Hyperparameters are logged once per run by the runner, not per task."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        named = {self.prefix + k: v for k, v in metrics.items() if k != "epoch"}
+        self.curves += metric_records(named, step or 0)
 
 
 class TrainTimer(Callback):
@@ -142,14 +186,39 @@ def prepare(cfg: ExperimentConfig) -> tuple[ContinualDataModule, ContinualModule
     return data, module, resolve_device(cfg.trainer.accelerator)
 
 
+@dataclass
+class Resume:
+    """What a resumed run starts from: the last finished task's checkpoint (its raw contents:
+    weights, strategy states, progress), or nothing when the run died before its first one."""
+
+    checkpoint: dict[str, Any] | None = None
+
+    @property
+    def progress(self) -> Progress | None:
+        if self.checkpoint is None:
+            return None
+        return Progress.from_record(self.checkpoint["pipeline"]["progress"])
+
+    def restore(self, module: ContinualModule) -> None:
+        """Load the checkpoint's weights and strategy states into a freshly built module."""
+        if self.checkpoint is not None:
+            module.load_state_dict(self.checkpoint["state_dict"])
+            module.load_strategy_states(self.checkpoint["strategies"])
+
+
 def run_sequence(
     cfg: ExperimentConfig,
     open_run: RunFactory,
     *,
     splits: tuple[str, ...] = SPLITS,
     on_task: TaskCallback | None = None,
+    resume: Resume | None = None,
 ) -> SequenceResult:
     """Train on the tasks of ``cfg`` in order, tracked in the run ``open_run`` opens.
+
+    After each task: evaluate every task, write the checkpoint (with the progress a resume
+    needs), then log the task's metrics and training curves, so that a run cut off at any
+    moment can carry on from its last checkpoint with every metric step logged once.
 
     Args:
         cfg: a validated experiment config (:func:`pipeline.experiment.compose`).
@@ -160,62 +229,136 @@ def run_sequence(
             test sample is read while hyperparameters are chosen.
         on_task: called after each task (metrics and checkpoint logged) with the task index and
             the accuracy rows so far; an exception it raises ends the run.
+        resume: carry on a run that was cut off (:mod:`pipeline.resume`), in the same run.
 
     Raises:
         DataError: the data is missing (before any MLflow run is opened).
-        DivergenceError: the loss became NaN/inf (the run ends FAILED; the checkpoints of
-            the tasks already finished stay in the store).
+        DivergenceError: the loss or a weight became NaN/inf (the run ends FAILED; the
+            checkpoints of the tasks already finished stay in the store).
     """
     if not splits or not set(splits) <= set(SPLITS):
         raise ValueError(f"splits: expected a non-empty subset of {SPLITS}, got {splits}")
     data, module, device = prepare(cfg)
+    if resume is not None:
+        resume.restore(module)
 
     with open_run() as run, scratch_dir() as tmp:
-        log_run_info(run, cfg, data.tasks, device)
+        progress = begin(run, cfg, data, module, device, splits, resume)
+        for task in data.tasks[progress.next_task :]:
+            record, curves, optimizers = train_task(cfg, run, task, data, module, device, tmp)
+            acc = evaluate(module, data, device, splits)
+            for s in splits:
+                progress.rows[s].append(acc[s])
+            progress.records.append(record)
+            values = task_metrics(task, data.tasks, progress.rows, record)
+            logged = [*metric_records(values, task.index), *curves]
+            progress.next_task, progress.rng = task.index + 1, rng_state()
+            progress.logged = rows_of(logged)
+            if cfg.tracking.log_checkpoints:
+                meta = runfiles.CheckpointMeta(
+                    run.run_id,
+                    task.index,
+                    task.name,
+                    data.classes_per_task,
+                    to_dict(cfg),
+                    progress.to_record(),
+                )
+                runfiles.save_checkpoint(run, module, optimizers, meta)
+            run.log_records(logged)
+            run.set_tags({TASKS_DONE_TAG: progress.next_task})
+            if on_task is not None:
+                on_task(task.index, {s: np.array(progress.rows[s]) for s in splits})
         result = SequenceResult(
             run.run_id,
             run.experiment_id,
             [t.name for t in data.tasks],
             [t.display for t in data.tasks],
             {},
-            evaluate(module, data, device, splits),
+            progress.init,
+            records=progress.records,
         )
-        rows: dict[str, list[list[float]]] = {s: [] for s in splits}
-        for task in data.tasks:
-            started = time.perf_counter()
-            data.set_task(task.index)
-            ctx = TaskContext(task.index, task, data, module.model, device)
-            module.to(device)
-            module.start_task(ctx)
-            timer = TrainTimer()
-            trainer = make_trainer(
-                cfg.trainer, device, TaskLogger(run, task.index), timer, str(tmp)
-            )
-            trainer.fit(module, datamodule=data)
-            module.to(device)  # fit's teardown moved it to the CPU
-            module.end_task(ctx)
-            acc = evaluate(module, data, device, splits)
-            for s in splits:
-                rows[s].append(acc[s])
-            record = TaskRecord(
-                timer.seconds,
-                module.samples_trained,
-                time.perf_counter() - started,
-                ledger(module.strategies),
-            )
-            result.records.append(record)
-            run.log_metrics(task_metrics(task, data.tasks, rows, record), step=task.index)
-            if cfg.tracking.log_checkpoints:
-                meta = runfiles.CheckpointMeta(
-                    run.run_id, task.index, task.name, data.classes_per_task, to_dict(cfg)
-                )
-                runfiles.save_checkpoint(run, module, trainer.optimizers, meta)
-            if on_task is not None:
-                on_task(task.index, {s: np.array(rows[s]) for s in splits})
-        result.finish(rows)
-        run.log_metrics(result.final_metrics())
+        result.finish(progress.rows)
+        final = metric_records(result.final_metrics())
+        run.log_missing(final) if resume is not None else run.log_records(final)
         runfiles.write_results(run, cfg, result)
     return result
+
+
+def begin(
+    run: Run,
+    cfg: ExperimentConfig,
+    data: ContinualDataModule,
+    module: ContinualModule,
+    device: torch.device,
+    splits: tuple[str, ...],
+    resume: Resume | None,
+) -> Progress:
+    """Where the sequence starts: task 0 of a new run (its info logged, the untrained model
+    evaluated for FWT); or the task after a resumed run's last checkpoint, the random number
+    generators as they were, and the last task's metrics logged where the cut-off process had
+    not logged them."""
+    progress = resume.progress if resume is not None else None
+    if progress is None:
+        if resume is None:  # a resumed run has its config, params and tags already
+            log_run_info(run, cfg, data.tasks, device)
+        return Progress(0, {s: [] for s in splits}, evaluate(module, data, device, splits))
+    restore_rng(progress.rng)
+    run.log_missing(records_of(progress.logged))
+    return progress
+
+
+def train_task(
+    cfg: ExperimentConfig,
+    run: Run,
+    task: Task,
+    data: ContinualDataModule,
+    module: ContinualModule,
+    device: torch.device,
+    tmp: Path,
+) -> tuple[TaskRecord, list[Metric], list[torch.optim.Optimizer]]:
+    """Train ``task`` with a fresh Trainer: its record, its training curves (held, see
+    :class:`TaskLogger`), and its optimizers (for the checkpoint)."""
+    started = time.perf_counter()
+    data.set_task(task.index)
+    ctx = TaskContext(task.index, task, data, module.model, device)
+    module.to(device)
+    module.start_task(ctx)
+    timer, logger = TrainTimer(), TaskLogger(run, task.index)
+    trainer = make_trainer(cfg.trainer, device, logger, timer, str(tmp))
+    trainer.fit(module, datamodule=data)
+    module.to(device)  # fit's teardown moved it to the CPU
+    module.end_task(ctx)
+    record = TaskRecord(
+        timer.seconds,
+        module.samples_trained,
+        time.perf_counter() - started,  # the evaluation is added by the caller's next lines
+        ledger(module.strategies),
+    )
+    return record, logger.curves, list(trainer.optimizers)
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of every random number generator the training reads: torch's (CPU and
+    CUDA), NumPy's and Python's, as plain containers (a checkpoint loads them safely)."""
+    np_state: Any = np.random.get_state(legacy=True)  # (name, keys, pos, has_gauss, gauss)
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the generators to a state :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), gauss))
+    version, values, gauss_next = state["python"]
+    random.setstate((version, tuple(values), gauss_next))
 
 
 def log_run_info(run: Run, cfg: ExperimentConfig, tasks: list[Task], device: torch.device) -> None:

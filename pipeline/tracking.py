@@ -29,15 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers.logger import Logger
-from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
@@ -45,11 +43,13 @@ from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import DEFAULT_STORE, REPO_ROOT, PathsConfig, redact, repo_path, uri_scheme
+from pipeline.processes import process_id
 from pipeline.shield import ShieldedClient, shielded
 
 DB_FILE = "mlflow.db"  # the embedded store's database, in the store folder
 ARTIFACTS_DIR = "artifacts"  # the embedded store's artifact root, in the store folder
 LOCK_FILE = ".lock"  # in the store folder: see Store.client
+OWNER_TAG = "pipeline.owner"  # host:pid:start of the process that writes a run (resume)
 PROBE_TIMEOUT_S = 10  # a tracking server that does not answer this fast is reported as down
 # MLflow draws a progress bar for every artifact it downloads, and prints a link each time a run
 # ends on a server (to a page of its GenAI view): noise in our output and logs, where we print
@@ -331,7 +331,7 @@ class Run:
         tags: Mapping[str, str] | None = None,
     ) -> Iterator[Run]:
         exp_id = store.experiment_id(experiment)
-        all_tags = dict(tags or {})
+        all_tags = {OWNER_TAG: process_id(), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         info = store.client().create_run(exp_id, run_name=run_name or None, tags=all_tags).info
@@ -372,6 +372,7 @@ class Run:
             LookupError: no run ``run_id`` in ``store``.
         """
         run = cls.get(store, run_id)
+        run.set_tags({OWNER_TAG: process_id()})  # this process takes the run over
         run.client.update_run(run_id, status="RUNNING")
         with run._managed():
             yield run
@@ -409,6 +410,14 @@ class Run:
     def status(self) -> str:
         return str(self.client.get_run(self.run_id).info.status)
 
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
+
+    def tasks_logged(self) -> bool:
+        """Whether the run logged any task's accuracies (``acc/<task>/<split>``)."""
+        return any(k.startswith("acc/") for k in self.client.get_run(self.run_id).data.metrics)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values redacted: a URI's password never reaches the store)."""
         items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
@@ -419,9 +428,26 @@ class Run:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        ms = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
-        for i in range(0, len(ms), MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=ms[i : i + MAX_BATCH])
+        self.log_records(metric_records(metrics, step))
+
+    def log_records(self, records: Sequence[Metric]) -> None:
+        """Log metric records (key, value, timestamp, step), in batches MLflow accepts."""
+        records = list(records)
+        for i in range(0, len(records), MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=records[i : i + MAX_BATCH])
+
+    def log_missing(self, records: Sequence[Metric]) -> int:
+        """Log the records whose (key, step) the run does not hold yet; how many.
+
+        A resumed run logs what its process logged after the last checkpoint only where the
+        process died before logging it, so every metric step is logged once.
+        """
+        missing = []
+        for key in sorted({r.key for r in records}):
+            steps = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+            missing += [r for r in records if r.key == key and r.step not in steps]
+        self.log_records(missing)
+        return len(missing)
 
     def log_file(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -489,55 +515,24 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def metric_records(metrics: Mapping[str, float], step: int = 0) -> list[Metric]:
+    """Metric records of ``metrics`` at ``step``, stamped now."""
+    now = _now_ms()
+    return [Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+
+def records_of(rows: Sequence[Sequence[Any]]) -> list[Metric]:
+    """Metric records from ``[key, value, timestamp, step]`` rows (as kept in a checkpoint)."""
+    return [Metric(str(k), float(v), int(t), int(s)) for k, v, t, s in rows]
+
+
+def rows_of(records: Sequence[Metric]) -> list[list[Any]]:
+    """``[key, value, timestamp, step]`` rows of metric records."""
+    return [[r.key, r.value, r.timestamp, r.step] for r in records]
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class TaskLogger(Logger):
-    """Lightning logger that writes one task's training curves into an existing MLflow run.
-
-    Metric names get a task prefix (``t0/train/loss``) because each task's fresh Trainer starts
-    its ``global_step`` at 0 again. Metrics are buffered and written in batches; ``finalize``
-    only flushes: the runner, not Lightning, decides when the run ends (Lightning's
-    MLFlowLogger would mark the run FINISHED after the first task's ``fit``).
-    """
-
-    def __init__(self, run: Run, task_index: int) -> None:
-        super().__init__()
-        self.run = run
-        self.prefix = f"t{task_index}/"
-        self._buffer: list[Metric] = []
-
-    @property
-    def name(self) -> str:
-        return "mlflow-task"
-
-    @property
-    def version(self) -> str:
-        return self.run.run_id
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """Hyperparameters are logged once per run by the runner, not per task."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        now = _now_ms()
-        for k, v in metrics.items():
-            if k != "epoch":
-                self._buffer.append(Metric(self.prefix + k, float(v), now, step or 0))
-        if len(self._buffer) >= MAX_BATCH:
-            self.save()
-
-    @rank_zero_only
-    def save(self) -> None:
-        while self._buffer:
-            chunk, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            self.run.client.log_batch(self.run.run_id, metrics=chunk)
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        self.save()
 
 
 @contextmanager

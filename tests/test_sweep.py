@@ -27,11 +27,12 @@ from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.paths import PathsConfig
+from pipeline.processes import process_id
 from pipeline.sweep import sweep
 from pipeline.sweep.config import compose_sweep
 from pipeline.sweep.space import search_space
 from pipeline.sweep.study import PARENT_ATTR, counted, create_or_resume, load_study
-from pipeline.sweep.workers import Liveness, run_worker, worker_id
+from pipeline.sweep.workers import Liveness, run_worker
 
 # Each trial: two synthetic tasks, 2 batches of one epoch (about a second).
 SHRINK = [
@@ -310,7 +311,7 @@ def test_worker_liveness() -> None:
 
     clock = [0.0]
     live = Liveness(60, clock=lambda: clock[0])
-    assert live.alive(frozen(worker_id(), None))  # this very process
+    assert live.alive(frozen(process_id(), None))  # this very process
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     assert not live.alive(frozen(f"{socket.gethostname()}:{dead.pid}:", None))

@@ -20,14 +20,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline import metrics
 from pipeline.errors import ConfigError
 from pipeline.paths import PathsConfig
+from pipeline.processes import process_alive, process_id
 from pipeline.sweep.config import Settings
 from pipeline.sweep.space import distribution, trial_config
 from pipeline.sweep.study import (
@@ -65,39 +64,6 @@ def say(message: str) -> None:
 
 
 # -- worker identity and liveness ---------------------------------------------------------------
-def _stat(pid: int) -> list[str]:
-    """The fields of ``/proc/<pid>/stat`` after the command name (state first); empty when the
-    process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def _start_time(pid: int) -> str:
-    """Start time of a process (clock ticks since boot), to tell a reused pid from the worker."""
-    fields = _stat(pid)
-    return fields[19] if len(fields) > 19 else ""
-
-
-def worker_id() -> str:
-    """``host:pid:start``: enough to tell, on the same host, whether the worker still runs."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
-
-
-def process_alive(owner: str) -> bool | None:
-    """Whether the worker ``host:pid:start`` runs, when it is on this host; ``None`` when it
-    is not (the process table of another host cannot tell)."""
-    host, _, rest = owner.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    fields = _stat(int(pid))
-    if not fields or fields[0] in ("Z", "X"):  # gone, or a zombie its parent has not reaped
-        return False
-    return not start or fields[19] == start
-
-
 class Liveness:
     """Whether the worker of a running trial is still there (see the module docstring).
 
@@ -328,7 +294,7 @@ def run_worker(
             if counted(trials) < sweep.trials:
                 with quiet_optuna():
                     trial = study.ask({k: distribution(p) for k, p in settings.params.items()})
-                trial.set_user_attr("worker", worker_id())
+                trial.set_user_attr("worker", process_id())
         if trial is None:  # the rest are running elsewhere: wait for them (or for their death)
             time.sleep(min(MAX_WAIT_S, sweep.heartbeat_s))
             continue

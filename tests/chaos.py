@@ -19,15 +19,21 @@ import signal
 import sys
 from typing import Any
 
-#: Where a run can die: (target, what the n-th call is, n's range for a 3-task run).
-POINTS = (
-    ("pipeline.module:ContinualModule.training_step", "training step", 1, 250),
-    ("pipeline.runner:evaluate", "evaluation of every task", 1, 4),
-    ("pipeline.runfiles:save_checkpoint", "checkpoint", 1, 3),
-    ("pipeline.tracking:Run.log_file", "checkpoint upload", 1, 3),
-    ("pipeline.tracking:Run.log_records", "metrics write", 1, 4),
-    ("pipeline.runfiles:write_results", "final write", 1, 1),
-)
+#: Where a run can die: (target, what it is), and how many calls of it a run that has ``left``
+#: tasks to train makes until the end of its next task (``fresh``: no checkpoint yet, so the
+#: untrained model is evaluated first; else the last task's missing metrics are written first),
+#: at ``BATCHES`` training steps a task: each kill lets the run get at most one task further.
+BATCHES = 300
+POINTS: dict[tuple[str, str], Any] = {
+    ("pipeline.module:ContinualModule.training_step", "training step"): (
+        lambda left, fresh: BATCHES if left else 0
+    ),
+    ("pipeline.runner:evaluate", "evaluation"): lambda left, fresh: (1 + fresh) if left else 0,
+    ("pipeline.runfiles:save_checkpoint", "checkpoint"): lambda left, fresh: min(left, 1),
+    ("pipeline.tracking:Run.log_file", "checkpoint upload"): lambda left, fresh: min(left, 1),
+    ("pipeline.tracking:Run.log_records", "metrics write"): lambda left, fresh: 1 + (not fresh),
+    ("pipeline.runfiles:write_results", "final write"): lambda left, fresh: int(left <= 1),
+}
 
 
 def plant(target: str, nth: int, when: str) -> None:
@@ -69,7 +75,7 @@ REAL = [
     "permuted_mnist",
     "data.n_tasks=3",
     "trainer.epochs=1",
-    "trainer.max_batches=100",
+    f"trainer.max_batches={BATCHES}",
     "trainer.threads=2",
     "trainer.progress_bar=false",
 ]
@@ -97,15 +103,22 @@ def real(kills: int, seed: int) -> int:
     subprocess.run([sys.executable, "-m", "pipeline", *REAL, f"paths.store={base}"], check=True)
     print(f"uninterrupted run: {time.perf_counter() - started:.0f} s", flush=True)
     run_id, started = "", time.perf_counter()
+    kinds: list[tuple[str, str]] = []
     for i in range(kills):
-        target, what, low, high = pick.choice(POINTS)
-        nth, when = pick.randint(low, high), pick.choice(("before", "after"))
+        done = _checkpoints(chaos, run_id) if run_id else 0
+        fresh = done == 0
+        # every kind of moment in turn (shuffled), each at a random one of its remaining calls
+        kinds = kinds[1:] + kinds[:1] if i else pick.sample(list(POINTS), len(POINTS))
+        (target, what), calls = next(
+            (k, POINTS[k](3 - done, fresh)) for k in kinds if POINTS[k](3 - done, fresh) > 0
+        )
+        nth, when = pick.randint(1, calls), pick.choice(("before", "after"))
         argv = [*REAL, f"paths.store={chaos}"] if not run_id else _resume(run_id, chaos)
-        done = subprocess.run([*python, target, str(nth), when, *argv], capture_output=True)
+        ended = subprocess.run([*python, target, str(nth), when, *argv], capture_output=True)
         run_id = run_id or _only_run(chaos)
-        outcome = "killed" if done.returncode == -9 else f"exit {done.returncode}"
-        print(f"{i + 1:2}: {when} {what} #{nth}: {outcome}", flush=True)
-        if done.returncode == 0:
+        outcome = "killed" if ended.returncode == -9 else f"exit {ended.returncode}"
+        print(f"{i + 1:2}: {done} tasks done; {when} {what} #{nth} of {calls}: {outcome}")
+        if ended.returncode == 0:
             break  # it finished before the planted call came
     if _status(chaos, run_id) != "FINISHED":
         subprocess.run([sys.executable, "-m", "pipeline", *_resume(run_id, chaos)], check=True)
@@ -129,6 +142,14 @@ def _only_run(store: Any) -> str:
     c = Store.at(store).client()
     (r,) = c.search_runs([e.experiment_id for e in c.search_experiments()])
     return str(r.info.run_id)
+
+
+def _checkpoints(store: Any, run_id: str) -> int:
+    """Tasks with a checkpoint: where a resume starts."""
+    from pipeline import runfiles
+    from pipeline.tracking import Run, Store
+
+    return len(runfiles.checkpoint_files(Run.get(Store.at(store), run_id)))
 
 
 def _status(store: Any, run_id: str) -> str:

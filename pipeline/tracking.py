@@ -200,10 +200,11 @@ class Store:
 
 
 def default_run_name(cfg: ExperimentConfig) -> str:
-    """``naive-domain-seed0-20261201-225637``: what ran, and when (distinct per second; MLflow's
-    own names come from Python's ``random``, which the experiment seed fixes)."""
+    """``naive-domain-seed0-20261201-225637-3fa1``: what ran, when, and four hex digits from
+    the OS (MLflow's own names come from Python's ``random``, which the experiment seed fixes:
+    every run of a seed got the same name)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{'+'.join(cfg.strategy)}-{cfg.scenario}-seed{cfg.seed}-{stamp}"
+    return f"{'+'.join(cfg.strategy)}-{cfg.scenario}-seed{cfg.seed}-{stamp}-{os.urandom(2).hex()}"
 
 
 def probe_server(uri: str) -> None:

@@ -134,3 +134,17 @@ def test_credentials_are_never_logged_as_params():
     run.log_params(flatten(to_dict(cfg)))
     assert not [p for p in logged if "s3cret" in p.value]
     assert any(p.value == "postgresql://me:***@db/optuna" for p in logged)
+
+
+def test_a_folder_named_like_a_config_is_not_one(tmp_path, monkeypatch):
+    import shutil
+
+    from pipeline import conf
+
+    shutil.copytree(conf.CONF_DIR, tmp_path / "conf")
+    (tmp_path / "conf" / "experiment" / "folder.yaml").mkdir()
+    monkeypatch.setattr(conf, "CONF_DIR", tmp_path / "conf")
+    assert "folder" not in available("experiment")
+    with pytest.raises(ConfigError, match=r"no such experiment config \(available: ") as e:
+        compose("folder")
+    assert "folder," not in str(e.value)

@@ -120,3 +120,16 @@ def test_real_tasks_load_with_their_sizes():
         assert (len(task.train), len(task.val), len(task.test)) == (54000, 6000, 10000)
         x = TaskDataset([(task.train, task)], dm.tasks)[torch.arange(len(task.train))].x
         assert abs(float(x.mean())) < 0.02 and abs(float(x.std()) - 1) < 0.02
+
+
+def test_a_corrupt_dataset_file_is_named(tmp_path):
+    from pipeline.data.datasets import DATASETS
+
+    spec = DATASETS["mnist"]
+    raw = spec.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    first, *_ = spec.md5
+    (raw / first).write_bytes(b"not the images")
+    cfg = DataConfig(tasks=[TaskConfig(dataset="mnist", name="mnist")])
+    with pytest.raises(DataError, match=f"{raw / first} fails its MD5 check"):
+        load_task(0, cfg.tasks[0], cfg, root=tmp_path)

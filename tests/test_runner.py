@@ -133,3 +133,11 @@ def test_sigterm_ends_the_run_killed_and_exits_143(tmp_path):
     assert run_id, f"no run started in 120 s; {said}"
     assert (proc.returncode, client_.get_run(run_id).info.status) == (143, "KILLED"), said
     assert "terminated" in said
+
+
+def test_runs_are_named_for_what_ran_and_never_alike(tmp_path):
+    tiny = ["trainer.epochs=1", "trainer.max_batches=1", "data.synthetic.n_train=60"]
+    cfg = small_synthetic(tmp_path / "mlruns", "strategy=[l2]", "seed=3", *tiny)
+    names = {client(tmp_path / "mlruns").get_run(run(cfg).run_id).info.run_name for _ in range(2)}
+    assert len(names) == 2
+    assert all(n.startswith("l2-domain-seed3-") for n in names), names

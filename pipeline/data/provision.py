@@ -87,6 +87,19 @@ def verify(spec: DatasetSpec, root: Path) -> dict[str, str] | None:
     return sums
 
 
+def problem(spec: DatasetSpec, root: Path) -> str:
+    """What is wrong with a dataset's files under ``root``: the first one missing or failing
+    its MD5, named; ``""`` when they all verify."""
+    raw = spec.raw_dir(Path(root))
+    for name, want in spec.md5.items():
+        path = raw / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if md5_file(path) != want:
+            return f"{path} fails its MD5 check (corrupt, or another file)"
+    return ""
+
+
 # ------------------------------------------------------------------------------------------------
 # Sources
 # ------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from pipeline.config import DataConfig, SyntheticConfig, TaskConfig
 from pipeline.data.datasets import DATASETS
-from pipeline.data.provision import verify
+from pipeline.data.provision import problem, verify
 from pipeline.errors import RunFailed
 from pipeline.paths import PathsConfig
 
@@ -208,8 +208,7 @@ def _load_torchvision(dataset: str, root: Path) -> tuple[Split, Split, dict[str,
     md5 = verify(spec, root)
     if md5 is None:
         raise DataError(
-            f"{spec.display} is missing or does not verify under "
-            f"{spec.raw_dir(root)}: run `make data` (or `python -m pipeline data`)"
+            f"{spec.display}: {problem(spec, root)}: run `make data` (or `python -m pipeline data`)"
         )
     import torchvision.datasets as tvd  # deferred: torchvision import costs ~1 s
 

@@ -44,7 +44,11 @@ STORAGE_METHODS = [
 
 
 def timed_storage(storage: BaseStorage, spent: list[float]) -> BaseStorage:
-    """``storage`` with every public call's time added to ``spent[0]``."""
+    """``storage`` with every public call's time added to ``spent[0]`` (once: the pipeline
+    keeps one storage per URL and process)."""
+    if getattr(storage, "_timed", False):
+        return storage
+    storage._timed = True  # type: ignore[attr-defined]
     for name in STORAGE_METHODS:
         if hasattr(storage, name):
             method = getattr(storage, name)

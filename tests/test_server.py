@@ -31,7 +31,7 @@ from servers import (
 )
 
 from pipeline import server
-from pipeline.server.common import port_free, process_group
+from pipeline.server.common import free_ports, port_free, process_group
 from pipeline.server.postgres import connects
 
 Team = tuple[server.Settings, server.ServerInfo]
@@ -40,10 +40,9 @@ Team = tuple[server.Settings, server.ServerInfo]
 @pytest.fixture(scope="module")
 def team() -> Iterator[Team]:
     require_postgres()
+    port, pg_port = free_ports(2)
     with scratch_folder() as root:
-        settings = server.Settings(
-            folder=root / ".server", port=free_port(), pg_port=free_port(), workers=1
-        )
+        settings = server.Settings(folder=root / ".server", port=port, pg_port=pg_port, workers=1)
         try:
             yield settings, server.start(settings)
         finally:

@@ -362,6 +362,8 @@ def test_knee_and_rules() -> None:
     assert choose(study, parse_rule("max:plasticity")).values == [0.99, 0.2]
     with pytest.raises(ConfigError, match="no complete trial"):
         choose(study, parse_rule("max:plasticity,forgetting<=1"))
+    with pytest.raises(ConfigError, match=r"RULE=best: .* has 2 objectives"):
+        choose(study, parse_rule("best"))  # a front has no single best trial
 
 
 def test_bad_input_is_one_line_and_exit_2(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -489,7 +491,8 @@ def test_sigterm_ends_a_sweep_at_once_with_its_parent_run_killed(here: Path) -> 
     proc.join(60)
     took = time.monotonic() - started
     assert proc.exitcode == 143
-    assert took < 10, f"SIGTERM took {took:.1f} s"  # about 0.5 s here; the bound allows a busy CI
+    print(f"SIGTERM to exit: {took:.2f} s")
+    assert took < 10, f"SIGTERM took {took:.1f} s"  # the bound allows a busy CI
     study = load_study("synthetic_forgetting-l2", journal(here))
     (first, *_) = study.get_trials()
     assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"].startswith(

@@ -125,7 +125,9 @@ def start_postgres(s: Settings) -> int:
         (data / "pg_hba.conf").write_text(hba)
         if owner:
             os.chown(data / "pg_hba.conf", *owner)
-    opts = f"-c listen_addresses={s.host} -p {s.pg_port} -k {shlex.quote(str(run))}"
+    # 300 slots: a team of 20 machines with 2 workers holds about 6 connections per worker
+    opts = f"-c listen_addresses={s.host} -c max_connections=300 -p {s.pg_port} "
+    opts += f"-k {shlex.quote(str(run))}"
     t = int(s.timeout)
     r = _pg(folder, "pg_ctl", "-D", data, "-l", log, "-w", "-t", t, "-o", opts, "start")
     if r.returncode or not (pid := postgres_pid(folder)):

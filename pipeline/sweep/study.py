@@ -19,6 +19,7 @@ not a coordinator of ours).
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -64,12 +65,25 @@ class StorageError(ConfigError):
 
 
 # -- storages ------------------------------------------------------------------------------------
+# One storage per URL and process: an RDB storage holds a pool of connections, and opening
+# one per call (a worker loads its study more than once, a test polls) exhausts the server's
+# connection slots; a forked process must not share its parent's.
+_STORAGES: dict[tuple[int, str], BaseStorage] = {}
+
+
 def open_storage(url: str) -> BaseStorage:
-    """A journal file path, ``sqlite:///...`` or ``postgresql://...``.
+    """A journal file path, ``sqlite:///...`` or ``postgresql://...`` (one per process).
 
     Raises:
         StorageError: an RDB that cannot be reached or refuses the credentials.
     """
+    key = (os.getpid(), url)
+    if key not in _STORAGES:
+        _STORAGES[key] = _open_storage(url)
+    return _STORAGES[key]
+
+
+def _open_storage(url: str) -> BaseStorage:
     scheme = uri_scheme(url)
     if not scheme:
         path = Path(url)

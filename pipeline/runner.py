@@ -245,8 +245,9 @@ def run_sequence(
     with open_run() as run, scratch_dir() as tmp:
         progress = begin(run, cfg, data, module, device, splits, resume)
         for task in data.tasks[progress.next_task :]:
-            record, curves, optimizers = train_task(cfg, run, task, data, module, device, tmp)
-            acc = evaluate(module, data, device, splits)
+            acc, record, curves, optimizers = train_task(
+                cfg, run, task, data, module, device, splits, tmp
+            )
             for s in splits:
                 progress.rows[s].append(acc[s])
             progress.records.append(record)
@@ -279,7 +280,10 @@ def run_sequence(
         )
         result.finish(progress.rows)
         final = metric_records(result.final_metrics())
-        run.log_missing(final) if resume is not None else run.log_records(final)
+        if resume is not None:  # the cut-off process may have logged some of them
+            run.log_missing(final)
+        else:
+            run.log_records(final)
         runfiles.write_results(run, cfg, result)
     return result
 
@@ -314,10 +318,12 @@ def train_task(
     data: ContinualDataModule,
     module: ContinualModule,
     device: torch.device,
+    splits: tuple[str, ...],
     tmp: Path,
-) -> tuple[TaskRecord, list[Metric], list[torch.optim.Optimizer]]:
-    """Train ``task`` with a fresh Trainer: its record, its training curves (held, see
-    :class:`TaskLogger`), and its optimizers (for the checkpoint)."""
+) -> tuple[dict[str, list[float]], TaskRecord, list[Metric], list[torch.optim.Optimizer]]:
+    """Train ``task`` with a fresh Trainer, then evaluate every task: the accuracies, the
+    task's record, its training curves (held, see :class:`TaskLogger`) and its optimizers (for
+    the checkpoint)."""
     started = time.perf_counter()
     data.set_task(task.index)
     ctx = TaskContext(task.index, task, data, module.model, device)
@@ -328,13 +334,14 @@ def train_task(
     trainer.fit(module, datamodule=data)
     module.to(device)  # fit's teardown moved it to the CPU
     module.end_task(ctx)
+    acc = evaluate(module, data, device, splits)
     record = TaskRecord(
         timer.seconds,
         module.samples_trained,
-        time.perf_counter() - started,  # the evaluation is added by the caller's next lines
+        time.perf_counter() - started,  # training, validation, hooks and the evaluation
         ledger(module.strategies),
     )
-    return record, logger.curves, list(trainer.optimizers)
+    return acc, record, logger.curves, list(trainer.optimizers)
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -47,9 +45,7 @@ def test_readme_run_examples_compose_as_written(
     argv = dry_run(*shlex.split(line)[1:])
     assert argv[1:4] == ["-m", "pipeline", "run"], argv
     assert main(["config", *argv[4:]]) == 0, capsys.readouterr().err
-    assert sys.executable  # the dry run printed the venv's python; main ran in this one
 
 
 def test_there_are_readme_examples() -> None:
     assert len(readme_examples()) >= 3
-    assert Path(REPO_ROOT / "Makefile").is_file()

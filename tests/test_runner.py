@@ -141,3 +141,18 @@ def test_runs_are_named_for_what_ran_and_never_alike(tmp_path):
     names = {client(tmp_path / "mlruns").get_run(run(cfg).run_id).info.run_name for _ in range(2)}
     assert len(names) == 2
     assert all(n.startswith("l2-domain-seed3-") for n in names), names
+
+
+def test_task_wall_time_includes_the_evaluation_of_every_task(tmp_path, monkeypatch):
+    import pipeline.runner
+
+    real = pipeline.runner.evaluate
+
+    def slow(*args, **kwargs):  # a known cost inside each evaluation
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.runner, "evaluate", slow)
+    tiny = ["trainer.epochs=1", "trainer.max_batches=1", "data.synthetic.n_train=60"]
+    result = run(small_synthetic(tmp_path / "mlruns", *tiny))
+    assert all(r.wall_seconds >= r.train_seconds + 0.3 for r in result.records)

@@ -40,7 +40,6 @@ def test_composing_fills_the_dataclass_defaults_once(name: str) -> None:
 
 def test_every_strategy_file_belongs_to_a_registered_strategy() -> None:
     assert set(available("strategy")) == set(REGISTRY)
-    assert (CONF_DIR / "strategy").is_dir()
 
 
 def test_roles_order_the_default_comparison() -> None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
 
@@ -288,7 +289,9 @@ class Evaluation:
         return f"{torch.get_num_threads()} threads"
 
 
-def prepare(model: nn.Module, cfg: ExperimentConfig, options: Options, root: Any) -> Evaluation:
+def prepare(
+    model: nn.Module, cfg: ExperimentConfig, options: Options, root: Path | None
+) -> Evaluation:
     """The evaluation of ``model`` (task B's network, whose weights each point replaces) on
     the fixed test samples of tasks 0 and 1, built from the run's own config so that
     normalisation, permutations and label remapping are exactly those of training.

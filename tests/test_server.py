@@ -372,6 +372,50 @@ def test_no_postgres_binaries_is_bad_input(
     assert capsys.readouterr().err.startswith("error: no PostgreSQL binaries")
 
 
+# A stand-in for `mlflow server`: answers /health; "mlflow" in its command line, as pid_of asks.
+FAKE_MLFLOW = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@pytest.mark.parametrize("deaths", [1, 2])
+def test_a_server_killed_while_starting_is_started_once_more(
+    deaths: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server killed by a signal before it answers (CI once lost one so, with an empty log)
+    is started once more; a second death is reported with the signal, and nothing is left."""
+    from pipeline.server import tracking_server
+
+    spawned: list[int] = []
+
+    def spawn(s: server.Settings, folder: Path, backend: str, password: str | None) -> int:
+        argv = [sys.executable, "-c", FAKE_MLFLOW, str(s.port), "mlflow"]
+        proc = subprocess.Popen(argv, start_new_session=True)
+        tracking_server._CHILDREN[proc.pid] = proc
+        if len(spawned) < deaths:
+            proc.kill()
+        spawned.append(proc.pid)
+        return proc.pid
+
+    monkeypatch.setattr(tracking_server, "spawn_mlflow", spawn)
+    settings = server.Settings(folder=tmp_path, port=free_port(), timeout=30)
+    if deaths == 1:
+        pid = tracking_server.start_mlflow(settings, "postgresql://x@127.0.0.1/mlflow")
+        assert spawned == [spawned[0], pid] and process_group(pid) == [pid]
+        assert tracking_server.stop_mlflow(tmp_path) == pid
+    else:
+        with pytest.raises(server.ServerError, match=r"MLflow was killed by SIGKILL on port"):
+            tracking_server.start_mlflow(settings, "postgresql://x@127.0.0.1/mlflow")
+        assert len(spawned) == 2
+    assert not (tmp_path / "mlflow.pid").exists() and not tracking_server._CHILDREN
+    assert all(process_group(p) == [] for p in spawned)
+
+
 def test_command_line_is_light() -> None:
     # `stop` and `status` must answer at once: no heavy import at module level.
     heavy = "{'mlflow', 'torch', 'lightning', 'psycopg'}"

@@ -64,16 +64,45 @@ def start_mlflow(s: Settings, backend: str, password: str | None = None) -> int:
     # Wait also for one found running: it may be a start that was interrupted.
     health = f"http://{url_host(s.host, local=True)}:{s.port}/health"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # not via http_proxy
-    deadline = time.monotonic() + s.timeout
+    deadline, retried = time.monotonic() + s.timeout, False
     while True:
         with contextlib.suppress(OSError), opener.open(health, timeout=2) as answer:
             if answer.status == 200:
                 return pid
-        if not pid_of(pid_file, "mlflow") or time.monotonic() > deadline:
-            dead = not pid_of(pid_file, "mlflow")
+        dead = not pid_of(pid_file, "mlflow")
+        if dead and not retried and (code := _exit_code(pid)) is not None and code < 0:
+            # Killed by a signal from outside before it answered (nothing of ours sends one
+            # here): start it once more rather than fail; a second death is reported.
+            retried = True
+            _CHILDREN.pop(pid).wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # its uvicorn, should it outlive it
+            pid = spawn_mlflow(s, folder, backend, password)
+            pid_file.write_text(f"{pid}\n")
+            continue
+        if dead or time.monotonic() > deadline:
+            how = _how_it_ended(pid) if dead else "is silent"
             stop_mlflow(folder)
-            raise failed(f"MLflow {'exited' if dead else 'is silent'} on port {s.port}", log)
+            if dead and pid in _CHILDREN:  # stop_mlflow reaps only a live one
+                _CHILDREN.pop(pid).wait()
+            raise failed(f"MLflow {how} on port {s.port}", log)
         time.sleep(0.5)
+
+
+def _exit_code(pid: int) -> int | None:
+    """The exit status of a server this process spawned and that has ended (else None)."""
+    return _CHILDREN[pid].poll() if pid in _CHILDREN else None
+
+
+def _how_it_ended(pid: int) -> str:
+    code = _exit_code(pid)
+    if code is None:
+        return "exited"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def spawn_mlflow(s: Settings, folder: Path, backend: str, password: str | None) -> int:

@@ -44,10 +44,10 @@ AUTH =
 q = '$(subst ','\'',$(1))'
 
 .PHONY: help install data forget run runs compare erase landscape sweep best dashboard test test-slow lint format bench ui clean
-.PHONY: server server-stop
+.PHONY: server server-stop test-ui
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: EXP=<conf/experiment name> ARGS=\"key=value ...\" DATA=<data dir>"
 	@echo "             TRACKING=<MLflow store or http://server> STORAGE=<study storage> (every target;"
 	@echo "             else MLFLOW_TRACKING_URI / OPTUNA_STORAGE, else mlruns/)"
@@ -90,17 +90,21 @@ sweep: install data ## Optuna study: make sweep [EXP=..] STRATEGY=ewc [TRIALS=30
 best: install ## choose from a study, write conf/experiment/<study>-best.yaml, test once: make best STUDY=<name> [RULE=knee]
 	$(PY) -m pipeline best $(call q,$(STUDY)) --rule $(call q,$(RULE))
 
-dashboard: install ## optuna-dashboard on http://127.0.0.1:8080 over the study storage (STORAGE=)
-	$(PY) -m pipeline dashboard
+dashboard: install ## optuna-dashboard over the study storage (STORAGE=) [PORT=8080 HOST=127.0.0.1]
+	$(PY) -m pipeline dashboard --port $(call q,$(if $(filter command line environment,$(origin PORT)),$(PORT),8080)) --host $(call q,$(HOST))
 
 erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...>
 	$(PY) -m pipeline erase $(call q,$(RUN)) --task $(call q,$(TASK)) --ids $(call q,$(IDS))
 
-test: lint ## lint, then the test suite on synthetic data, 2 processes (real data: `make test-slow`)
-	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
+test: lint ## lint, then the test suite on synthetic data, 2 processes, about 9 min from a clone (real data: `make test-slow`)
+	$(PY) -m pytest -m "not slow and not browser" -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install data ## the tests that need the real datasets
 	$(PY) -m pytest -m slow -q
+
+test-ui: install data ## the MLflow UI in headless Chromium (Debian's chromium); screenshots to docs/img/
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y --no-install-recommends chromium >/dev/null; } || { echo "error: no chromium: apt-get install chromium" >&2; exit 2; }
+	UI_SCREENSHOTS=docs/img $(PY) -m pytest -m browser -q tests/test_ui_browser.py
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check pipeline tests benchmarks
@@ -116,8 +120,8 @@ bench: install data ## samples/s of the pipeline vs a bare PyTorch loop; strateg
 	$(PY) benchmarks/strategy_cost.py --root $(call q,$(DATA)) $(ARGS)
 	$(PY) benchmarks/storages.py
 
-ui: install ## the MLflow UI on http://127.0.0.1:5000 over mlruns/ [PORT=5000]
-	$(PY) -m pipeline ui --port $(call q,$(PORT))
+ui: install ## the MLflow UI over mlruns/ (TRACKING=), opening on the training view [PORT=5000 HOST=127.0.0.1]
+	$(PY) -m pipeline ui --port $(call q,$(PORT)) --host $(call q,$(HOST))
 
 server: install ## team mode: PostgreSQL + MLflow server in .server/ [HOST= PORT= PG_PORT= DB=postgresql://... AUTH=1]
 	$(PY) -m pipeline.server start --host $(call q,$(HOST)) --port $(call q,$(PORT)) --pg-port $(call q,$(PG_PORT)) $(if $(DB),--db $(call q,$(DB))) $(if $(filter 1 yes true,$(AUTH)),--auth)

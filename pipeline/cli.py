@@ -1,7 +1,8 @@
 """Command line: ``python -m pipeline <command>`` (the make targets call these).
 
 Commands: run (or resume), runs, config, compare, landscape, erase, sweep, best, dashboard, ui,
-data, server.
+data, server (the same as ``python -m pipeline.server``). sweep-worker is internal: sweep starts
+one per worker.
 
 Where things live is the config's ``paths`` section: every command takes ``paths.<key>=<value>``
 overrides (``paths.store``, ``paths.studies``, ``paths.data``, ``paths.reports``), and reads
@@ -236,13 +237,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     storage = compose_paths(args.overrides).studies_uri()
     _check_port(args.port)
-    cmd = ["optuna-dashboard", "--host", "127.0.0.1", "--port", str(args.port)]
+    _check_host(args.host)
+    cmd = ["optuna-dashboard", "--host", args.host, "--port", str(args.port)]
     if not uri_scheme(storage):
         if not Path(storage).is_file():
             raise ConfigError(f"{storage}: no study storage yet (run `make sweep` first)")
         cmd += ["--storage-class", "JournalFileStorage"]
     print(
-        f"optuna-dashboard on http://127.0.0.1:{args.port}/ over {redact(storage)}; "
+        f"optuna-dashboard on http://{args.host}:{args.port}/ over {redact(storage)}; "
         "Ctrl-C stops it",
         flush=True,
     )
@@ -260,18 +262,24 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from pipeline.provenance import ui_link
+    from pipeline.server.tracking_server import security_flags
+
     _check_port(args.port)
+    _check_host(args.host)
     store = _store(compose_paths(args.overrides))  # creates the database under the store's lock
     if store.server:
-        print(f"the store is a tracking server: open {store.uri}/#/experiments")
+        print(f"the store is a tracking server: open {ui_link(store.uri)}")
         return 0
     assert store.artifact_root is not None
     cmd = ["mlflow", "ui", "--backend-store-uri", store.uri]
     cmd += ["--default-artifact-root", str(store.artifact_root)]
-    cmd += ["--host", "127.0.0.1", "--port", str(args.port), "--workers", "1"]
+    cmd += ["--host", args.host, "--port", str(args.port), "--workers", "1"]
+    # Our plugin of MLflow's app: the model-training view and the columns by default.
+    cmd += ["--app-name", "pipeline", *security_flags(args.host, args.port)]
+    host = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"MLflow UI on http://127.0.0.1:{args.port}/#/experiments (store: {store}); "
-        "Ctrl-C stops it",
+        f"MLflow UI on {ui_link(f'http://{host}:{args.port}')} (store: {store}); Ctrl-C stops it",
         flush=True,
     )
     # No job consumers: they serve MLflow's GenAI features and would add 8 processes.
@@ -279,6 +287,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
     exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
     os.execv(exe, cmd)
     return 0  # pragma: no cover  (execv does not return)
+
+
+def _check_host(host: str) -> None:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"--host: {host!r} is not an IP address (127.0.0.1, 0.0.0.0, ::)"
+        ) from None
 
 
 def _check_port(port: int) -> None:
@@ -381,8 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_runs)
     p = _paths_command(sub, "dashboard", cmd_dashboard, "optuna-dashboard over the studies")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     p = _paths_command(sub, "ui", cmd_ui, "serve the MLflow UI over the project's store")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
     # handed whole to their own CLIs (their own --help), see main()
     sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
     sub.add_parser("server", help="team mode: PostgreSQL + MLflow server (`server --help`)")

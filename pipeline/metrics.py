@@ -3,7 +3,7 @@
 Notation (0-based in code): ``R[i, j]`` is the accuracy on task ``j`` after training through
 task ``i``; ``b[j]`` is the accuracy on task ``j`` of the untrained model (same seed). Every
 evaluation covers every task of the sequence, unseen ones too, so ``R`` is square (T x T).
-Definitions follow ``shared/notes/metrics.md``; the 1-based formulas there map to the code by
+Definitions follow ``docs/metrics.md``; the 1-based formulas there map to the code by
 ``k -> k - 1``. Accuracies are fractions in [0, 1].
 
 A metric that needs an earlier task (BWT, FWT, forgetting) is undefined for a single task and is

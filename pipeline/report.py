@@ -1,4 +1,5 @@
-"""What a finished sequence shows: the accuracy matrix as text and as a heatmap, the headline."""
+"""What a finished sequence shows: the accuracy matrix as text, as a heatmap and as each task's
+accuracy along the sequence, the headline."""
 
 from __future__ import annotations
 
@@ -78,5 +79,40 @@ def heatmap(matrices: Mapping[str, ArrayLike], names: Sequence[str], title: str)
         ax.set_xlabel("evaluated on task")
         ax.set_title(f"{split} accuracy (%)")
         fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def along_sequence(
+    percent: ArrayLike,
+    names: Sequence[str],
+    title: str,
+    split: str = "test",
+    init: Sequence[float] | None = None,
+) -> Figure:
+    """Each task's accuracy along the sequence: one line per task evaluated, against the task
+    just trained (``percent[i][j]``: on task j after task i, in %).
+
+    Args:
+        percent: the accuracy matrix in % (:class:`pipeline.results.AccuracyAlong` rows).
+        names: the tasks, in sequence order (the x ticks and the legend).
+        title: the figure's title.
+        split: the split evaluated (the y label).
+        init: the untrained model's accuracies in %, drawn first (tick ``init``) when given.
+    """
+    m = np.asarray(percent, dtype=float)
+    ticks = list(names)
+    if init is not None:
+        m, ticks = np.vstack([np.asarray(init, dtype=float), m]), ["init", *ticks]
+    fig = Figure(figsize=(max(5.0, 2.0 + 1.3 * len(ticks)), 4.0), layout="constrained")
+    ax = fig.subplots()
+    for j, name in enumerate(names):
+        ax.plot(range(len(ticks)), m[:, j], marker="o", label=name)
+    ax.set_xticks(range(len(ticks)), ticks)
+    ax.set_xlabel("after training task")
+    ax.set_ylabel(f"{split} accuracy (%)")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(title="accuracy on", fontsize=8)
     fig.suptitle(title)
     return fig

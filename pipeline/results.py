@@ -18,6 +18,27 @@ from pipeline.strategies import Strategy
 SPLITS = ("val", "test")  # val: model selection and sweeps; test: reporting only
 
 
+def acc_key(task: str, split: str) -> str:
+    """The metric of ``task``'s accuracy on ``split``, logged after each task (step = the
+    index of the task just trained), so its last value is the final accuracy."""
+    return f"acc/{task}/{split}"
+
+
+def summary_key(split: str, name: str) -> str:
+    """The metric of one of a split's summary values (:func:`pipeline.metrics.summarize`)."""
+    return f"summary/{split}/{name}"
+
+
+def table_columns(tasks: Sequence[str], split: str = "test") -> list[str]:
+    """The runs table's columns to compare runs by (MLflow's column keys): strategy, scenario,
+    each task's final accuracy, average accuracy and BWT."""
+    tags = [f"tags.`{t}`" for t in ("strategy", "scenario")]
+    metrics_ = [acc_key(t, split) for t in tasks] + [
+        summary_key(split, k) for k in ("avg_acc", "bwt")
+    ]
+    return tags + [f"metrics.`{m}`" for m in metrics_]
+
+
 @dataclass
 class TaskRecord:
     """What training one task cost and what the strategies kept afterwards.
@@ -80,7 +101,7 @@ class SequenceResult:
         total training time."""
         splits = list(self.matrix)
         return (
-            {f"summary/{s}/{k}": v for s in splits for k, v in self.summary[s].items()}
+            {summary_key(s, k): v for s in splits for k, v in self.summary[s].items()}
             | {
                 f"init_acc/{n}/{s}": self.init[s][j]
                 for s in splits
@@ -130,6 +151,38 @@ class SequenceResult:
         )
 
 
+@dataclass(frozen=True)
+class AccuracyAlong:
+    """Each task's accuracy along the sequence, on one split, in % rounded to 2 decimals.
+
+    Attributes:
+        split: the split evaluated (``test`` or ``val``).
+        tasks: the task keys, in sequence order: the rows' labels (the task just trained) and
+            the columns' (the task evaluated).
+        rows: ``rows[i][j]``, the accuracy on task j after training task i (R[i][j]).
+        init: the untrained model's accuracy on each task.
+    """
+
+    split: str
+    tasks: list[str]
+    rows: list[list[float]]
+    init: list[float]
+
+
+def accuracy_along(result: SequenceResult) -> list[AccuracyAlong]:
+    """Each task's accuracy along the sequence, per split the run evaluated, test first (the
+    split that is reported; a sweep's trials have only val)."""
+    return [
+        AccuracyAlong(
+            s,
+            list(result.tasks),
+            [[round(float(a) * 100, 2) for a in row] for row in result.matrix[s]],
+            [round(float(a) * 100, 2) for a in result.init[s]],
+        )
+        for s in sorted(result.matrix, key=lambda s: (s != "test", s))
+    ]
+
+
 def ledger(strategies: Sequence[Strategy]) -> dict[str, Any]:
     """The retention ledger: raw samples kept (per task), their bytes, derived-state bytes."""
     raw: dict[str, int] = {}
@@ -159,7 +212,7 @@ def task_metrics(
     """
     values: dict[str, float] = {}
     for s in rows:
-        values |= {f"acc/{t.name}/{s}": rows[s][-1][t.index] for t in tasks}
+        values |= {acc_key(t.name, s): rows[s][-1][t.index] for t in tasks}
         values[f"avg_acc/{s}"] = metrics.average_accuracy(np.array(rows[s]), task.index)
     kept = record.retention
     return values | {

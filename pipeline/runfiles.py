@@ -10,6 +10,8 @@ A task sequence's run holds::
                                   an erasure writes a new revision (task00-mnist.r1.ckpt) and
                                   then removes the old one (see rewrite_checkpoints)
     accuracy_matrix.json / .png   R[i][j] per split, the untrained accuracies, the summaries
+    accuracy_along.csv / .png     each task's accuracy (%) after each task: per split, a row
+                                  per task trained; the figure, a line per task (test split)
     retention.json                the retention ledger and cost of every task
     erasures.json                 every erasure request carried out on the run
     landscape/                    line and plane figures with their values (make landscape)
@@ -21,6 +23,8 @@ table and figures. Their names are here too.
 
 from __future__ import annotations
 
+import csv
+import io
 import pickle
 import re
 from collections.abc import Callable, Sequence
@@ -36,8 +40,8 @@ from pipeline.data.tasks import IMAGE_SHAPE, Task
 from pipeline.experiment import from_dict
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
-from pipeline.report import heatmap
-from pipeline.results import SequenceResult
+from pipeline.report import along_sequence, heatmap
+from pipeline.results import AccuracyAlong, SequenceResult, accuracy_along
 from pipeline.strategies import build_strategies
 from pipeline.tracking import Run, Store, scratch_dir
 
@@ -47,6 +51,8 @@ CHECKSUMS_FILE = "data_checksums.json"
 CHECKPOINT_DIR = "checkpoints"
 MATRIX_FILE = "accuracy_matrix.json"
 MATRIX_FIGURE = "accuracy_matrix.png"
+ALONG_TABLE = "accuracy_along.csv"  # a run's own; a comparison's is ALONG_SEQUENCE_FIGURE
+ALONG_FIGURE = "accuracy_along.png"
 LEDGER_FILE = "retention.json"
 ERASURES_FILE = "erasures.json"
 LANDSCAPE_DIR = "landscape"
@@ -323,7 +329,8 @@ def write_run_info(run: Run, cfg: ExperimentConfig, tasks: Sequence[Task]) -> No
 
 
 def write_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None:
-    """The accuracy matrix (JSON), its heatmap (PNG) and the ledger of every task."""
+    """The accuracy matrix (JSON), its heatmap (PNG), each task's accuracy along the sequence
+    (CSV, PNG) and the ledger of every task."""
     run.log_json(
         [{"task": n, **asdict(r)} for n, r in zip(result.tasks, result.records, strict=True)],
         LEDGER_FILE,
@@ -335,6 +342,23 @@ def write_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> No
     )
     matrices: dict[str, Any] = {s: result.matrix[s] for s in ("test", "val") if s in result.matrix}
     run.log_figure(heatmap(matrices, result.displays, title), MATRIX_FIGURE)
+    tables = accuracy_along(result)
+    run.log_text(along_csv(tables), ALONG_TABLE)
+    shown = tables[0]  # the test split where the run has one
+    figure = along_sequence(shown.rows, shown.tasks, title, shown.split, shown.init)
+    run.log_figure(figure, ALONG_FIGURE)
+
+
+def along_csv(tables: Sequence[AccuracyAlong]) -> str:
+    """The tables as CSV: ``split``, ``after_task``, one column per task; values in % with
+    2 decimals."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["split", "after_task", *(tables[0].tasks if tables else [])])
+    for table in tables:
+        for after, row in zip(table.tasks, table.rows, strict=True):
+            writer.writerow([table.split, after, *(f"{v:.2f}" for v in row)])
+    return out.getvalue()
 
 
 def read_result(store: Store, run_id: str) -> SequenceResult:

@@ -32,15 +32,22 @@ from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Task
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
-from pipeline.results import SPLITS, Progress, SequenceResult, TaskRecord, ledger, task_metrics
+from pipeline.provenance import git_commit, package_versions
+from pipeline.results import (
+    SPLITS,
+    Progress,
+    SequenceResult,
+    TaskRecord,
+    ledger,
+    table_columns,
+    task_metrics,
+)
 from pipeline.strategies import TaskContext, build_strategies
 from pipeline.tracking import (
     Run,
     RunFactory,
     flatten,
-    git_commit,
     metric_records,
-    package_versions,
     records_of,
     rows_of,
     scratch_dir,
@@ -384,3 +391,4 @@ def log_run_info(run: Run, cfg: ExperimentConfig, tasks: list[Task], device: tor
         }
     )
     runfiles.write_run_info(run, cfg, tasks)
+    run.store.show_columns(run.experiment_id, table_columns([t.name for t in tasks]))

@@ -24,15 +24,12 @@ import functools
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +39,16 @@ from mlflow.exceptions import MlflowException
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.locks import file_lock, pg_lock
-from pipeline.paths import DEFAULT_STORE, REPO_ROOT, PathsConfig, redact, repo_path, uri_scheme
+from pipeline.paths import DEFAULT_STORE, PathsConfig, redact, repo_path, uri_scheme
 from pipeline.processes import process_id
+from pipeline.provenance import default_run_name, source_name, ui_link
+from pipeline.server.ui_app import COLUMNS_TAG
 from pipeline.shield import ShieldedClient, shielded
 
 DB_FILE = "mlflow.db"  # the embedded store's database, in the store folder
 ARTIFACTS_DIR = "artifacts"  # the embedded store's artifact root, in the store folder
 LOCK_FILE = ".lock"  # in the store folder: see Store.client
+DESCRIPTION_TAG = "mlflow.note.content"  # what MLflow's UI shows as the description
 OWNER_TAG = "pipeline.owner"  # host:pid:start of the process that writes a run (resume)
 PROBE_TIMEOUT_S = 10  # a tracking server that does not answer this fast is reported as down
 # MLflow draws a progress bar for every artifact it downloads, and prints a link each time a run
@@ -65,15 +65,6 @@ class StoreError(ConfigError):
 
 
 MAX_BATCH = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
-TRACKED_PACKAGES = (
-    "torch",
-    "torchvision",
-    "lightning",
-    "mlflow",
-    "optuna",
-    "omegaconf",
-    "numpy",
-)
 
 
 @dataclass(frozen=True)
@@ -174,37 +165,54 @@ class Store:
         except Exception as e:  # OSError, MlflowException, sqlalchemy's errors: all one line
             raise StoreError(f"tracking store {self}: {_first_line(e)}") from None
 
-    def experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str, description: str = "") -> str:
         """Id of the experiment ``name``, created (with its artifacts under
         :attr:`artifact_root`) when missing. Two processes may create it at once: the loser
-        reads the winner's."""
+        reads the winner's. ``description`` becomes the experiment's description (MLflow's
+        note) unless it has one."""
         client = self.client()
         exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            return str(exp.experiment_id)
-        location = (self.artifact_root / name).as_uri() if self.artifact_root else None
-        try:
-            return str(client.create_experiment(name, artifact_location=location))
-        except MlflowException:
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return str(exp.experiment_id)
+        if exp is None:
+            location = (self.artifact_root / name).as_uri() if self.artifact_root else None
+            try:
+                exp_id = str(client.create_experiment(name, artifact_location=location))
+            except MlflowException:
+                if (exp := client.get_experiment_by_name(name)) is None:
+                    raise
+                exp_id = str(exp.experiment_id)
+        else:
+            exp_id = str(exp.experiment_id)
+        if description and (exp is None or DESCRIPTION_TAG not in exp.tags):
+            client.set_experiment_tag(exp_id, DESCRIPTION_TAG, description)
+        return exp_id
+
+    def create_run(self, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> Any:
+        """Create a run with MLflow's context tags (user, source, git commit, as
+        ``mlflow.start_run`` sets them) under ``tags``; its ``RunInfo``."""
+        from mlflow.tracking.context.registry import resolve_tags
+
+        context = resolve_tags({"mlflow.source.name": source_name()} if source_name() else {})
+        info = self.client().create_run(
+            experiment_id, run_name=run_name or None, tags=context | dict(tags)
+        )
+        return info.info
+
+    def show_columns(self, experiment_id: str, columns: Sequence[str]) -> None:
+        """Add ``columns`` (MLflow's column keys) to those the experiment's runs table shows
+        by default (:mod:`pipeline.server.ui_app` seeds a browser's view from them)."""
+        client = self.client()
+        tags = client.get_experiment(experiment_id).tags
+        shown = json.loads(tags.get(COLUMNS_TAG, "[]"))
+        if missing := [c for c in columns if c not in shown]:
+            client.set_experiment_tag(experiment_id, COLUMNS_TAG, json.dumps(shown + missing))
 
     def ui_url(self, experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
-        """Link to the runs table (MLflow 3.17 opens experiments on a GenAI page otherwise):
-        on the server itself, or on ``make ui`` for a store of this machine."""
-        base = self.uri if self.server else f"http://127.0.0.1:{port}"
-        url = f"{base}/#/experiments/{experiment_id}/runs"
-        return f"{url}/{run_id}" if run_id else url
-
-
-def default_run_name(cfg: ExperimentConfig) -> str:
-    """``naive-domain-seed0-20261201-225637-3fa1``: what ran, when, and four hex digits from
-    the OS (MLflow's own names come from Python's ``random``, which the experiment seed fixes:
-    every run of a seed got the same name)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{'+'.join(cfg.strategy)}-{cfg.scenario}-seed{cfg.seed}-{stamp}-{os.urandom(2).hex()}"
+        """Link to the runs table, or a run, in the model-training view (MLflow 3.17 opens
+        experiments on its GenAI pages otherwise; see :mod:`pipeline.server.ui_app`): on the
+        server itself, or on ``make ui`` for a store of this machine."""
+        return ui_link(
+            self.uri if self.server else f"http://127.0.0.1:{port}", experiment_id, run_id
+        )
 
 
 def probe_server(uri: str) -> None:
@@ -241,33 +249,6 @@ def probe_server(uri: str) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return redact(f"{type(e).__name__}: {text[0] if text else ''}")[:300]
-
-
-def git_commit() -> str:
-    """Commit of the working tree (with ``-dirty`` when it has uncommitted changes)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 class StopRun(Exception):
@@ -330,12 +311,13 @@ class Run:
         run_name: str = "",
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
+        description: str = "",
     ) -> Iterator[Run]:
-        exp_id = store.experiment_id(experiment)
+        exp_id = store.experiment_id(experiment, description)
         all_tags = {OWNER_TAG: process_id(), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        info = store.client().create_run(exp_id, run_name=run_name or None, tags=all_tags).info
+        info = store.create_run(exp_id, run_name, all_tags)
         with cls(store, info.run_id, exp_id)._managed() as run:
             yield run
 
@@ -347,9 +329,12 @@ class Run:
         run_name: str = "",
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
+        description: str = "",
     ) -> RunFactory:
         """A :data:`RunFactory` that starts a new run with these settings."""
-        return functools.partial(cls.start, store, experiment, run_name, parent_run_id, tags)
+        return functools.partial(
+            cls.start, store, experiment, run_name, parent_run_id, tags, description
+        )
 
     @classmethod
     def of(
@@ -362,7 +347,8 @@ class Run:
         experiment (``tracking.experiment``, else the config's name), with its run name."""
         experiment = cfg.tracking.experiment or cfg.name
         name = cfg.tracking.run_name or default_run_name(cfg)
-        return cls.factory(Store.of(cfg.paths), experiment, name, parent_run_id, tags)
+        store = Store.of(cfg.paths)
+        return cls.factory(store, experiment, name, parent_run_id, tags, cfg.description)
 
     @classmethod
     @contextmanager

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import client as client_for
 
-from pipeline.compare import compare
+from pipeline.compare import compare, configs_of
 from pipeline.compare.table import format_markdown, table
 from pipeline.errors import ConfigError
 from pipeline.tracking import Run, Store
@@ -85,6 +85,38 @@ def test_unknown_strategy_fails_before_running(tmp_path):
             out_dir=tmp_path / "r",
         )
     assert not (tmp_path / "s").exists()
+
+
+def test_strategy_override_goes_only_to_the_configs_that_have_the_strategy():
+    configs, _ = configs_of(
+        "synthetic_forgetting",
+        ["naive", "replay", "ewc+replay"],
+        [0, 1],
+        [*FAST, "strategies.replay.size=1100", "strategies.ewc.lam=7"],
+    )
+    assert all(c.strategies["replay"].size == 1100 for c in configs["replay"])
+    assert all("replay" not in c.strategies for c in configs["naive"])
+    both = configs["ewc+replay"][0]
+    assert both.strategies["replay"].size == 1100 and both.strategies["ewc"].lam == 7
+    assert "ewc" not in configs["replay"][0].strategies
+
+
+def test_strategy_override_of_no_compared_strategy_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"strategies\.replay\.size=1100") as e:
+        compare(
+            "synthetic_forgetting",
+            ["naive"],
+            [0],
+            [*FAST, "strategies.replay.size=1100", f"paths.store={tmp_path / 's'}"],
+            out_dir=tmp_path / "r",
+        )
+    assert "\n" not in str(e.value) and "not compared" in str(e.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_value_of_a_compared_strategy_is_still_refused():
+    with pytest.raises(ConfigError, match=r"strategies\.replay\.size"):
+        configs_of("synthetic_forgetting", ["naive", "replay"], [0], ["strategies.replay.size=-3"])
 
 
 def test_refusing_strategy_is_skipped_with_reason(tmp_path):

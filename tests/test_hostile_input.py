@@ -120,6 +120,8 @@ CASES: list[tuple[str, list[str]]] = [
     ),
     ("a port that is no port", ["ui", "--port", "99999"]),
     ("a dashboard port of 0", ["dashboard", "--port", "0"]),
+    ("a UI host that is no address", ["ui", "--host", "my laptop"]),
+    ("a dashboard host that is no address", ["dashboard", "--host", "300.1.1.1"]),
 ]
 
 

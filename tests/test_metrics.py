@@ -1,4 +1,4 @@
-"""Metrics on hand-computed accuracy matrices (definitions: shared/notes/metrics.md)."""
+"""Metrics on hand-computed accuracy matrices (definitions: docs/metrics.md)."""
 
 import numpy as np
 import pytest

@@ -65,6 +65,12 @@ def test_killed_three_times_and_resumed_it_ends_as_if_never_killed(tmp_path: Pat
         assert len(steps) == len(set(steps)), (key, steps)
         assert len(steps) == len(ce.get_metric_history(expected.run_id, key)), key
     r = Run.get(Store.at(store), run_id)
+    reference_run = Run.get(Store.at(tmp_path / "uninterrupted"), expected.run_id)
+    assert set(r.list_files()) == set(reference_run.list_files())  # the same artifacts
+    assert runfiles.ALONG_TABLE in r.list_files()
+    with runfiles.scratch_dir() as tmp:
+        along = r.download(runfiles.ALONG_TABLE, tmp).read_text()
+        assert along == reference_run.download(runfiles.ALONG_TABLE, tmp / "ref").read_text()
     files = runfiles.checkpoint_files(r)
     assert sorted(files) == [0, 1, 2]
     with runfiles.scratch_dir() as tmp:

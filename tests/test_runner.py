@@ -1,5 +1,8 @@
 """End to end on two synthetic tasks: forgetting shows, and the MLflow run holds what it must."""
 
+import csv
+import io
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +14,9 @@ import pytest
 import torch
 from conftest import checkpoint, client, run, small_synthetic
 
+from pipeline import runfiles
+from pipeline.report import along_sequence
+from pipeline.results import SequenceResult, accuracy_along
 from pipeline.tracking import Run, Store
 
 
@@ -78,6 +84,53 @@ def test_mlflow_run_holds_everything(finished):
     matrix = Run.get(Store.at(store), result.run_id).read_json("accuracy_matrix.json")
     assert np.allclose(matrix["test"]["matrix"], result.matrix["test"])
     assert matrix["scenario"] == "domain"
+
+
+def test_accuracy_along_the_sequence_is_logged_beside_the_heatmap(finished, tmp_path):
+    _, store, result = finished
+    r = Run.get(Store.at(store), result.run_id)
+    assert {"accuracy_along.csv", "accuracy_along.png"} <= set(r.list_files())
+    assert r.download("accuracy_along.png", tmp_path).read_bytes()[:4] == b"\x89PNG"
+    text = r.download("accuracy_along.csv", tmp_path).read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == ["split", "after_task", *result.tasks]
+    for split in ("test", "val"):  # one row per task trained, the matrix's row in %
+        mine = [row for row in rows if row["split"] == split]
+        assert [row["after_task"] for row in mine] == result.tasks
+        for i, row in enumerate(mine):
+            assert all(re.fullmatch(r"\d+\.\d\d", row[t]) for t in result.tasks), row
+            got = [float(row[t]) for t in result.tasks]
+            np.testing.assert_allclose(got, result.matrix[split][i] * 100, atol=0.005)
+    assert rows[0]["split"] == "test" and len(rows) == 2 * len(result.tasks)
+
+
+def test_accuracy_along_is_the_matrix_in_percent_test_split_first():
+    result = SequenceResult(
+        "run",
+        "0",
+        ["mnist", "fashion_mnist"],
+        ["MNIST", "Fashion-MNIST"],
+        {"val": np.array([[0.5, 0.1], [0.2, 0.9]]), "test": np.array([[0.98765, 0.1], [0.3, 1.0]])},
+        {"val": [0.1, 0.1], "test": [0.104, 0.0996]},
+    )
+    test, val = accuracy_along(result)
+    assert (test.split, val.split) == ("test", "val")
+    assert test.tasks == ["mnist", "fashion_mnist"]
+    assert test.rows == [[98.77, 10.0], [30.0, 100.0]] and test.init == [10.4, 9.96]
+    assert runfiles.along_csv([test, val]) == (
+        "split,after_task,mnist,fashion_mnist\n"
+        "test,mnist,98.77,10.00\ntest,fashion_mnist,30.00,100.00\n"
+        "val,mnist,50.00,10.00\nval,fashion_mnist,20.00,90.00\n"
+    )
+    (only,) = accuracy_along(
+        SequenceResult("r", "0", ["a"], ["A"], {"val": np.eye(1)}, {"val": [0.5]})
+    )
+    assert (only.split, only.rows, only.init) == ("val", [[100.0]], [50.0])  # a sweep's trial
+    ax = along_sequence(test.rows, test.tasks, "title", test.split, test.init).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["init", "mnist", "fashion_mnist"]
+    assert [line.get_label() for line in ax.get_lines()] == ["mnist", "fashion_mnist"]
+    assert list(ax.get_lines()[0].get_ydata()) == [10.4, 98.77, 30.0]
+    assert ax.get_ylabel() == "test accuracy (%)"
 
 
 def test_checkpoint_per_task_reloads(finished):
@@ -156,3 +209,36 @@ def test_task_wall_time_includes_the_evaluation_of_every_task(tmp_path, monkeypa
     tiny = ["trainer.epochs=1", "trainer.max_batches=1", "data.synthetic.n_train=60"]
     result = run(small_synthetic(tmp_path / "mlruns", *tiny))
     assert all(r.wall_seconds >= r.train_seconds + 0.3 for r in result.records)
+
+
+def test_the_ui_shows_what_runs_are_compared_by(finished, monkeypatch):
+    """MLflow's context tags (user, source, commit), the experiment's description, and the
+    runs table's columns (part 1 of the UI issue; make test-ui checks them in a browser)."""
+    import json
+
+    from pipeline import provenance
+    from pipeline.server.ui_app import COLUMNS_TAG, seeded_page
+
+    cfg, store, result = finished
+    client_ = client(store)
+    tags = client_.get_run(result.run_id).data.tags
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
+    exp = client_.get_experiment(result.experiment_id)
+    assert exp.tags["mlflow.note.content"] == cfg.description != ""
+    columns = json.loads(exp.tags[COLUMNS_TAG])
+    assert columns[:2] == ["tags.`strategy`", "tags.`scenario`"]
+    for key in ("acc/synthetic0/test", "acc/synthetic1/test", "summary/test/bwt"):
+        assert f"metrics.`{key}`" in columns
+        assert key in client_.get_run(result.run_id).data.metrics  # a column of a real metric
+    url = Store.at(store).ui_url(result.experiment_id, result.run_id, port=5123)
+    assert url == (
+        f"http://127.0.0.1:5123/#/experiments/{result.experiment_id}/runs/{result.run_id}"
+        "?workflowType=machine_learning"
+    )
+    page = seeded_page("<html><head><title>x</title></head></html>", {"1": ["a</script>"]})
+    assert page.startswith("<html><head><script>") and page.count("</script>") == 1
+    main = str(provenance.REPO_ROOT / "pipeline" / "__main__.py")
+    monkeypatch.setattr(sys, "argv", [main, "run", "seed_forgetting", "paths.store=x"])
+    assert provenance.source_name() == "pipeline run seed_forgetting"
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])
+    assert provenance.source_name() == ""

@@ -44,16 +44,21 @@ def configs_of(
 ) -> tuple[dict[str, list[ExperimentConfig]], dict[str, str]]:
     """Every run's config, by strategy, and the strategies that refuse the setting (why).
 
+    A ``strategies.<name>...`` override goes only to the configs whose strategy list holds
+    ``<name>`` (see :func:`overrides_for`); every other override goes to all of them.
+
     Raises:
-        ConfigError: a bad override or strategy name; no strategy can run.
+        ConfigError: a bad override or strategy name, an override of a strategy that is not
+            compared; no strategy can run.
     """
     configs: dict[str, list[ExperimentConfig]] = {}
     skipped: dict[str, str] = {}
     for spec in strategies:
-        names = spec.replace("+", ",")
+        names = names_of(spec)
+        mine = overrides_for(names, strategies, overrides)
         try:
             configs[spec] = [
-                compose(experiment, [*overrides, f"strategy=[{names}]", f"seed={seed}"])
+                compose(experiment, [*mine, f"strategy=[{','.join(names)}]", f"seed={seed}"])
                 for seed in seeds
             ]
         except StrategyRefused as e:
@@ -61,6 +66,51 @@ def configs_of(
     if not configs:
         raise ConfigError("strategy: no strategy can run in this setting")
     return configs, skipped
+
+
+def names_of(spec: str) -> list[str]:
+    """The strategies of a compared spec: ``ewc+replay`` is ``["ewc", "replay"]``."""
+    return [name.strip() for name in spec.split("+")]
+
+
+def configured_strategy(override: str) -> str | None:
+    """The strategy a ``strategies.<name>[.<key>]=<value>`` override configures, else None."""
+    section, _, rest = override.partition("=")[0].strip().partition(".")
+    if section != "strategies":
+        return None
+    return rest.partition(".")[0].strip() or None
+
+
+def overrides_for(
+    names: Sequence[str], strategies: Sequence[str], overrides: Sequence[str]
+) -> list[str]:
+    """The overrides of one compared config: all of them but those of strategies it lacks.
+
+    A single run refuses the parameters of a strategy it does not use; a comparison shares its
+    overrides among configs of different strategies, so ``strategies.replay.size=1100`` goes to
+    ``replay`` and ``ewc+replay`` and is left out of ``naive``.
+
+    Args:
+        names: the strategies of this config (``["ewc", "replay"]`` for ``ewc+replay``).
+        strategies: every compared spec (``a+b`` for a combination).
+        overrides: the comparison's overrides, in order.
+
+    Raises:
+        ConfigError: a ``strategies.<name>`` override where no compared spec holds ``<name>``
+            (one line naming it).
+    """
+    compared = {n for spec in strategies for n in names_of(spec)}
+    mine: list[str] = []
+    for item in overrides:
+        name = configured_strategy(item)
+        if name is not None and name not in compared:
+            raise ConfigError(
+                f"override '{item}': strategy '{name}' is not compared "
+                f"(strategies: {','.join(strategies)})"
+            )
+        if name is None or name in names:
+            mine.append(item)
+    return mine
 
 
 def compare(

@@ -1,6 +1,6 @@
 """Forgetting in weight space: two tasks' losses along a line and over a plane of weights.
 
-The thread explains forgetting with two bowls: task A's loss is low around theta_A (the weights
+The README explains forgetting with two bowls: task A's loss is low around theta_A (the weights
 after task A), task B's around theta_B (after task B), and training on B walks the weights out
 of A's bowl. This module draws that picture from a run's checkpoints:
 

@@ -136,7 +136,7 @@ class ModelLoss:
     CPU, several single-threaded evaluations at once beat one evaluation on several threads:
     small batches stay in cache and no thread waits for another inside each operation.
     Convolutional networks run in channels-last memory format, in which oneDNN's convolutions
-    and max-pooling are about twice as fast on the CPU (measured on the thread's CNN).
+    and max-pooling are about twice as fast on the CPU (measured on the project's CNN).
 
     Args:
         model: the network; its parameters are overwritten.

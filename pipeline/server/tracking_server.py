@@ -126,6 +126,8 @@ def spawn_mlflow(s: Settings, folder: Path, backend: str, password: str | None) 
         if not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):  # one key across restarts
             env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret(folder / "flask_secret.key")
         cmd += ["--app-name", "basic-auth"]
+    else:  # MLflow's app opening on the training view (pipeline.server.ui_app)
+        cmd += ["--app-name", "pipeline"]
     with (folder / "mlflow.log").open("ab") as log:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True

@@ -1,4 +1,4 @@
-"""Joint training: retrain on all the data seen so far (the upper bound, and the thread's
+"""Joint training: retrain on all the data seen so far (the upper bound, and the
 "why not just retrain on all the data?" baseline)."""
 
 from __future__ import annotations

@@ -40,9 +40,10 @@ from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import PathsConfig, redact, uri_scheme
+from pipeline.provenance import git_commit
 from pipeline.sweep.config import Settings, SweepConfig
 from pipeline.sweep.space import corner_params, lookup, objectives, search_space, trial_config
-from pipeline.tracking import Run, Store, git_commit
+from pipeline.tracking import Run, Store
 
 SETTINGS_ATTR = "pipeline.settings"  # study user attribute: the protocol record
 PARENT_ATTR = "pipeline.parent_run_id"
@@ -338,7 +339,7 @@ def _create(
         "strategy": "+".join(settings.strategy),
         "mlflow.source.git.commit": settings.commit,
     }
-    info = store.client().create_run(exp_id, run_name=f"sweep {name}", tags=tags).info
+    info = store.create_run(exp_id, f"sweep {name}", tags)
     run = Run(store, info.run_id, exp_id)
     run.log_params(parent_params(settings, sweep, name))
     run.log_json(asdict(settings), runfiles.SWEEP_SETTINGS_FILE)

@@ -3,7 +3,7 @@ median pruner and once without, same sampler seed; prints wall time, trials prun
 trained (a pruned trial stops after a task: the compute it saved, whatever the machine's load)
 and the best validation accuracy each found.
 
-    .venv/bin/python benchmarks/pruning.py                       # seed_forgetting, ewc, 1 epoch
+    .venv/bin/python benchmarks/pruning.py                       # quick_forgetting, ewc, 1 epoch
     .venv/bin/python benchmarks/pruning.py --trials 20 --epochs 5 --strategy lwf
 
 Both studies live in a temporary store (nothing is added to mlruns/).
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--experiment", default="seed_forgetting")
+    parser.add_argument("--experiment", default="quick_forgetting")
     parser.add_argument("--strategy", default="ewc")
     parser.add_argument("--root", default="data")
     parser.add_argument("--trials", type=int, default=16)

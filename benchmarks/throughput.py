@@ -73,7 +73,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     store = tempfile.mkdtemp(prefix="bench-mlruns-")
     cfg = compose(
-        "seed_forgetting",
+        "quick_forgetting",
         [
             f"paths.data={Path(args.root).resolve()}",
             f"data.tasks=[{{dataset: {args.dataset}}}]",

@@ -192,12 +192,22 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer, rebuilt fresh at the start of every task."""
+    """Optimizer, rebuilt fresh at the start of every task.
+
+    Attributes:
+        name: ``adam``, ``adamw`` or ``sgd``.
+        lr: the learning rate (the peak of the schedule).
+        weight_decay: L2 penalty (decoupled for ``adamw``).
+        momentum: SGD's momentum.
+        schedule: ``constant``, or ``cosine``: the rate falls from ``lr`` to 0 along each task's
+            training steps (cosine annealing, restarted per task).
+    """
 
     name: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    schedule: str = "constant"
 
     def check(self) -> None:
         require(
@@ -212,6 +222,11 @@ class OptimConfig:
             f"must be in [0, 1], got {self.weight_decay}",
         )
         require(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        require(
+            self.schedule in ("constant", "cosine"),
+            "optim.schedule",
+            f"'{self.schedule}' is not constant or cosine",
+        )
 
 
 @dataclass

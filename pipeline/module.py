@@ -126,15 +126,23 @@ class ContinualModule(pl.LightningModule):
             "val/acc", (logits.argmax(1) == batch.y).float().mean(), on_epoch=True, prog_bar=True
         )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         o = self.optim
+        optimizer: torch.optim.Optimizer
         if o.name == "sgd":
-            return torch.optim.SGD(
+            optimizer = torch.optim.SGD(
                 params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
             )
-        cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-        return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+            optimizer = cls(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.schedule == "constant":
+            return optimizer
+        # Cosine to 0 over this task's steps (the Trainer is per task, so is the schedule).
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
     # -- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()

@@ -114,5 +114,5 @@ def along_sequence(
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
     ax.legend(title="accuracy on", fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     return fig

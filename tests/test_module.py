@@ -1,5 +1,6 @@
 """The strategy hooks, driven by the real runner through a toy plugin."""
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,25 @@ def test_optimizer_is_fresh_per_task(toy, store, monkeypatch):
     monkeypatch.setattr(ContinualModule, "configure_optimizers", spy)
     run(toy_cfg(store))
     assert len(made) == 2 and made[0] is not made[1]
+
+
+def test_cosine_schedule_falls_to_zero_within_each_task(store, monkeypatch):
+    """optim.schedule=cosine: each task starts at optim.lr and ends near 0 (per task)."""
+    seen: list[list[float]] = []
+    real = ContinualModule.optimizer_step
+
+    def spy(self, *args, **kwargs):
+        if self.trainer.global_step == 0:
+            seen.append([])
+        seen[-1].append(self.trainer.optimizers[0].param_groups[0]["lr"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContinualModule, "optimizer_step", spy)
+    run(small_synthetic(store, "optim.schedule=cosine", "optim.lr=0.002"))
+    assert len(seen) == 2 and all(len(lrs) > 3 for lrs in seen)
+    for lrs in seen:
+        assert lrs[0] == pytest.approx(0.002) and lrs[-1] < 0.1 * 0.002
+        assert all(a >= b for a, b in itertools.pairwise(lrs))
 
 
 def test_strategy_state_in_checkpoint(toy, store):

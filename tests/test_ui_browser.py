@@ -11,7 +11,7 @@ then the links the pipeline prints, each loaded in a fresh browser profile, as a
 Assertions read the DOM after the page's scripts ran. ``UI_SCREENSHOTS=<folder>`` also saves
 the screenshots there (`make test-ui` writes docs/img/, which the README shows).
 
-Marked ``browser``: not part of `make test` (it takes about 2 minutes).
+Marked ``browser``: not part of `make test` (it takes about 4 minutes).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class EWCParams:
         lam: lambda of Kirkpatrick's loss ``L_B + sum_i lam/2 F_i (theta_i - theta*_A,i)^2``:
             the 1/2 is inside (the penalty's gradient is ``lam F (theta - theta*)``). Avalanche's
             ``ewc_lambda`` has no 1/2 and a batch-gradient Fisher: its 1e4 is of the order of
-            our 1e2 (see :func:`empirical_fisher`). On seed_forgetting (validation MNIST /
+            our 1e2 (see :func:`empirical_fisher`). On quick_forgetting (validation MNIST /
             Fashion-MNIST): 1e3 gives 45.7 / 84.2, 1e4 gives 38.5 / 85.0.
         fisher_samples: training samples of each task the Fisher is estimated on. Against the
             Fisher of all 54k MNIST samples, the relative L1 error is 0.61 at 2,000 and 0.24 at

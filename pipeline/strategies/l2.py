@@ -19,7 +19,7 @@ class L2Params:
 
     Attributes:
         lam: weight of the penalty ``lam * sum_i (theta_i - theta*_i)^2`` (no 1/2). On
-            seed_forgetting (validation MNIST / Fashion-MNIST): 0.1 gives 91.2 / 74.9; 1 gives
+            quick_forgetting (validation MNIST / Fashion-MNIST): 0.1 gives 91.2 / 74.9; 1 gives
             about 95 / 55 (a third of the second task learned).
     """
 

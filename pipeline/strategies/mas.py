@@ -47,7 +47,7 @@ class MASParams:
 
     Attributes:
         lam: weight of the penalty ``lam * sum_i Omega_i (theta_i - theta*_i)^2`` (no 1/2). On
-            seed_forgetting (validation MNIST / Fashion-MNIST): 1 gives 26.1 / 84.6, 100 gives
+            quick_forgetting (validation MNIST / Fashion-MNIST): 1 gives 26.1 / 84.6, 100 gives
             34.5 / 84.6.
         samples: training samples of each task the importance is estimated on.
     """

@@ -22,7 +22,7 @@ class SIParams:
 
     Attributes:
         c: strength of the penalty ``c * sum_i Omega_i (theta_i - theta*_i)^2`` (no 1/2). On
-            seed_forgetting (validation MNIST / Fashion-MNIST): 1 gives 55.4 / 84.0, 10 gives
+            quick_forgetting (validation MNIST / Fashion-MNIST): 1 gives 55.4 / 84.0, 10 gives
             58.3 / 81.9.
         xi: damping of the importance's denominator ``(Delta theta)^2 + xi`` (> 0); 1e-3 is
             Zenke et al.'s Split MNIST value.

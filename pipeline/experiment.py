@@ -3,6 +3,10 @@
 :mod:`pipeline.config` composes ``conf/`` and knows no strategy; :func:`pipeline.strategies.resolve`
 parses each strategy's hyperparameters against its ``Params`` and lets it refuse the setting.
 Every command builds its configs here, so both always happen, in that order.
+
+The strategies, the network's size and the device need torch (2 to 5 s to import); the schema
+does not. They are imported once the schema has passed, so a mistyped key or value is refused
+in well under a second (``tests/test_hostile_input.py`` checks that no heavy module is loaded).
 """
 
 from __future__ import annotations
@@ -11,14 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipeline.conf import compose_raw, from_dict_raw
 from pipeline.config import ExperimentConfig
-from pipeline.data.tasks import IMAGE_SHAPE, NUM_CLASSES
 from pipeline.errors import ConfigError
-from pipeline.models import parameter_count
-from pipeline.strategies import resolve
 
 #: Bytes per parameter while training: the weight, its gradient and Adam's two moments.
 TRAINING_BYTES_PER_PARAMETER = 16
@@ -35,12 +34,17 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
         ConfigError: unknown key, wrong type, bad value or missing file (one line).
         StrategyRefused: a strategy that cannot work in this setting (a ``ConfigError``).
     """
-    return check_machine(resolve(compose_raw(experiment, overrides)))
+    cfg = compose_raw(experiment, overrides)
+    from pipeline.strategies import resolve  # torch: only once the schema has passed
+
+    return check_machine(resolve(cfg))
 
 
 def from_dict(tree: dict[str, Any]) -> ExperimentConfig:
     """Rebuild and re-check a config saved with :func:`pipeline.config.to_dict` (a run's
     ``config.yaml``, a checkpoint)."""
+    from pipeline.strategies import resolve
+
     return resolve(from_dict_raw(tree))
 
 
@@ -51,6 +55,11 @@ def check_machine(cfg: ExperimentConfig) -> ExperimentConfig:
     Raises:
         ConfigError: one line naming the key.
     """
+    import torch
+
+    from pipeline.data.tasks import IMAGE_SHAPE, NUM_CLASSES
+    from pipeline.models import parameter_count
+
     accelerator = cfg.trainer.accelerator
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator: '{accelerator}', but this machine has no GPU")

@@ -187,3 +187,31 @@ def test_refused_in_one_line_with_exit_2_and_no_run(
     assert runs_in(store) == before, name
     assert not (tmp_path / "reports").exists(), name
     assert not list(tmp_path.rglob("journal.log")), name
+
+
+def test_help_and_schema_errors_load_no_heavy_module() -> None:
+    """`--help` and a config refused by the schema answer at once: nothing heavy is imported
+    (torch alone takes 2 to 5 s here)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from pipeline.cli import main
+heavy = {"torch", "lightning", "mlflow", "optuna", "matplotlib"}
+bad = [
+    ["run", "seed_forgetting", "trainer.epochz=3"],
+    ["run", "seed_forgetting", "optim.lr=-1"],
+    ["run", "seed_forgetting", "strategy=[ewc,"],
+    ["run", "no_such_experiment"],
+    ["config", "seed_forgetting", "model.dropout=2"],
+]
+codes = [main(argv) for argv in bad]
+try:
+    main(["--help"])
+except SystemExit as e:
+    codes.append(e.code)
+print(codes, sorted(heavy & set(sys.modules)))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[2, 2, 2, 2, 2, 0] []", done.stdout

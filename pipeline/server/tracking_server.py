@@ -90,8 +90,17 @@ def start_mlflow(s: Settings, backend: str, password: str | None = None) -> int:
 
 
 def _exit_code(pid: int) -> int | None:
-    """The exit status of a server this process spawned and that has ended (else None)."""
-    return _CHILDREN[pid].poll() if pid in _CHILDREN else None
+    """The exit status of a server this process spawned, once it has ended (else None).
+
+    Called when :func:`pid_of` no longer sees it: a dying process loses its command line before
+    it becomes a zombie, so it is waited for a moment rather than polled once.
+    """
+    if pid not in _CHILDREN:
+        return None
+    try:
+        return _CHILDREN[pid].wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _how_it_ended(pid: int) -> str:

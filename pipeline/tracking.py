@@ -191,7 +191,8 @@ class Store:
         ``mlflow.start_run`` sets them) under ``tags``; its ``RunInfo``."""
         from mlflow.tracking.context.registry import resolve_tags
 
-        context = resolve_tags({"mlflow.source.name": source_name()} if source_name() else {})
+        source = source_name()
+        context = resolve_tags({"mlflow.source.name": source} if source else {})
         info = self.client().create_run(
             experiment_id, run_name=run_name or None, tags=context | dict(tags)
         )

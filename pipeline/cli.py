@@ -234,6 +234,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from pipeline.paths import uri_scheme
+    from pipeline.server.common import url_host
 
     storage = compose_paths(args.overrides).studies_uri()
     _check_port(args.port)
@@ -244,7 +245,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             raise ConfigError(f"{storage}: no study storage yet (run `make sweep` first)")
         cmd += ["--storage-class", "JournalFileStorage"]
     print(
-        f"optuna-dashboard on http://{args.host}:{args.port}/ over {redact(storage)}; "
+        f"optuna-dashboard on http://{url_host(args.host)}:{args.port}/ over {redact(storage)}; "
         "Ctrl-C stops it",
         flush=True,
     )
@@ -263,6 +264,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from pipeline.provenance import ui_link
+    from pipeline.server.common import url_host
     from pipeline.server.tracking_server import security_flags
 
     _check_port(args.port)
@@ -277,7 +279,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd += ["--host", args.host, "--port", str(args.port), "--workers", "1"]
     # Our plugin of MLflow's app: the model-training view and the columns by default.
     cmd += ["--app-name", "pipeline", *security_flags(args.host, args.port)]
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    host = url_host(args.host)  # a wildcard is printed as this machine's name
     print(
         f"MLflow UI on {ui_link(f'http://{host}:{args.port}')} (store: {store}); Ctrl-C stops it",
         flush=True,

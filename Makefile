@@ -115,7 +115,8 @@ format: install ## apply ruff's formatting and import order
 	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
 	$(VENV)/bin/ruff format pipeline tests benchmarks
 
-bench: install data ## samples/s of the pipeline vs a bare PyTorch loop; strategy cost vs naive; study storages
+bench: install data ## pipeline vs a bare PyTorch loop: whole-process wall and memory, start-up, samples/s; strategy cost vs naive; study storages
+	$(PY) benchmarks/overhead.py --root $(call q,$(DATA))
 	$(PY) benchmarks/throughput.py --root $(call q,$(DATA))
 	$(PY) benchmarks/strategy_cost.py --root $(call q,$(DATA)) $(ARGS)
 	$(PY) benchmarks/storages.py

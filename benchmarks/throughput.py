@@ -1,14 +1,15 @@
 """Training throughput of the pipeline against a bare PyTorch loop, measured in one run.
 
-Both train the same model (the config's, default LeNet-style CNN) on the same in-memory task
-(default MNIST's 54,000 training samples) with the same optimizer, batch size and thread count.
+Both train the same model (the experiment's, default the founding CNN; ``--model`` picks another
+from conf/model/) on the same in-memory task (default MNIST's 54,000 training samples) with the
+same optimizer, batch size and thread count.
 The pipeline side is the real thing: ``run_sequence`` with its Lightning Trainer, strategy hooks,
 MLflow logging and progress bar; its time is the TrainTimer's (validation excluded). The two are
 run alternately, ``--repeats`` times each, and the medians compared, so that machine noise hits
 both alike.
 
     make bench                       # MNIST, 1 epoch, 3 repeats
-    make bench ARGS="--dataset synthetic --repeats 1"
+    .venv/bin/python benchmarks/throughput.py --dataset synthetic --repeats 1
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def main() -> None:
     parser.add_argument(
         "--dataset", default="mnist", choices=["mnist", "fashion_mnist", "synthetic"]
     )
-    parser.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
+    parser.add_argument("--experiment", default="seed_forgetting")
+    parser.add_argument("--model", default="", help="conf/model/ name (default: the experiment's)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -73,11 +75,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     store = tempfile.mkdtemp(prefix="bench-mlruns-")
     cfg = compose(
-        "quick_forgetting",
+        args.experiment,
         [
             f"paths.data={Path(args.root).resolve()}",
             f"data.tasks=[{{dataset: {args.dataset}}}]",
-            f"model={args.model}",
+            *([f"model={args.model}"] if args.model else []),
             f"trainer.epochs={args.epochs}",
             f"trainer.threads={args.threads}",
             "trainer.validate_every_epoch=false",
@@ -95,7 +97,8 @@ def main() -> None:
         print(f"repeat {r + 1}: bare {bare[-1]:,.0f} samples/s, pipeline {pipe[-1]:,.0f} samples/s")
     b, p = statistics.median(bare), statistics.median(pipe)
     print(
-        f"\n{args.dataset}, {args.model}, batch {cfg.data.batch_size}, {args.epochs} epoch(s), "
+        f"\n{args.dataset}, CNN {cfg.model.channels} ({args.experiment}), batch "
+        f"{cfg.data.batch_size}, {args.epochs} epoch(s), "
         f"{args.threads} threads, median of {args.repeats}:"
     )
     print(f"  bare PyTorch loop  {b:10,.0f} training samples/s")

@@ -179,8 +179,15 @@ def build_model(
 ) -> Classifier:
     """Build the network named by the config.
 
-    ``cnn`` is LeNet-style: per entry of ``channels`` a ``kernel_size`` convolution, ReLU and 2x2
-    max-pool, then the ``hidden`` fully connected layers. ``mlp`` flattens the image first.
+    ``cnn`` is LeNet-style: per entry of ``channels`` a ``kernel_size`` convolution, 2x2 max-pool
+    and ReLU, then the ``hidden`` fully connected layers. ``mlp`` flattens the image first.
+
+    Two choices make the CNN about twice as fast on a CPU without changing what it computes:
+    the ReLU comes after the pooling (``relu(max(x)) == max(relu(x))``, exactly, as ReLU is
+    monotone; it then touches a quarter of the values), and the convolution weights are
+    channels-last, which oneDNN's convolution and pooling kernels run faster than the default
+    layout (``make bench``). Parameters are the same tensors in another memory layout: flatten
+    them with ``reshape``/``flatten``, never ``view``.
 
     Args:
         cfg: model config.
@@ -192,7 +199,7 @@ def build_model(
     if cfg.name == "cnn":
         c, h, w = input_shape
         for out_c in cfg.channels:
-            layers += [nn.Conv2d(c, out_c, cfg.kernel_size), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(c, out_c, cfg.kernel_size), nn.MaxPool2d(2), nn.ReLU()]
             c, h, w = out_c, (h - cfg.kernel_size + 1) // 2, (w - cfg.kernel_size + 1) // 2
             if h < 1 or w < 1:
                 raise ValueError(
@@ -207,4 +214,5 @@ def build_model(
     layers += _fc_stack(features, cfg.hidden, cfg.dropout)
     feature_dim = cfg.hidden[-1] if cfg.hidden else features
     head = build_head(scenario, feature_dim, classes_per_task)
-    return Classifier(nn.Sequential(*layers), feature_dim, head)
+    model = Classifier(nn.Sequential(*layers), feature_dim, head)
+    return model.to(memory_format=torch.channels_last)  # only 4-D (convolution) weights change

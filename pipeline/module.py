@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from typing_extensions import override
 
 from pipeline.config import OptimConfig
 from pipeline.data.tasks import Batch
@@ -35,6 +36,8 @@ class ContinualModule(pl.LightningModule):
         strategies: plugins, applied in order.
         optim: optimizer settings.
         check_finite_every: check the loss for NaN/inf every this many steps (0: never).
+        log_every: log the step values (loss, penalties) every this many steps: the Trainer's
+            ``log_every_n_steps``, the steps its logger writes.
     """
 
     def __init__(
@@ -43,14 +46,17 @@ class ContinualModule(pl.LightningModule):
         strategies: Sequence[Strategy],
         optim: OptimConfig,
         check_finite_every: int = 10,
+        log_every: int = 50,
     ) -> None:
         super().__init__()
         self.model = model
         self.strategies = list(strategies)
         self.optim = optim
         self.check_finite_every = check_finite_every
+        self.log_every = log_every
         self.ctx: TaskContext | None = None
         self.samples_trained = 0  # this task's samples, after the strategies' transforms
+        self._correct, self._counted = torch.zeros((), dtype=torch.long), 0  # epoch's accuracy
 
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
         return self.model(x, task)
@@ -90,11 +96,17 @@ class ContinualModule(pl.LightningModule):
         logits = self.model(batch.x, batch.task)
         loss = F.cross_entropy(logits, batch.y)
         total = loss
+        # Lightning's self.log costs about 0.3 ms a call on a CPU (it walks its result objects),
+        # a few percent of a small CNN's step: step values are logged only on the steps the
+        # logger writes (every log_every), and the epoch's accuracy is summed
+        # here and logged once at the epoch's end.
+        write = (self.global_step + 1) % self.log_every == 0
         for s in self.strategies:
             extra = s.penalty(self.model, batch, logits)
             if extra is not None:
                 total = total + extra
-                self.log(f"train/penalty_{s.name}", extra, on_step=True, on_epoch=False)
+                if write:
+                    self.log(f"train/penalty_{s.name}", extra, on_step=True, on_epoch=False)
         if (
             self.check_finite_every
             and batch_idx % self.check_finite_every == 0
@@ -105,10 +117,30 @@ class ContinualModule(pl.LightningModule):
                 f" epoch {self.current_epoch}, batch {batch_idx}: lower optim.lr or the "
                 "regularisation strength"
             )
-        acc = (logits.detach().argmax(1) == batch.y).float().mean()
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        self._correct += (logits.detach().argmax(1) == batch.y).sum()
+        self._counted += int(batch.y.shape[0])
+        if write:
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return total
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        self._correct, self._counted = torch.zeros((), dtype=torch.long, device=self.device), 0
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        acc = self._correct.float() / max(self._counted, 1)
+        self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    @override
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        # Lightning's default walks any collection generically (about 0.2 ms a step on a CPU);
+        # our loaders yield Batch tuples of tensors.
+        if isinstance(batch, Batch):
+            return Batch(*(t.to(device, non_blocking=True) for t in batch))
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_backward(self) -> None:
         for s in self.strategies:

@@ -131,6 +131,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")  # inside Lightning 2.6
+    # The module's transfer_batch_to_device is meant to win over the datamodule's default.
+    warnings.filterwarnings("ignore", ".*overridden `transfer_batch_to_device`.*")
 
 
 def make_trainer(
@@ -189,7 +191,9 @@ def prepare(cfg: ExperimentConfig) -> tuple[ContinualDataModule, ContinualModule
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg.model, data.input_shape, data.classes_per_task, cfg.scenario)
     strategies = build_strategies(cfg)
-    module = ContinualModule(model, strategies, cfg.optim, cfg.trainer.check_finite_every)
+    module = ContinualModule(
+        model, strategies, cfg.optim, cfg.trainer.check_finite_every, cfg.trainer.log_every_n_steps
+    )
     return data, module, resolve_device(cfg.trainer.accelerator)
 
 

@@ -133,3 +133,15 @@ def test_a_corrupt_dataset_file_is_named(tmp_path):
     cfg = DataConfig(tasks=[TaskConfig(dataset="mnist", name="mnist")])
     with pytest.raises(DataError, match=f"{raw / first} fails its MD5 check"):
         load_task(0, cfg.tasks[0], cfg, root=tmp_path)
+
+
+def test_a_loader_over_one_split_shares_its_images():
+    """Loaders are built per fit and per evaluation: one split's images are used in place (the
+    process holds each image once); only a joint loader concatenates."""
+    dm = ContinualDataModule(compose("synthetic_forgetting").data, seed=0)
+    dm.setup()
+    one = TaskDataset([(dm.tasks[0].train, dm.tasks[0])], dm.tasks)
+    assert one.images.data_ptr() == dm.tasks[0].train.images.data_ptr()
+    both = TaskDataset([(t.train, t) for t in dm.tasks], dm.tasks)
+    assert len(both) == len(dm.tasks[0].train) + len(dm.tasks[1].train)
+    assert both.task.unique().tolist() == [0, 1]

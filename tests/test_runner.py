@@ -242,3 +242,16 @@ def test_the_ui_shows_what_runs_are_compared_by(finished, monkeypatch):
     assert provenance.source_name() == "pipeline run seed_forgetting"
     monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])
     assert provenance.source_name() == ""
+
+
+def test_step_values_are_logged_every_log_interval_and_accuracy_per_epoch(finished):
+    """The module logs the loss only on the steps the logger writes (self.log costs ~0.3 ms a
+    call) and sums the epoch's training accuracy itself: the same curves, fewer calls."""
+    cfg, store, result = finished
+    client_ = client(store)
+    every = cfg.trainer.log_every_n_steps
+    loss = client_.get_metric_history(result.run_id, "t0/train/loss")
+    acc = client_.get_metric_history(result.run_id, "t0/train/acc")
+    assert loss and all((h.step + 1) % every == 0 for h in loss), [h.step for h in loss]
+    assert len(acc) == cfg.trainer.epochs
+    assert all(0.0 <= h.value <= 1.0 for h in acc)

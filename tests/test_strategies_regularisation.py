@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from conftest import checkpoint, client, run, small_synthetic
 from torch import Tensor, nn
 
+import pipeline.strategies._per_sample as per_sample
+from pipeline.config import ModelConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
-from pipeline.models import Classifier, build_head
+from pipeline.models import Classifier, build_head, build_model
 from pipeline.strategies import REGISTRY, Strategy, parse_params
 from pipeline.strategies._anchor import trainable
 from pipeline.strategies.ewc import empirical_fisher
@@ -154,6 +156,63 @@ def test_mas_importance_is_mean_absolute_output_sensitivity() -> None:
     for n in omega:
         assert torch.allclose(omega[n], expected[n], atol=1e-5), n
         assert (omega[n] >= 0).all()
+
+
+def tiny_cnn(scenario: str) -> Classifier:
+    """A two-convolution CNN of build_model's kind (channels-last, pool then ReLU), 8x8 inputs."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="cnn", channels=[3, 4], kernel_size=2, hidden=[5])
+    return build_model(cfg, (1, 8, 8), [2, 2], scenario)
+
+
+def image_batches(task: int, n: int = 12, offset: int = 0) -> list[Batch]:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = torch.randint(0, 2, (n,), generator=g) + offset
+    t = torch.full((n,), task)
+    return [Batch(x[i : i + 5], y[i : i + 5], t[i : i + 5], t[i : i + 5]) for i in range(0, n, 5)]
+
+
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+@pytest.mark.parametrize("estimate", ["fisher", "mas"])
+def test_by_layer_importance_of_a_cnn_matches_brute_force(scenario: str, estimate: str) -> None:
+    """The by-layer path (outer products, unfolded patches) on convolutions and every head."""
+    model = tiny_cnn(scenario)
+    assert per_sample._layers_by_parameter(model, dict(trainable(model))) is not None
+    model.head.start_task(1)
+    data = image_batches(1, offset=2 if scenario == "class" else 0)
+    if estimate == "fisher":
+        got = empirical_fisher(model, ctx_for(model, data, 1), samples=1000)
+        fn = (lambda logits, y: F.cross_entropy(logits, y), torch.square)
+    else:
+        got = output_sensitivity(model, ctx_for(model, data, 1), samples=1000)
+        fn = (lambda logits, y: logits.square().sum(), torch.abs)
+    expected = brute_force(model, data, fn)
+    assert got.keys() == expected.keys()
+    for n in got:
+        assert torch.allclose(got[n], expected[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_a_network_the_by_layer_path_cannot_read_uses_vmap() -> None:
+    """A layer applied twice (shared weights) and a LayerNorm: the general path, same result."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 4)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.tanh(self.layer(torch.tanh(self.layer(x.flatten(1)))))
+
+    for backbone in (Twice(), nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4))):
+        torch.manual_seed(0)
+        model = Classifier(backbone, 4, build_head("domain", 4, [2, 2]))
+        data = batches(0)
+        fisher = empirical_fisher(model, ctx_for(model, data), samples=1000)
+        nll = (lambda logits, y: F.cross_entropy(logits, y), torch.square)
+        expected = brute_force(model, data, nll)
+        for n in fisher:
+            assert torch.allclose(fisher[n], expected[n], atol=1e-6), n
 
 
 # -- penalties ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pipeline.data.tasks import (
     TaskDataset,
     load_task,
     normalise,
+    release_raw_datasets,
 )
 
 
@@ -66,6 +67,7 @@ class ContinualDataModule(pl.LightningDataModule):
             task = load_task(i, task_cfg, self.cfg, self.scenario, offset, self.root)
             offset += task.num_classes
             self.tasks.append(task)
+        release_raw_datasets()  # the tasks hold what they use; the files' copies can go
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -111,15 +111,19 @@ def normalise(images: Tensor, task: Tensor, means: Tensor, stds: Tensor) -> Tens
 class TaskDataset(Dataset[Batch]):
     """One or more tasks' splits that return whole batches: ``dataset[index_tensor] -> Batch``.
 
-    Several parts (``joint`` trains on all tasks seen so far) are concatenated once; each
-    sample keeps its task's normalisation.
+    Several parts (``joint`` trains on all tasks seen so far) are concatenated once; one part
+    is used as it is (a loader is built per fit and per evaluation: copying the images each
+    time would cost memory and time). Each sample keeps its task's normalisation.
     """
 
     def __init__(self, parts: list[tuple[Split, Task]], tasks: list[Task]) -> None:
-        self.images = torch.cat([s.images for s, _ in parts])
-        self.labels = torch.cat([s.labels for s, _ in parts])
-        self.ids = torch.cat([s.ids for s, _ in parts])
-        self.task = torch.cat([torch.full((len(s),), t.index) for s, t in parts])
+        def joined(tensors: list[Tensor]) -> Tensor:
+            return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+        self.images = joined([s.images for s, _ in parts])
+        self.labels = joined([s.labels for s, _ in parts])
+        self.ids = joined([s.ids for s, _ in parts])
+        self.task = joined([torch.full((len(s),), t.index) for s, t in parts])
         self.means = torch.tensor([t.mean for t in tasks])
         self.stds = torch.tensor([t.std for t in tasks])
 
@@ -221,6 +225,12 @@ def _load_torchvision(dataset: str, root: Path) -> tuple[Split, Split, dict[str,
     return splits[0], splits[1], md5
 
 
+def release_raw_datasets() -> None:
+    """Drop the cached dataset files' tensors (:func:`_load_torchvision`) once a sequence's
+    tasks are built: the tasks keep only what they use, so the process holds each image once."""
+    _load_torchvision.cache_clear()
+
+
 def _transform(split: Split, cfg: TaskConfig) -> Split:
     """Apply the task's fixed input transform (pixel permutation or rotation) to a split."""
     images = split.images
@@ -241,6 +251,8 @@ def _select_classes(split: Split, classes: list[int], offset: int) -> Split:
     lookup[torch.tensor(classes)] = torch.arange(len(classes)) + offset
     targets = lookup[split.labels]
     keep = targets >= 0
+    if bool(keep.all()):  # every sample stays: share the images instead of copying them
+        return Split(split.images, targets, split.ids)
     return Split(split.images[keep], targets[keep], split.ids[keep])
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parameters_to_vector
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.datamodule import ContinualDataModule
@@ -148,7 +147,7 @@ class ModelLoss:
     def __init__(
         self, model: nn.Module, tasks: Sequence[Batch], batch_size: int = 100, workers: int = 1
     ) -> None:
-        model = model.eval().to(memory_format=torch.channels_last)  # no-op without 4-D weights
+        model = model.eval()  # build_model's convolutions are channels-last already
         self.model = model
         self.replicas: SimpleQueue[nn.Module] = SimpleQueue()
         for m in [model, *(copy.deepcopy(model) for _ in range(workers - 1))]:
@@ -197,7 +196,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def flat_parameters(model: nn.Module) -> Tensor:
     """The network's parameters as one detached vector (``parameters()`` order)."""
-    return parameters_to_vector(model.parameters()).detach().clone()
+    # reshape, not torch.nn.utils.parameters_to_vector: its view(-1) refuses channels-last weights
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
 
 def evaluation_subset(data: ContinualDataModule, index: int, samples: int, seed: int) -> Batch:

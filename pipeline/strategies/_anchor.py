@@ -6,9 +6,10 @@ EWC, online EWC, SI, MAS and L2 all add the same kind of term to the loss,
 
 and differ only in how the importance ``Omega`` (the Fisher information, a path integral, the
 output's sensitivity, or 1 everywhere) and the anchor ``theta*`` are obtained at the end of each
-task. This module holds that term once (:class:`QuadraticAnchor`), the per-sample gradient
-statistic that EWC and MAS estimate their importances with (:func:`per_sample_grad_mean`), and
-a base class for the strategies (:class:`AnchorStrategy`).
+task. This module holds that term once (:class:`QuadraticAnchor`), the data EWC and MAS estimate
+their importances on (:func:`task_batches`; the per-sample gradient statistic itself is
+:mod:`pipeline.strategies._per_sample`), and a base class for the strategies
+(:class:`AnchorStrategy`).
 
 The penalty is evaluated every training step, so it is one fused computation over the handful of
 parameter tensors: ``torch._foreach_*`` kernels inside a custom autograd function whose backward
@@ -20,20 +21,16 @@ the same ``_foreach`` ops under autograd and 0.52 ms for a Python sum over the p
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
 from pipeline.data.tasks import Batch
 from pipeline.errors import ConfigError
+from pipeline.strategies._per_sample import PER_SAMPLE_CHUNK
 from pipeline.strategies.base import Strategy, TaskContext
-
-#: Samples per vmap chunk of the per-sample gradient pass (bounds its memory: a chunk holds
-#: ``chunk x number of parameters`` floats, ~80 MB for the LeNet CNN).
-PER_SAMPLE_CHUNK = 256
 
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -211,63 +208,6 @@ class QuadraticAnchor:
         importance = state.get("importance")
         self.set(None if importance is None else dict(importance), dict(state["anchor"]))
         self.offset = state["offset"].to(torch.float64).cpu()
-
-
-def per_sample_grad_mean(
-    model: nn.Module,
-    batches: Iterable[Batch],
-    device: torch.device,
-    sample_loss: Callable[[Tensor, Tensor], Tensor],
-    reduce: Callable[[Tensor], Tensor],
-    limit: int,
-) -> dict[str, Tensor]:
-    """``1/N sum_n reduce(d sample_loss(f(x_n), y_n) / d theta)`` over the first ``limit``
-    samples of ``batches``, for every trainable parameter.
-
-    Exact per-sample gradients (``torch.func``: ``functional_call`` + ``grad`` + ``vmap``), in
-    chunks of :data:`PER_SAMPLE_CHUNK` samples. The model is put in eval mode for the pass
-    (dropout off: the importance of the weights as they are), then restored.
-
-    Args:
-        model: the network; called as ``model(x, task)`` (so every head type works: per-task
-            heads pick by the task id, a growing head gives its active outputs).
-        batches: CPU batches (e.g. ``datamodule.loader(task, "train", ...)``), moved to
-            ``device`` here.
-        device: where the model is.
-        sample_loss: ``(logits of one sample, its target) -> scalar``.
-        reduce: element-wise map of a per-sample gradient (``torch.square`` for the empirical
-            Fisher, ``torch.abs`` for MAS).
-        limit: most samples used.
-
-    Returns:
-        The mean per parameter name (zeros if ``batches`` is empty).
-    """
-    params = {n: p.detach() for n, p in trainable(model).items()}
-    totals = {n: torch.zeros_like(p) for n, p in params.items()}
-
-    def one(p: dict[str, Tensor], x: Tensor, y: Tensor, t: Tensor) -> Tensor:
-        logits = functional_call(model, p, (x.unsqueeze(0), t.unsqueeze(0)))
-        return sample_loss(logits[0], y)
-
-    per_sample = vmap(grad(one), in_dims=(None, 0, 0, 0))
-    seen = 0
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            if seen >= limit:
-                break
-            take = min(len(batch.y), limit - seen)
-            x, y, t = (v[:take].to(device) for v in batch[:3])
-            for start in range(0, take, PER_SAMPLE_CHUNK):
-                sl = slice(start, start + PER_SAMPLE_CHUNK)
-                grads = per_sample(params, x[sl], y[sl], t[sl])
-                for n, g in grads.items():
-                    totals[n] += reduce(g).sum(0)
-            seen += take
-    finally:
-        model.train(was_training)
-    return {n: v / max(seen, 1) for n, v in totals.items()}
 
 
 def task_batches(ctx: TaskContext, batch_size: int = PER_SAMPLE_CHUNK) -> Iterable[Batch]:

@@ -11,12 +11,12 @@ from torch import Tensor, nn
 
 from pipeline.strategies._anchor import (
     AnchorStrategy,
-    per_sample_grad_mean,
     require,
     snapshot,
     task_batches,
     trainable,
 )
+from pipeline.strategies._per_sample import per_sample_grad_mean
 from pipeline.strategies.base import TaskContext, register
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def empirical_fisher(model: nn.Module, ctx: TaskContext, samples: int) -> dict[s
         ``F`` per trainable parameter name, non-negative, on the model's device.
     """
     return per_sample_grad_mean(
-        model, task_batches(ctx), ctx.device, _sample_nll, lambda g: g.square(), samples
+        model, task_batches(ctx), ctx.device, _sample_nll, "square", samples
     )
 
 

@@ -10,12 +10,12 @@ from torch import Tensor, nn
 
 from pipeline.strategies._anchor import (
     AnchorStrategy,
-    per_sample_grad_mean,
     require,
     snapshot,
     task_batches,
     trainable,
 )
+from pipeline.strategies._per_sample import per_sample_grad_mean
 from pipeline.strategies.base import TaskContext, register
 
 if TYPE_CHECKING:
@@ -36,9 +36,7 @@ def output_sensitivity(model: nn.Module, ctx: TaskContext, samples: int) -> dict
     (logits of the sample's task head, or of the active classes); a per-task head's padding is
     a constant and contributes nothing.
     """
-    return per_sample_grad_mean(
-        model, task_batches(ctx), ctx.device, _sq_norm, lambda g: g.abs(), samples
-    )
+    return per_sample_grad_mean(model, task_batches(ctx), ctx.device, _sq_norm, "abs", samples)
 
 
 @dataclass

@@ -1,0 +1,122 @@
+"""The pipeline's fixed costs against a bare PyTorch script, measured in one run.
+
+- Whole process: ``python -m pipeline run <experiment>`` (Lightning, MLflow store, checkpoints,
+  figures) against ``benchmarks/bare_sequence.py`` (the same data, network, optimizer and
+  evaluations in plain PyTorch), run in turn ``--repeats`` times; the medians of their wall
+  times and peak resident memory (``ru_maxrss`` of each child process).
+- Start-up: seconds from ``import torch`` finishing to the first training step
+  (``benchmarks/first_step.py``), and the wall time of ``python -m pipeline --help`` and of a
+  config error.
+
+    make bench                                   # part of it
+    .venv/bin/python benchmarks/overhead.py --epochs 1 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.experiment import compose
+
+HERE = Path(__file__).resolve().parent
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GB) and stdout of one child process; exits on its failure."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+    )
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # not proc.wait(): wait4 gives the child's usage
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # reaped here; keeps Popen from waiting again
+    if code:
+        sys.exit(f"{' '.join(cmd)} failed ({code}):\n{out[-2000:]}")
+    return wall, usage.ru_maxrss / 2**20, out  # ru_maxrss: KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--experiment", default="seed_forgetting")
+    parser.add_argument("--root", default="data")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    root = str(Path(args.root).resolve())
+    cfg = compose(args.experiment, [f"paths.data={root}"])
+    store = tempfile.mkdtemp(prefix="bench-mlruns-")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    common = [
+        f"paths.data={root}",
+        f"paths.store={store}",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.threads={args.threads}",
+        "trainer.progress_bar=false",
+    ]
+    pipeline = [sys.executable, "-m", "pipeline", "run", args.experiment, *common]
+    bare = [
+        sys.executable,
+        str(HERE / "bare_sequence.py"),
+        f"--root={root}",
+        f"--epochs={args.epochs}",
+        f"--threads={args.threads}",
+        f"--channels={','.join(map(str, cfg.model.channels))}",
+        f"--kernel={cfg.model.kernel_size}",
+        f"--hidden={cfg.model.hidden[0]}",
+        f"--lr={cfg.optim.lr}",
+        f"--batch={cfg.data.batch_size}",
+    ]
+    walls: dict[str, list[float]] = {"bare": [], "pipeline": []}
+    peaks: dict[str, list[float]] = {"bare": [], "pipeline": []}
+    starts: list[float] = []
+    for r in range(args.repeats):
+        for name, cmd in (("bare", bare), ("pipeline", pipeline)):
+            wall, peak, _ = measure(cmd, env)
+            walls[name].append(wall)
+            peaks[name].append(peak)
+            print(f"repeat {r + 1} {name:>8}: {wall:6.1f} s, peak {peak:.2f} GB", flush=True)
+        _, _, out = measure(
+            [sys.executable, str(HERE / "first_step.py"), args.experiment, *common], env
+        )
+        starts.append(float(re.findall(r"first training step ([\d.]+) s", out)[-1]))
+    helps = [measure([sys.executable, "-m", "pipeline", "--help"], env)[0] for _ in range(3)]
+    error = [sys.executable, "-m", "pipeline", "run", args.experiment, "trainer.epochz=1"]
+    errors = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run(error, capture_output=True, env=env, check=False)
+        errors.append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    mem = {k: statistics.median(v) for k, v in peaks.items()}
+    print(
+        f"\n{args.experiment}, {args.epochs} epoch(s) per task, {args.threads} threads, "
+        f"median of {args.repeats}:"
+    )
+    print(
+        f"  whole process   bare {med['bare']:6.1f} s   pipeline {med['pipeline']:6.1f} s   "
+        f"ratio {med['pipeline'] / med['bare']:.2f}x"
+    )
+    print(f"  peak memory     bare {mem['bare']:6.2f} GB  pipeline {mem['pipeline']:6.2f} GB")
+    print(f"  first training step {statistics.median(starts):.2f} s after import torch")
+    print(
+        f"  --help {statistics.median(helps):.2f} s, "
+        f"a config error {statistics.median(errors):.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

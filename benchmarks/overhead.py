@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (GB) and stdout of one child process; exits on its failure."""
+    """Wall seconds, peak RSS (GiB) and stdout of one child process; exits on its failure."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
@@ -88,7 +88,7 @@ def main() -> None:
             wall, peak, _ = measure(cmd, env)
             walls[name].append(wall)
             peaks[name].append(peak)
-            print(f"repeat {r + 1} {name:>8}: {wall:6.1f} s, peak {peak:.2f} GB", flush=True)
+            print(f"repeat {r + 1} {name:>8}: {wall:6.1f} s, peak {peak:.2f} GiB", flush=True)
         _, _, out = measure(
             [sys.executable, str(HERE / "first_step.py"), args.experiment, *common], env
         )
@@ -110,7 +110,7 @@ def main() -> None:
         f"  whole process   bare {med['bare']:6.1f} s   pipeline {med['pipeline']:6.1f} s   "
         f"ratio {med['pipeline'] / med['bare']:.2f}x"
     )
-    print(f"  peak memory     bare {mem['bare']:6.2f} GB  pipeline {mem['pipeline']:6.2f} GB")
+    print(f"  peak memory     bare {mem['bare']:6.2f} GiB  pipeline {mem['pipeline']:6.2f} GiB")
     print(f"  first training step {statistics.median(starts):.2f} s after import torch")
     print(
         f"  --help {statistics.median(helps):.2f} s, "

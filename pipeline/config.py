@@ -116,7 +116,7 @@ class DataConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 256
     stream: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

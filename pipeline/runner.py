@@ -8,6 +8,7 @@ factory that opens it), and everything recorded goes through :mod:`pipeline.runf
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import sys
@@ -280,14 +281,9 @@ def run_sequence(
             run.set_tags({TASKS_DONE_TAG: progress.next_task})
             if on_task is not None:
                 on_task(task.index, {s: np.array(progress.rows[s]) for s in splits})
+        names, displays = [t.name for t in data.tasks], [t.display for t in data.tasks]
         result = SequenceResult(
-            run.run_id,
-            run.experiment_id,
-            [t.name for t in data.tasks],
-            [t.display for t in data.tasks],
-            {},
-            progress.init,
-            records=progress.records,
+            run.run_id, run.experiment_id, names, displays, {}, progress.init, {}, progress.records
         )
         result.finish(progress.rows)
         final = metric_records(result.final_metrics())
@@ -296,6 +292,10 @@ def run_sequence(
         else:
             run.log_records(final)
         runfiles.write_results(run, cfg, result)
+    # Trainers and module refer to each other, and to the tasks: free them now, not at a later
+    # collection, before a landscape or a comparison's next run loads its own data.
+    del data, module
+    gc.collect()
     return result
 
 

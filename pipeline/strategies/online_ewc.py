@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.strategies._anchor import AnchorStrategy, require, snapshot, trainable
 from pipeline.strategies.base import TaskContext, register
-from pipeline.strategies.ewc import check_fisher_params, empirical_fisher
+from pipeline.strategies.ewc import EWCParams, check_fisher_params, empirical_fisher
 
 if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
@@ -21,12 +21,13 @@ class OnlineEWCParams:
     Attributes:
         lam: weight of the penalty ``lam/2 * sum_i F_i (theta_i - theta*_i)^2`` (1/2 inside).
         gamma: decay of the running Fisher, in (0, 1]; 1 sums the tasks' Fishers.
-        fisher_samples: training samples of each task the Fisher is estimated on.
+        fisher_samples: training samples of each task the Fisher is estimated on (its cost and
+            error: :class:`pipeline.strategies.ewc.EWCParams`).
     """
 
     lam: float = 1000.0
     gamma: float = 1.0
-    fisher_samples: int = 10000
+    fisher_samples: int = EWCParams.fisher_samples  # one default for both (see EWCParams)
 
 
 @register

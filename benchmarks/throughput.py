@@ -30,26 +30,30 @@ from pipeline.runner import run_sequence
 from pipeline.tracking import Run
 
 
-def bare_loop(cfg, epochs: int) -> tuple[float, int]:
-    """Plain PyTorch: slice, normalise, forward, backward, step. Returns (seconds, samples)."""
+def bare_loop(cfg, epochs: int, device: torch.device) -> tuple[float, int]:
+    """Plain PyTorch: slice, normalise, forward, backward, step, with the task held on
+    ``device`` (as the pipeline holds it on a GPU). Returns (seconds, samples)."""
     dm = ContinualDataModule(cfg.data, cfg.seed, root=cfg.paths.data_dir())
     dm.setup()
     task = dm.tasks[0]
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, dm.input_shape, dm.classes_per_task)
+    model = build_model(cfg.model, dm.input_shape, dm.classes_per_task).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
-    images, labels = task.train.images, task.train.labels
+    images, labels = task.train.images.to(device), task.train.labels.to(device)
     g = torch.Generator().manual_seed(0)
     samples = 0
     start = time.perf_counter()
     for _ in range(epochs):
         for idx in torch.randperm(len(labels), generator=g).split(cfg.data.batch_size):
+            idx = idx.to(device, non_blocking=True)
             x = (images[idx].float() / 255 - task.mean) / task.std
             loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             samples += len(idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start, samples
 
 
@@ -71,7 +75,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if present"
+    )
     args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     store = tempfile.mkdtemp(prefix="bench-mlruns-")
     cfg = compose(
@@ -82,6 +92,7 @@ def main() -> None:
             *([f"model={args.model}"] if args.model else []),
             f"trainer.epochs={args.epochs}",
             f"trainer.threads={args.threads}",
+            f"trainer.accelerator={args.device}",
             "trainer.validate_every_epoch=false",
             "tracking.log_checkpoints=false",
             f"paths.store={store}",
@@ -90,7 +101,7 @@ def main() -> None:
     )
     bare, pipe = [], []
     for r in range(args.repeats):
-        s, n = bare_loop(cfg, args.epochs)
+        s, n = bare_loop(cfg, args.epochs, device)
         bare.append(n / s)
         s, n = pipeline_run(cfg)
         pipe.append(n / s)
@@ -98,7 +109,7 @@ def main() -> None:
     b, p = statistics.median(bare), statistics.median(pipe)
     print(
         f"\n{args.dataset}, CNN {cfg.model.channels} ({args.experiment}), batch "
-        f"{cfg.data.batch_size}, {args.epochs} epoch(s), "
+        f"{cfg.data.batch_size}, {args.epochs} epoch(s), on {args.device}, "
         f"{args.threads} threads, median of {args.repeats}:"
     )
     print(f"  bare PyTorch loop  {b:10,.0f} training samples/s")

@@ -71,7 +71,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.experiment:
         raise ConfigError("run: name an experiment (conf/experiment/), or --resume a run")
     cfg = compose(args.experiment, args.overrides)  # ConfigError -> exit 2, before anything runs
-    store = _store(cfg.paths)
+    from pipeline import distributed
+
+    # The main process opens the store before it starts the others (a store that is down fails
+    # before any process starts); the others never open it.
+    main = distributed.world_size_of(cfg.trainer) == 1 or not distributed.started_as_replica()
+    store = _store(cfg.paths) if main else None
+    distributed.launch(cfg.trainer)
     from pipeline.runner import run_sequence
     from pipeline.tracking import Run
 
@@ -80,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"strategy {'+'.join(cfg.strategy)}, {cfg.scenario}-incremental, seed {cfg.seed}"
     )
     result = run_sequence(cfg, Run.of(cfg))
+    if store is None:
+        return 0
     _print_result(result, store)
     if not args.landscape:
         return 0
@@ -105,9 +113,13 @@ def resume(args: argparse.Namespace) -> int:
     overrides = [*([args.experiment] if args.experiment else []), *args.overrides]
     paths = compose_paths([o for o in overrides if o.startswith("paths.")])
     store = _store(paths, create=False)
-    print(f"resuming run {args.resume}")
+    from pipeline import distributed
+
+    if not distributed.started_as_replica():
+        print(f"resuming run {args.resume}")
     result = resume_run(args.resume, paths, overrides)
-    _print_result(result, store)
+    if distributed.is_main():
+        _print_result(result, store)
     return 0
 
 
@@ -479,15 +491,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _error("interrupted")
         return 130
     except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(f"error: {e}")
         return 1
     except SystemExit as e:
         if e.code == 128 + signal.SIGTERM:
-            print("terminated", file=sys.stderr)
+            _error("terminated")
         raise
+    except BaseException:
+        _error(None)
+        raise
+
+
+def _error(line: str | None) -> None:
+    """Report a failure in one line. In a distributed run, rank 0 also stops the processes it
+    started (they would wait for it in a collective) and the others name their rank."""
+    distributed = sys.modules.get("pipeline.distributed")  # loaded by a distributed run only
+    prefix = ""
+    if distributed is not None and distributed.initialized():
+        if distributed.is_main():
+            distributed.stop_others()
+        else:
+            prefix = f"[rank {distributed.rank()}] "
+    if line is not None:
+        print(prefix + line, file=sys.stderr)

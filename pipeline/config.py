@@ -241,6 +241,10 @@ class TrainerConfig:
         validate_every_epoch: run the current task's validation split after each epoch.
         check_finite_every: check the loss for NaN/inf every this many steps (>= 1; the
             weights are checked again before every checkpoint).
+        devices: processes per machine (CPU processes, or GPUs); more than 1 trains one run
+            with Lightning's DDP (:mod:`pipeline.distributed`).
+        num_nodes: machines; each runs the same command with ``NODE_RANK`` set.
+        strategy: ``auto`` (one process, or DDP when ``devices * num_nodes > 1``) or ``ddp``.
     """
 
     epochs: int = 3
@@ -254,6 +258,9 @@ class TrainerConfig:
     progress_bar: bool = True
     gradient_clip_val: float = 0.0
     check_finite_every: int = 10
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
 
     def check(self) -> None:
         require(1 <= self.epochs <= 10_000, "trainer.epochs", "must be in 1..10000")
@@ -277,6 +284,13 @@ class TrainerConfig:
         )
         # The loss check cannot be switched off: a NaN run must not end FINISHED.
         require(self.check_finite_every >= 1, "trainer.check_finite_every", "must be >= 1")
+        require(1 <= self.devices <= 1024, "trainer.devices", "must be in 1..1024")
+        require(1 <= self.num_nodes <= 1024, "trainer.num_nodes", "must be in 1..1024")
+        require(
+            self.strategy in ("auto", "ddp"),
+            "trainer.strategy",
+            f"'{self.strategy}' is not auto or ddp",
+        )
 
 
 @dataclass
@@ -342,6 +356,13 @@ class ExperimentConfig:
             "a stream is seen once: set trainer.epochs=1",
         )
         require(len(set(self.strategy)) == len(self.strategy), "strategy", "names repeat")
+        world = self.trainer.devices * self.trainer.num_nodes
+        require(
+            self.data.batch_size % world == 0,
+            "data.batch_size",
+            f"{self.data.batch_size} does not split evenly over {world} processes "
+            "(trainer.devices x trainer.num_nodes): each takes an equal slice of every batch",
+        )
 
 
 def check_values(node: Any) -> None:

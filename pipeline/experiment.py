@@ -65,6 +65,12 @@ def check_machine(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"trainer.accelerator: '{accelerator}', but this machine has no GPU")
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.accelerator: 'mps', but this machine has no MPS device")
+    devices = cfg.trainer.devices
+    gpus = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 0
+    if devices > 1 and gpus and devices > gpus:
+        raise ConfigError(f"trainer.devices: {devices}, but this machine has {gpus} GPUs")
+    if devices > 1 and accelerator == "mps":
+        raise ConfigError("trainer.devices: Lightning's DDP does not run on MPS; use 1")
     classes = sum(len(t.classes) or NUM_CLASSES for t in cfg.data.tasks)
     params = parameter_count(cfg.model, IMAGE_SHAPE, classes)
     need, have = params * TRAINING_BYTES_PER_PARAMETER, available_memory()
@@ -74,6 +80,21 @@ def check_machine(cfg: ExperimentConfig) -> ExperimentConfig:
             f"has {have / 2**30:.1f} GiB available"
         )
     return cfg
+
+
+def require_one_process(cfg: ExperimentConfig, command: str) -> None:
+    """Refuse a distributed config in a command that runs many sequences (a comparison, a
+    sweep): each sequence there is one process, and a study's workers scale it out instead.
+
+    Raises:
+        ConfigError: one line naming the keys.
+    """
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    if world > 1:
+        raise ConfigError(
+            f"trainer.devices x trainer.num_nodes = {world}: {command} trains each sequence in "
+            "one process (sweep WORKERS= scales it out); train one run on several with `run`"
+        )
 
 
 def available_memory() -> int:

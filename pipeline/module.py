@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from typing_extensions import override
 
+from pipeline import distributed
 from pipeline.config import OptimConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import RunFailed
@@ -56,6 +57,8 @@ class ContinualModule(pl.LightningModule):
         self.log_every = log_every
         self.ctx: TaskContext | None = None
         self.samples_trained = 0  # this task's samples, after the strategies' transforms
+        # In a distributed run the logged values are averaged over the processes.
+        self.sync = distributed.world() > 1
         self._correct, self._counted = torch.zeros((), dtype=torch.long), 0  # epoch's accuracy
 
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
@@ -106,11 +109,18 @@ class ContinualModule(pl.LightningModule):
             if extra is not None:
                 total = total + extra
                 if write:
-                    self.log(f"train/penalty_{s.name}", extra, on_step=True, on_epoch=False)
+                    self.log(
+                        f"train/penalty_{s.name}",
+                        extra,
+                        on_step=True,
+                        on_epoch=False,
+                        sync_dist=self.sync,
+                    )
         if (
             self.check_finite_every
             and batch_idx % self.check_finite_every == 0
-            and not torch.isfinite(total)
+            # every process checks the same steps and stops together (none waits for the others)
+            and distributed.any_(~torch.isfinite(total.detach()), total.device)
         ):
             raise DivergenceError(
                 f"training loss is {total.item()} at task {self.ctx.index} ({self.ctx.task.name}),"
@@ -120,7 +130,9 @@ class ContinualModule(pl.LightningModule):
         self._correct += (logits.detach().argmax(1) == batch.y).sum()
         self._counted += int(batch.y.shape[0])
         if write:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log(
+                "train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=self.sync
+            )
         return total
 
     @override
@@ -129,8 +141,10 @@ class ContinualModule(pl.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        acc = self._correct.float() / max(self._counted, 1)
-        self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        counts = torch.stack([self._correct, torch.tensor(self._counted, device=self.device)])
+        distributed.sum_([counts])
+        acc = counts[0].float() / counts[1].clamp_min(1)
+        self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=self.sync)
 
     @override
     def transfer_batch_to_device(
@@ -153,9 +167,19 @@ class ContinualModule(pl.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self.model(batch.x, batch.task)
-        self.log("val/loss", F.cross_entropy(logits, batch.y), on_epoch=True, prog_bar=False)
         self.log(
-            "val/acc", (logits.argmax(1) == batch.y).float().mean(), on_epoch=True, prog_bar=True
+            "val/loss",
+            F.cross_entropy(logits, batch.y),
+            on_epoch=True,
+            prog_bar=False,
+            sync_dist=self.sync,
+        )
+        self.log(
+            "val/acc",
+            (logits.argmax(1) == batch.y).float().mean(),
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=self.sync,
         )
 
     def configure_optimizers(self) -> Any:
@@ -179,21 +203,31 @@ class ContinualModule(pl.LightningModule):
     # -- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()
     def accuracy(self, loader: Any, device: torch.device) -> float:
-        """Accuracy of the model on every batch of ``loader`` (eval mode, no gradients)."""
+        """Accuracy of the model on every batch of ``loader`` (eval mode, no gradients); in a
+        distributed run, over every process's share of the loader's samples."""
         was_training = self.training
         self.eval()
-        correct = total = 0
+        counts = torch.zeros(2, dtype=torch.long, device=device)  # correct, total
         for batch in loader:
             x, y, task = (t.to(device, non_blocking=True) for t in batch[:3])
-            correct += int((self.model(x, task).argmax(1) == y).sum())
-            total += int(y.numel())
+            counts[0] += (self.model(x, task).argmax(1) == y).sum()
+            counts[1] += y.numel()
         self.train(was_training)
-        return correct / max(total, 1)
+        distributed.sum_([counts])
+        return int(counts[0]) / max(int(counts[1]), 1)
 
     def erase_samples(self, task: int, ids: Tensor) -> int:
         """Remove the stored samples ``ids`` of task ``task`` from every strategy (the right to
         erasure); how many were removed."""
         return sum(s.erase(task, ids) for s in self.strategies)
+
+    def replica_state(self) -> dict[str, list[Tensor]]:
+        """What the processes of a distributed run must hold identically: the network's
+        weights and every strategy's state (:func:`pipeline.distributed.check_replicas`)."""
+        named = {"weights": list(self.model.state_dict().values())}
+        for s in self.strategies:
+            named[f"{s.name}'s state"] = tensors_in(s.state_dict())
+        return named
 
     # -- strategy state (checkpoints: pipeline.runfiles) ----------------------------------------
     def strategy_states(self) -> dict[str, dict[str, Any]]:
@@ -212,3 +246,14 @@ class ContinualModule(pl.LightningModule):
                     f"checkpoint has no state for strategy '{s.name}' (it holds {sorted(states)})"
                 )
             s.load_state_dict(states[s.name])
+
+
+def tensors_in(tree: Any) -> list[Tensor]:
+    """Every tensor in a nest of dicts, lists and tuples, in a fixed order."""
+    if isinstance(tree, Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for k in sorted(tree, key=str) for t in tensors_in(tree[k])]
+    if isinstance(tree, list | tuple):
+        return [t for v in tree for t in tensors_in(v)]
+    return []

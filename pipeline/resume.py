@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from pipeline import runfiles
+from pipeline import distributed, runfiles
 from pipeline.conf import parse_dotlist
 from pipeline.errors import ConfigError
 from pipeline.experiment import check_machine, from_dict
@@ -56,7 +56,8 @@ def resume_run(run_id: str, paths: PathsConfig, overrides: Sequence[str] = ()) -
         run = Run.get(store, run_id)
     except LookupError as e:
         raise ConfigError(f"resume: {e}") from None
-    check_resumable(run)
+    if not distributed.started_as_replica():  # the main process has checked and owns the run
+        check_resumable(run)
     with scratch_dir() as tmp:
         checkpoint = runfiles.last_checkpoint(run, tmp)
     if checkpoint is not None and not checkpoint["pipeline"].get("progress"):

@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric
 
-from pipeline import runfiles
+from pipeline import distributed, runfiles
 from pipeline.config import ExperimentConfig, TrainerConfig, to_dict
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Task
@@ -70,9 +72,9 @@ class TaskLogger(Logger):
     would mark it FINISHED after the first task's ``fit``).
     """
 
-    def __init__(self, run: Run, task_index: int) -> None:
+    def __init__(self, run: Run | None, task_index: int) -> None:
         super().__init__()
-        self.run = run
+        self.run = run  # None in the processes of a distributed run other than the main one
         self.prefix = f"t{task_index}/"
         self.curves: list[Metric] = []
 
@@ -82,7 +84,7 @@ class TaskLogger(Logger):
 
     @property
     def version(self) -> str:
-        return self.run.run_id
+        return self.run.run_id if self.run is not None else ""
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -112,13 +114,16 @@ class TrainTimer(Callback):
         self._val += time.perf_counter() - self._val_start
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":  # kernels still queued belong to the training
+            torch.cuda.synchronize(pl_module.device)
         self.seconds = time.perf_counter() - self._start - self._val
 
 
 def resolve_device(accelerator: str) -> torch.device:
-    """The device that ``trainer.accelerator`` names (``auto``: CUDA when there is one)."""
+    """The device that ``trainer.accelerator`` names (``auto``: CUDA when there is one); in a
+    distributed run, this process's GPU (Lightning's launch selected it)."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
+        return torch.device("cuda", torch.cuda.current_device())
     if accelerator == "mps":
         return torch.device("mps")
     return torch.device("cpu")
@@ -134,10 +139,17 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")  # inside Lightning 2.6
     # The module's transfer_batch_to_device is meant to win over the datamodule's default.
     warnings.filterwarnings("ignore", ".*overridden `transfer_batch_to_device`.*")
+    # DDP: a 1-channel convolution's channels-last gradient is laid out as a contiguous one;
+    # the copy into DDP's bucket costs nothing worth a warning at every task.
+    warnings.filterwarnings("ignore", ".*Grad strides do not match bucket view strides.*")
 
 
 def make_trainer(
-    cfg: TrainerConfig, device: torch.device, logger: TaskLogger, timer: TrainTimer, root_dir: str
+    cfg: TrainerConfig,
+    device: torch.device,
+    logger: TaskLogger,
+    timer: TrainTimer,
+    root_dir: str,
 ) -> pl.Trainer:
     """A fresh Trainer for one task (a reused Trainer would carry epochs and callbacks over)."""
     # Bars only on a terminal: redirected to a file or CI log they are megabytes of redraws.
@@ -145,9 +157,18 @@ def make_trainer(
     callbacks: list[Callback] = [timer]
     if bars:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
+    strategy: str | Strategy = "auto"
+    if distributed.world_size_of(cfg) > 1:
+        # Our loaders slice each global batch per rank themselves (use_distributed_sampler is
+        # off below). Every parameter takes part in every step (a multi-head network runs all
+        # its heads), so DDP need not search the graph for unused ones.
+        strategy = DDPStrategy(find_unused_parameters=False)
     return pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else device.type,
-        devices=1,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=strategy,
+        use_distributed_sampler=False,
         max_epochs=cfg.epochs,
         precision=cfg.precision,  # type: ignore[arg-type]
         deterministic=cfg.deterministic,
@@ -183,19 +204,23 @@ def prepare(cfg: ExperimentConfig) -> tuple[ContinualDataModule, ContinualModule
         DataError: the data is missing.
     """
     quiet_lightning()
+    distributed.launch(cfg.trainer)  # the other processes of a distributed run (else no-op)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     data = ContinualDataModule(
         cfg.data, cfg.seed, cfg.trainer.max_batches, cfg.scenario, cfg.paths.data_dir()
     )
     data.setup()
+    device = resolve_device(cfg.trainer.accelerator)
+    if device.type == "cuda":
+        data.move_to(device)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg.model, data.input_shape, data.classes_per_task, cfg.scenario)
     strategies = build_strategies(cfg)
     module = ContinualModule(
         model, strategies, cfg.optim, cfg.trainer.check_finite_every, cfg.trainer.log_every_n_steps
     )
-    return data, module, resolve_device(cfg.trainer.accelerator)
+    return data, module, device
 
 
 @dataclass
@@ -253,8 +278,13 @@ def run_sequence(
     data, module, device = prepare(cfg)
     if resume is not None:
         resume.restore(module)
-
-    with open_run() as run, scratch_dir() as tmp:
+    # In a distributed run only the main process opens and writes the run (pipeline.distributed);
+    # every process trains and evaluates its share.
+    opened = open_run() if distributed.is_main() else nullcontext(None)
+    with opened as run, scratch_dir() as tmp:
+        run_id, experiment_id = distributed.broadcast_object(
+            (run.run_id, run.experiment_id) if run is not None else None
+        )
         progress = begin(run, cfg, data, module, device, splits, resume)
         for task in data.tasks[progress.next_task :]:
             acc, record, curves, optimizers = train_task(
@@ -267,31 +297,22 @@ def run_sequence(
             logged = [*metric_records(values, task.index), *curves]
             progress.next_task, progress.rng = task.index + 1, rng_state()
             progress.logged = rows_of(logged)
-            if cfg.tracking.log_checkpoints:
-                meta = runfiles.CheckpointMeta(
-                    run.run_id,
-                    task.index,
-                    task.name,
-                    data.classes_per_task,
-                    to_dict(cfg),
-                    progress.to_record(),
-                )
-                runfiles.save_checkpoint(run, module, optimizers, meta)
-            run.log_records(logged)
-            run.set_tags({TASKS_DONE_TAG: progress.next_task})
+            if run is not None:
+                record_task(run, cfg, task, data, module, optimizers, progress, logged)
             if on_task is not None:
                 on_task(task.index, {s: np.array(progress.rows[s]) for s in splits})
         names, displays = [t.name for t in data.tasks], [t.display for t in data.tasks]
         result = SequenceResult(
-            run.run_id, run.experiment_id, names, displays, {}, progress.init, {}, progress.records
+            run_id, experiment_id, names, displays, {}, progress.init, {}, progress.records
         )
         result.finish(progress.rows)
-        final = metric_records(result.final_metrics())
-        if resume is not None:  # the cut-off process may have logged some of them
-            run.log_missing(final)
-        else:
-            run.log_records(final)
-        runfiles.write_results(run, cfg, result)
+        if run is not None:
+            final = metric_records(result.final_metrics())
+            if resume is not None:  # the cut-off process may have logged some of them
+                run.log_missing(final)
+            else:
+                run.log_records(final)
+            runfiles.write_results(run, cfg, result)
     # Trainers and module refer to each other, and to the tasks: free them now, not at a later
     # collection, before a landscape or a comparison's next run loads its own data.
     del data, module
@@ -299,8 +320,34 @@ def run_sequence(
     return result
 
 
-def begin(
+def record_task(
     run: Run,
+    cfg: ExperimentConfig,
+    task: Task,
+    data: ContinualDataModule,
+    module: ContinualModule,
+    optimizers: list[torch.optim.Optimizer],
+    progress: Progress,
+    logged: list[Metric],
+) -> None:
+    """Write what a finished task leaves in the run: its checkpoint first (with the progress
+    a resume needs), then its metrics and curves, then the count of tasks done."""
+    if cfg.tracking.log_checkpoints:
+        meta = runfiles.CheckpointMeta(
+            run.run_id,
+            task.index,
+            task.name,
+            data.classes_per_task,
+            to_dict(cfg),
+            progress.to_record(),
+        )
+        runfiles.save_checkpoint(run, module, optimizers, meta)
+    run.log_records(logged)
+    run.set_tags({TASKS_DONE_TAG: progress.next_task})
+
+
+def begin(
+    run: Run | None,
     cfg: ExperimentConfig,
     data: ContinualDataModule,
     module: ContinualModule,
@@ -314,17 +361,18 @@ def begin(
     not logged them."""
     progress = resume.progress if resume is not None else None
     if progress is None:
-        if resume is None:  # a resumed run has its config, params and tags already
+        if resume is None and run is not None:  # a resumed run has its config, params, tags
             log_run_info(run, cfg, data.tasks, device)
         return Progress(0, {s: [] for s in splits}, evaluate(module, data, device, splits))
     restore_rng(progress.rng)
-    run.log_missing(records_of(progress.logged))
+    if run is not None:
+        run.log_missing(records_of(progress.logged))
     return progress
 
 
 def train_task(
     cfg: ExperimentConfig,
-    run: Run,
+    run: Run | None,
     task: Task,
     data: ContinualDataModule,
     module: ContinualModule,
@@ -345,10 +393,11 @@ def train_task(
     trainer.fit(module, datamodule=data)
     module.to(device)  # fit's teardown moved it to the CPU
     module.end_task(ctx)
+    distributed.check_replicas(module.replica_state(), device)
     acc = evaluate(module, data, device, splits)
     record = TaskRecord(
         timer.seconds,
-        module.samples_trained,
+        distributed.sum_int(module.samples_trained, device),
         time.perf_counter() - started,  # training, validation, hooks and the evaluation
         ledger(module.strategies),
     )

@@ -52,7 +52,7 @@ def ctx_for(model: nn.Module, data: list[Batch], index: int = 0) -> Any:
         task=None,
         device=CPU,
         model=model,
-        datamodule=SimpleNamespace(loader=lambda task, split, batch_size=None: data),
+        datamodule=SimpleNamespace(loader=lambda task, split, batch_size=None, limit=0: data),
     )
 
 

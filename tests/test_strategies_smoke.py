@@ -52,3 +52,14 @@ def test_strategy_runs_and_its_state_round_trips(name: str, scenario: str, tmp_p
     fresh = REGISTRY[name](strategy.params)
     fresh.load_state_dict(state)
     assert same(fresh.state_dict(), state)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_strategy_trains_in_bf16_mixed_precision(name: str, tmp_path: Path):
+    """``trainer.precision=bf16-mixed`` (autocast on a GPU, and on a CPU as here): the hooks
+    see bf16 activations and float32 weights and gradients."""
+    store = tmp_path / "mlruns"
+    cfg = small_synthetic(store, f"strategy=[{name}]", "trainer.precision=bf16-mixed", *TINY)
+    result = run(cfg)
+    R = result.matrix["test"]
+    assert np.isfinite(R).all() and R[0, 0] > 0.2  # it learned the first task

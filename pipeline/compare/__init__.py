@@ -25,7 +25,7 @@ from pipeline.compare.plane import comparison_plane
 from pipeline.compare.table import Comparison, Row, format_text, report_lines, table
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
-from pipeline.experiment import compose
+from pipeline.experiment import compose, require_one_process
 from pipeline.landscape import Options
 from pipeline.runner import run_sequence
 from pipeline.strategies import StrategyRefused, default_order
@@ -61,6 +61,7 @@ def configs_of(
                 compose(experiment, [*mine, f"strategy=[{','.join(names)}]", f"seed={seed}"])
                 for seed in seeds
             ]
+            require_one_process(configs[spec][0], "compare")
         except StrategyRefused as e:
             skipped[spec] = str(e).removeprefix("strategy: ")
     if not configs:

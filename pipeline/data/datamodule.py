@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from pipeline import distributed
 from pipeline.config import DataConfig
 from pipeline.data.tasks import (
     IMAGE_SHAPE,
@@ -69,6 +70,14 @@ class ContinualDataModule(pl.LightningDataModule):
             self.tasks.append(task)
         release_raw_datasets()  # the tasks hold what they use; the files' copies can go
 
+    def move_to(self, device: torch.device) -> None:
+        """Hold every task on ``device``. On a GPU the batches are then sliced and normalised
+        there, with no copy from the host at any step (MNIST-sized tasks are 55 MB of uint8
+        each); the runner does this for every run on CUDA."""
+        for task in self.tasks:
+            for split in (task.train, task.val, task.test):
+                split.move_to(device)
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return IMAGE_SHAPE
@@ -98,6 +107,8 @@ class ContinualDataModule(pl.LightningDataModule):
                 shuffle=not self.cfg.stream,
                 seed=self.seed * 1000 + self.current,
                 max_batches=self.max_batches,
+                rank=distributed.rank(),
+                world=distributed.world(),
             ),
         )
         return DataLoader(dataset, sampler=sampler, batch_size=None)
@@ -105,10 +116,16 @@ class ContinualDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader[Batch]:
         return self.loader(self.tasks[self.current], "val")
 
-    def loader(self, task: Task, split: str, batch_size: int | None = None) -> DataLoader[Batch]:
-        """An ordered loader over a task's ``train``, ``val`` or ``test`` split."""
+    def loader(
+        self, task: Task, split: str, batch_size: int | None = None, limit: int = 0
+    ) -> DataLoader[Batch]:
+        """An ordered loader over a task's ``train``, ``val`` or ``test`` split (its first
+        ``limit`` samples; 0: all). In a distributed run each process gets a contiguous share
+        of those samples (:mod:`pipeline.distributed`): the caller reduces what it computes."""
         dataset = TaskDataset([(getattr(task, split), task)], self.tasks)
-        sampler = BatchIndices(len(dataset), batch_size or self.cfg.eval_batch_size, shuffle=False)
+        n = min(len(dataset), limit) if limit else len(dataset)
+        rows = distributed.my_slice(torch.arange(n))
+        sampler = BatchIndices(n, batch_size or self.cfg.eval_batch_size, shuffle=False, rows=rows)
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def eval_loaders(self, split: str) -> list[DataLoader[Batch]]:

@@ -63,6 +63,12 @@ class Split:
     def subset(self, index: Tensor) -> Split:
         return Split(self.images[index], self.labels[index], self.ids[index])
 
+    def move_to(self, device: torch.device) -> None:
+        """Hold the split's tensors on ``device``."""
+        self.images, self.labels, self.ids = (
+            t.to(device) for t in (self.images, self.labels, self.ids)
+        )
+
 
 @dataclass
 class Task:
@@ -121,16 +127,18 @@ class TaskDataset(Dataset[Batch]):
             return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
         self.images = joined([s.images for s, _ in parts])
+        device = self.images.device  # where the tasks are held (a GPU: see move_to)
         self.labels = joined([s.labels for s, _ in parts])
         self.ids = joined([s.ids for s, _ in parts])
-        self.task = joined([torch.full((len(s),), t.index) for s, t in parts])
-        self.means = torch.tensor([t.mean for t in tasks])
-        self.stds = torch.tensor([t.std for t in tasks])
+        self.task = joined([torch.full((len(s),), t.index, device=device) for s, t in parts])
+        self.means = torch.tensor([t.mean for t in tasks], device=device)
+        self.stds = torch.tensor([t.std for t in tasks], device=device)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def __getitem__(self, index: Tensor) -> Batch:
+        index = index.to(self.images.device, non_blocking=True)
         task = self.task[index]
         x = normalise(self.images[index], task, self.means, self.stds)
         return Batch(x, self.labels[index], task, self.ids[index])
@@ -141,17 +149,46 @@ class BatchIndices(Sampler[Tensor]):
 
     The generator lives as long as the sampler, so each epoch draws a new permutation and the
     whole order is fixed by the seed.
+
+    In a distributed run (``world > 1``) every process draws the same permutation and the same
+    global batches of ``batch_size``, and yields its own contiguous slice of each (rank ``r``
+    of ``w`` takes slice ``r`` of :meth:`torch.Tensor.tensor_split`): the slices of one step
+    together are the batch a single process would train on. A last batch too small to give
+    every process a sample is dropped, so that all processes take the same number of steps.
+
+    Args:
+        n: samples (indices ``0..n-1``), unless ``rows`` is given.
+        batch_size: samples per (global) batch.
+        shuffle: a new permutation each epoch; else in order.
+        seed: the generator's seed.
+        max_batches: most batches per epoch (0: all).
+        rank, world: this process and the number of processes.
+        rows: the indices to serve instead of ``0..n-1`` (an evaluation shard), in order.
     """
 
     def __init__(
-        self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, max_batches: int = 0
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        max_batches: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        rows: Tensor | None = None,
     ) -> None:
-        self.n, self.batch_size = n, batch_size
+        self.rows = rows
+        self.n = n if rows is None else int(rows.numel())
+        self.batch_size = batch_size
         self.shuffle, self.max_batches = shuffle, max_batches
+        self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         full = -(-self.n // self.batch_size)
+        if self.world > 1 and 0 < self.n % self.batch_size < self.world:
+            full -= 1
         return min(full, self.max_batches) if self.max_batches else full
 
     def __iter__(self) -> Iterator[Tensor]:
@@ -160,7 +197,10 @@ class BatchIndices(Sampler[Tensor]):
             if self.shuffle
             else torch.arange(self.n)
         )
-        yield from order.split(self.batch_size)[: len(self)]
+        if self.rows is not None:
+            order = self.rows[order]
+        for batch in order.split(self.batch_size)[: len(self)]:
+            yield batch if self.world == 1 else batch.tensor_split(self.world)[self.rank]
 
 
 def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -210,9 +210,12 @@ class QuadraticAnchor:
         self.offset = state["offset"].to(torch.float64).cpu()
 
 
-def task_batches(ctx: TaskContext, batch_size: int = PER_SAMPLE_CHUNK) -> Iterable[Batch]:
-    """The ended task's training split, in its fixed order (the importances' data)."""
-    return ctx.datamodule.loader(ctx.task, "train", batch_size)
+def task_batches(
+    ctx: TaskContext, limit: int, batch_size: int = PER_SAMPLE_CHUNK
+) -> Iterable[Batch]:
+    """The first ``limit`` samples of the ended task's training split, in its fixed order (the
+    importances' data); in a distributed run, this process's share of them."""
+    return ctx.datamodule.loader(ctx.task, "train", batch_size, limit)
 
 
 class AnchorStrategy(Strategy):

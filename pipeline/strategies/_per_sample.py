@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.hooks import RemovableHandle
 
+from pipeline import distributed
 from pipeline.data.tasks import Batch
 
 #: Samples per chunk of the per-sample pass. It bounds the memory: a chunk holds, on the by-layer
@@ -97,6 +98,9 @@ def per_sample_grad_mean(
             seen += take
     finally:
         model.train(was_training)
+    # A distributed run gives each process a share of the samples: sum the shares.
+    distributed.sum_(list(totals.values()))
+    seen = distributed.sum_int(seen, device)
     return {n: v / max(seen, 1) for n, v in totals.items()}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pipeline import distributed
 from pipeline.config import ExperimentConfig
 from pipeline.data.tasks import Batch, Task
 from pipeline.errors import ConfigError
@@ -122,6 +123,12 @@ class Rehearsal(Strategy):
                     + (" (0: as many as the training batch)" if low == 0 else "")
                     + f", got {value}"
                 )
+            world = cfg.trainer.devices * cfg.trainer.num_nodes
+            if value and value % world:
+                raise ConfigError(
+                    f"strategies.{cls.name}.{key}: {value} does not split evenly over {world} "
+                    "processes (each replays an equal slice of every draw)"
+                )
 
     # -- hooks ------------------------------------------------------------------------------
     def on_task_start(self, ctx: TaskContext) -> None:
@@ -134,17 +141,33 @@ class Rehearsal(Strategy):
         self.current = None  # the id table of a finished task is not kept
 
     # -- helpers for subclasses -------------------------------------------------------------
+    @staticmethod
+    def draw_size(configured: int, batch: Batch) -> int:
+        """Stored samples to draw for a step: ``configured``, or (0) as many as the step's
+        batch holds; in a distributed run ``batch`` is one process's slice of that batch."""
+        return configured or int(batch.y.shape[0]) * distributed.world()
+
+    def draw(self, n: int) -> Tensor:
+        """Buffer slots of ``n`` stored samples (fewer if fewer are stored), drawn uniformly.
+
+        In a distributed run ``n`` counts over all processes: every process draws the same
+        ``n`` (one generator, in the same state everywhere) and keeps its own slice, so the
+        processes together replay what one process would."""
+        return distributed.my_slice(self.buffer.sample(n, self.generator))
+
     def memory_batch(self, n: int) -> Batch:
-        """``n`` stored samples (fewer if fewer are stored), uniformly, as a normalised batch
-        on the buffer's device."""
+        """The stored samples :meth:`draw` picks, as a normalised batch on the buffer's
+        device."""
         assert self.ctx is not None, "on_task_start() must be called first"
-        images, labels, tasks, ids = self.buffer.get(self.buffer.sample(n, self.generator))
+        images, labels, tasks, ids = self.buffer.get(self.draw(n))
         return self.ctx.datamodule.batch_from(images, labels, tasks, ids)
 
     def insert_seen(self) -> int:
         """Offer every sample of the current task that training has shown (call at task end:
-        each sample is offered once, however many epochs saw it)."""
+        each sample is offered once, however many epochs saw it). In a distributed run the
+        samples any process was shown are offered, on every process."""
         assert self.current is not None
+        distributed.or_(self.current.seen)
         split, rows = self.current.split, self.current.seen_rows()
         return self.buffer.add(
             split.images,
@@ -158,20 +181,35 @@ class Rehearsal(Strategy):
         self, batch: Batch, logits: Tensor | None = None, widths: Tensor | None = None
     ) -> int:
         """Offer the batch's samples of the current task seen for the first time in this task
-        (so with several epochs a sample is offered once, during the first)."""
+        (so with several epochs a sample is offered once, during the first).
+
+        In a distributed run every process offers what all the processes' slices of the step
+        hold, in rank order (the order of the batch one process would have): the buffers stay
+        one global buffer, identical everywhere."""
         assert self.current is not None
         first, rows = self.current.first_sight(batch)
-        if not bool(first.any()):
-            return 0
         index = first.nonzero().squeeze(1)
+        keys = torch.stack([rows[index], batch.y[index], batch.task[index], batch.id[index]], 1)
+        if distributed.world() > 1:
+            keys = distributed.gather_rows(keys)
+            self.current.seen[keys[:, 0]] = True  # the other slices' samples are seen too
+            logits = None if logits is None else distributed.gather_rows(logits[index])
+            widths = None if widths is None else distributed.gather_rows(widths[index])
+        elif not bool(first.any()):
+            return 0
+        else:
+            logits = None if logits is None else logits[index]
+            widths = None if widths is None else widths[index]
+        if keys.shape[0] == 0:
+            return 0
         return self.buffer.add(
             self.current.split.images,
-            rows[index],
-            batch.y[index],
-            batch.task[index],
-            batch.id[index],
-            None if logits is None else logits[index],
-            None if widths is None else widths[index],
+            keys[:, 0],
+            keys[:, 1],
+            keys[:, 2],
+            keys[:, 3],
+            logits,
+            widths,
         )
 
     # -- ledger, erasure, checkpoints ---------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline import distributed
 from pipeline.data.tasks import Batch
 from pipeline.strategies._rehearsal import Rehearsal, RehearsalParams
 from pipeline.strategies.base import TaskContext, register
@@ -69,14 +70,21 @@ class AGEM(Rehearsal):
         if self.buffer.empty:
             return
         params = [p for p in model.parameters() if p.requires_grad]
-        memory = self.memory_batch(self.params.sample_size)
+        assert self.ctx is not None
+        slots = self.buffer.sample(self.params.sample_size, self.generator)
+        memory = self.ctx.datamodule.batch_from(*self.buffer.get(distributed.my_slice(slots)))
         # torch.autograd.grad returns the reference gradient without touching .grad: the
-        # step's gradient stays where it is, no save/zero/restore round trip.
+        # step's gradient stays where it is, no save/zero/restore round trip. The loss is this
+        # process's share of the mean over the whole draw: in a distributed run the shares'
+        # gradients sum to the reference gradient of one process (every process then projects
+        # the same, already averaged, gradient against the same reference).
         with torch.enable_grad():
-            loss = F.cross_entropy(model(memory.x, memory.task), memory.y)
+            out = model(memory.x, memory.task)
+            loss = F.cross_entropy(out, memory.y, reduction="sum") / max(slots.numel(), 1)
             refs = torch.autograd.grad(loss, params, allow_unused=True)
         grad = torch.cat([flat(p.grad, p) for p in params])
         ref = torch.cat([flat(r, p) for r, p in zip(refs, params, strict=True)])
+        distributed.sum_([ref])
         projected = project(grad, ref)
         offset = 0
         for p in params:  # a loop over parameter tensors (a handful), not over samples

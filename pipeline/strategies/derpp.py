@@ -97,18 +97,20 @@ class DERPP(Rehearsal):
         p = self.params
         total: Tensor | None = None
         if not self.buffer.empty and (p.alpha > 0 or p.beta > 0):
-            n = p.batch_size or int(batch.y.shape[0])
-            first = self.buffer.sample(n, self.generator) if p.alpha > 0 else None
-            second = self.buffer.sample(n, self.generator) if p.beta > 0 else None
+            n = self.draw_size(p.batch_size, batch)
+            # this process's slices of the draws (pipeline.strategies._rehearsal.Rehearsal.draw)
+            first = self.draw(n) if p.alpha > 0 else None
+            second = self.draw(n) if p.beta > 0 else None
             index = torch.cat([i for i in (first, second) if i is not None])
             assert self.ctx is not None
             memory = self.ctx.datamodule.batch_from(*self.buffer.get(index))
             out = model(memory.x, memory.task)
             total = logits.new_zeros(())
-            if first is not None:
+            # (a slice is empty only when the buffer holds fewer samples than there are processes)
+            if first is not None and first.numel():
                 stored, widths = self.buffer.stored_logits(first)
                 total = total + p.alpha * logit_mse(out[: first.numel()], stored, widths)
-            if second is not None:
+            if second is not None and second.numel():
                 k = second.numel()
                 total = total + p.beta * F.cross_entropy(out[-k:], memory.y[-k:])
         # Sample before inserting (as the paper's algorithm does): this batch is already

@@ -41,7 +41,7 @@ def empirical_fisher(model: nn.Module, ctx: TaskContext, samples: int) -> dict[s
         ``F`` per trainable parameter name, non-negative, on the model's device.
     """
     return per_sample_grad_mean(
-        model, task_batches(ctx), ctx.device, _sample_nll, "square", samples
+        model, task_batches(ctx, samples), ctx.device, _sample_nll, "square", samples
     )
 
 

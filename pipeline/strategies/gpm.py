@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from pipeline import distributed
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.models import MultiHead
@@ -225,19 +226,23 @@ class GPM(Strategy):
 
     def on_task_end(self, ctx: TaskContext) -> None:
         def first_samples() -> Iterator[tuple[Tensor, Tensor]]:
-            seen = 0
-            for batch in task_batches(ctx):  # the training split in its fixed order
-                take = min(len(batch.y), self.params.samples - seen)
-                yield batch.x[:take].to(ctx.device), batch.task[:take].to(ctx.device)
-                seen += take
-                if seen >= self.params.samples:
-                    return
+            # The training split's first samples in its fixed order (this process's share).
+            for batch in task_batches(ctx, self.params.samples):
+                yield batch.x.to(ctx.device), batch.task.to(ctx.device)
 
-        for name, gram in input_grams(ctx.model, first_samples()).items():
+        grams = input_grams(ctx.model, first_samples())
+        # A distributed run: the Gram matrices are sums over samples, so the shares add up to
+        # the whole; every process then grows the same basis, and rank 0's is given to all so
+        # that an eigensolver's last bits cannot set them apart (not even their sizes).
+        distributed.sum_([grams[n] for n in sorted(grams)])
+        bases = {}
+        for name, gram in grams.items():
             old = self.bases.get(name)
-            self.bases[name] = grow_basis(
+            bases[name] = grow_basis(
                 old.to(gram.device) if old is not None else None, gram, self.params.threshold
-            )
+            ).cpu()
+        for name, basis in distributed.broadcast_object(bases).items():
+            self.bases[name] = basis.to(ctx.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"bases": {k: v.cpu().clone() for k, v in self.bases.items()}}

@@ -36,7 +36,9 @@ def output_sensitivity(model: nn.Module, ctx: TaskContext, samples: int) -> dict
     (logits of the sample's task head, or of the active classes); a per-task head's padding is
     a constant and contributes nothing.
     """
-    return per_sample_grad_mean(model, task_batches(ctx), ctx.device, _sq_norm, "abs", samples)
+    return per_sample_grad_mean(
+        model, task_batches(ctx, samples), ctx.device, _sq_norm, "abs", samples
+    )
 
 
 @dataclass

@@ -60,7 +60,7 @@ class Replay(Rehearsal):
         self.current.first_sight(batch)  # remember what training showed, for on_task_end
         if self.buffer.empty:
             return batch
-        memory = self.memory_batch(self.params.batch_size or int(batch.y.shape[0]))
+        memory = self.memory_batch(self.draw_size(self.params.batch_size, batch))
         return Batch(*(torch.cat([new, old]) for new, old in zip(batch, memory, strict=True)))
 
     def on_task_end(self, ctx: TaskContext) -> None:

@@ -37,7 +37,7 @@ from pipeline import runfiles
 from pipeline.config import ExperimentConfig
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError
-from pipeline.experiment import compose
+from pipeline.experiment import compose, require_one_process
 from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import PathsConfig, redact, uri_scheme
 from pipeline.provenance import git_commit
@@ -225,6 +225,7 @@ def prepare(
     space = search_space(strategy, sweep)
     overrides = [*sweep.overrides, *overrides]
     base = compose(experiment, [f"strategy=[{','.join(strategy)}]", *overrides])
+    require_one_process(base, "sweep")
     if sweep.protocol == "prefix" and sweep.prefix_tasks > len(base.data.tasks):
         raise ConfigError(
             f"prefix_tasks={sweep.prefix_tasks}, but {experiment} has {len(base.data.tasks)} tasks"

@@ -86,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"strategy {'+'.join(cfg.strategy)}, {cfg.scenario}-incremental, seed {cfg.seed}"
     )
     result = run_sequence(cfg, Run.of(cfg))
+    distributed.leave()
     if store is None:
         return 0
     _print_result(result, store)
@@ -118,7 +119,9 @@ def resume(args: argparse.Namespace) -> int:
     if not distributed.started_as_replica():
         print(f"resuming run {args.resume}")
     result = resume_run(args.resume, paths, overrides)
-    if distributed.is_main():
+    main = distributed.is_main()
+    distributed.leave()
+    if main:
         _print_result(result, store)
     return 0
 

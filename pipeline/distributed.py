@@ -84,6 +84,14 @@ def launch(cfg: TrainerConfig) -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
 
 
+def leave() -> None:
+    """End this process's part in the process group, once every process has arrived: what the
+    main process does after the run (a landscape, a report) is its own, with no collective."""
+    if initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def stop_others() -> None:
     """Kill the processes this one launched (the main process failed: they would wait in a
     collective for it)."""

@@ -121,7 +121,9 @@ def test_two_nodes_on_loopback_write_one_run(tmp_path):
         "pipeline",
         "run",
         "synthetic_forgetting",
+        "--landscape",  # after the run, node 0 alone: the process group is gone by then
         *overrides("replay:domain", str(store), 1),
+        f"paths.reports={tmp_path / 'reports'}",
         "trainer.num_nodes=2",
     ]
     nodes = [
@@ -138,11 +140,38 @@ def test_two_nodes_on_loopback_write_one_run(tmp_path):
     outputs = [p.communicate(timeout=300) for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert outputs[0][0].count("test accuracy (%)") == 1  # node 0 prints the result
+    assert "forgetting in weight space" in outputs[0][0]
     assert "test accuracy" not in outputs[1][0]  # node 1 trains its share, silently
     runs = client(store).search_runs([e.experiment_id for e in client(store).search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["trainer.num_nodes"] == "2"
     assert len(runfiles.checkpoint_files(Run.get(Store.at(store), runs[0].info.run_id))) == 2
+
+
+def test_a_two_process_run_killed_after_a_checkpoint_resumes_on_two_processes(tmp_path):
+    store = tmp_path / "mlruns"
+    start = ["run", "synthetic_forgetting", *overrides("replay:domain", str(store), 2)]
+    chaos = [sys.executable, str(ROOT / "tests" / "chaos.py"), "pipeline.runfiles:save_checkpoint"]
+    # rank 0 dies right after task 0's checkpoint; rank 1 loses its peer and stops too
+    died = subprocess.run(
+        [*chaos, "1", "after", *start], cwd=tmp_path, env=env(), capture_output=True, timeout=300
+    )
+    assert died.returncode == -9
+    c = client(store)
+    (only,) = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    run_id = only.info.run_id
+    assert only.info.status == "RUNNING"
+    resume = [sys.executable, "-m", "pipeline", "run", "--resume", run_id, f"paths.store={store}"]
+    done = subprocess.run(resume, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("test accuracy (%)") == 1
+    cfg = compose("synthetic_forgetting", overrides("replay:domain", str(tmp_path / "one"), 1))
+    expected = run_sequence(cfg, Run.of(cfg))  # one process, never killed
+    got = runfiles.read_result(Store.at(store), run_id)
+    assert c.get_run(run_id).info.status == "FINISHED"
+    for split in ("val", "test"):
+        assert abs(got.matrix[split] - expected.matrix[split]).max() <= 0.01, split
+    assert sorted(runfiles.checkpoint_files(Run.get(Store.at(store), run_id))) == [0, 1]
 
 
 @pytest.mark.parametrize(
@@ -167,3 +196,22 @@ def test_compare_and_sweep_refuse_a_distributed_config(tmp_path):
 
     with pytest.raises(ConfigError, match="compare trains each sequence in one process"):
         configs_of("synthetic_forgetting", ["naive"], [0], ["trainer.devices=2"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_the_tasks_stay_there_and_batches_are_sliced_there(tmp_path):
+    from pipeline.runner import prepare
+
+    cfg = small_synthetic(tmp_path / "mlruns", "trainer.accelerator=gpu", *overrides_tiny())
+    data, _, device = prepare(cfg)
+    assert device.type == "cuda"
+    assert all(s.images.is_cuda for t in data.tasks for s in (t.train, t.val, t.test))
+    data.set_task(0)
+    assert all(t.is_cuda for t in next(iter(data.train_dataloader())))
+    assert all(t.is_cuda for t in next(iter(data.eval_loaders("test")[1])))
+    result = run_sequence(cfg, Run.of(cfg))
+    assert result.matrix["test"][0, 0] > 0.5
+
+
+def overrides_tiny() -> list[str]:
+    return ["trainer.epochs=1", "trainer.max_batches=5", "data.synthetic.n_train=256"]

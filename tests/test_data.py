@@ -145,3 +145,35 @@ def test_a_loader_over_one_split_shares_its_images():
     both = TaskDataset([(t.train, t) for t in dm.tasks], dm.tasks)
     assert len(both) == len(dm.tasks[0].train) + len(dm.tasks[1].train)
     assert both.task.unique().tolist() == [0, 1]
+
+
+def test_a_test_only_load_never_reads_a_training_file(tmp_path, monkeypatch):
+    """The landscape evaluates test samples only: reading both datasets' training files again
+    was the last memory peak of `make forget`."""
+    import torchvision.datasets as tvd
+
+    from pipeline.data import tasks as tasks_module
+
+    read = []
+
+    class FakeMNIST:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            read.append(train)
+            n = 50 if train else 20
+            self.data = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8)
+            self.targets = torch.arange(n) % 10
+
+    monkeypatch.setattr(tvd, "MNIST", FakeMNIST)
+    monkeypatch.setattr(tasks_module, "verify", lambda spec, root: {"fake": "0"})
+    tasks_module.release_raw_datasets()
+    cfg = DataConfig(tasks=[TaskConfig(dataset="mnist")])
+    cfg.check()
+    dm = ContinualDataModule(cfg, root=tmp_path, test_only=True)
+    dm.setup()
+    (task,) = dm.tasks
+    assert read == [False]
+    assert len(task.train) == len(task.val) == 0 and len(task.test) == 20
+    tasks_module.release_raw_datasets()
+    full = ContinualDataModule(cfg, root=tmp_path)
+    full.setup()
+    assert read == [False, True, False] and len(full.tasks[0].train) == 45

@@ -38,6 +38,7 @@ class ContinualDataModule(pl.LightningDataModule):
         max_batches: cap on training batches per epoch (0: all).
         scenario: ``task``, ``domain`` or ``class``: sets the targets (see ``load_task``).
         root: the datasets' folder (``paths.data``; default ``data/``).
+        test_only: read only the test splits of dataset files (readers that never train).
     """
 
     def __init__(
@@ -47,10 +48,12 @@ class ContinualDataModule(pl.LightningDataModule):
         max_batches: int = 0,
         scenario: str = "domain",
         root: Path | None = None,
+        test_only: bool = False,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.root = root
+        self.test_only = test_only
         self.seed = seed
         self.max_batches = max_batches
         self.scenario = scenario
@@ -65,7 +68,9 @@ class ContinualDataModule(pl.LightningDataModule):
             return
         offset = 0
         for i, task_cfg in enumerate(self.cfg.tasks):
-            task = load_task(i, task_cfg, self.cfg, self.scenario, offset, self.root)
+            task = load_task(
+                i, task_cfg, self.cfg, self.scenario, offset, self.root, self.test_only
+            )
             offset += task.num_classes
             self.tasks.append(task)
         release_raw_datasets()  # the tasks hold what they use; the files' copies can go

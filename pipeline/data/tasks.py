@@ -63,6 +63,12 @@ class Split:
     def subset(self, index: Tensor) -> Split:
         return Split(self.images[index], self.labels[index], self.ids[index])
 
+    @classmethod
+    def empty(cls) -> Split:
+        """A split with no sample (the train and val splits of a test-only load)."""
+        none = torch.zeros(0, dtype=torch.long)
+        return cls(torch.zeros((0, *IMAGE_SHAPE), dtype=torch.uint8), none, none.clone())
+
     def move_to(self, device: torch.device) -> None:
         """Hold the split's tensors on ``device``."""
         self.images, self.labels, self.ids = (
@@ -245,9 +251,12 @@ def make_synthetic(seed: int, cfg: SyntheticConfig) -> tuple[Split, Split]:
 
 
 @lru_cache(maxsize=4)
-def _load_torchvision(dataset: str, root: Path) -> tuple[Split, Split, dict[str, str]]:
+def _load_torchvision(
+    dataset: str, root: Path, test_only: bool = False
+) -> tuple[Split, Split, dict[str, str]]:
     """The verified train and test splits of a torchvision dataset (cached: Split MNIST and
-    Permuted MNIST read MNIST once, not once per task)."""
+    Permuted MNIST read MNIST once, not once per task); ``test_only``: the train split is
+    not read (an empty split)."""
     spec = DATASETS[dataset]
     md5 = verify(spec, root)
     if md5 is None:
@@ -257,8 +266,8 @@ def _load_torchvision(dataset: str, root: Path) -> tuple[Split, Split, dict[str,
     import torchvision.datasets as tvd  # deferred: torchvision import costs ~1 s
 
     cls = tvd.MNIST if dataset == "mnist" else tvd.FashionMNIST
-    splits = []
-    for train in (True, False):
+    splits = [Split.empty()] if test_only else []
+    for train in (False,) if test_only else (True, False):
         ds = cls(str(root), train=train, download=False)
         images = ds.data.unsqueeze(1).contiguous()
         splits.append(Split(images, ds.targets.long(), torch.arange(len(images))))
@@ -303,10 +312,13 @@ def load_task(
     scenario: str = "domain",
     offset: int = 0,
     root: Path | None = None,
+    test_only: bool = False,
 ) -> Task:
     """Load (or generate) one task, apply its transform and class subset, carve validation.
 
     ``root`` is the datasets' folder (default: ``paths.data``'s default, ``data/``).
+    ``test_only``: read only the test split of a dataset file (train and val are empty), for
+    readers that evaluate and never train (the loss landscape).
 
     Targets depend on the scenario: the position of the label in ``cfg.classes`` for
     ``domain`` and ``task`` (Split MNIST's 4/5 task becomes 0/1), and ``offset`` + that
@@ -321,13 +333,17 @@ def load_task(
         scaled = train.images.float() / 255
         mean, std, display = float(scaled.mean()), float(scaled.std()), f"Synthetic-{cfg.seed}"
     else:
-        train, test, md5 = _load_torchvision(cfg.dataset, root or PathsConfig().data_dir())
+        root = root or PathsConfig().data_dir()
+        train, test, md5 = _load_torchvision(cfg.dataset, root, test_only)
         spec = DATASETS[cfg.dataset]
         # A dataset used twice in one sequence is told apart by its task name.
         display = spec.display if cfg.name == cfg.dataset else cfg.name
         mean, std = spec.mean, spec.std
     classes = list(cfg.classes) or list(range(NUM_CLASSES))
     offset = offset if scenario == "class" else 0
-    train, test = (_select_classes(_transform(s, cfg), classes, offset) for s in (train, test))
+    test = _select_classes(_transform(test, cfg), classes, offset)
+    if len(train) == 0:  # test_only
+        return Task(index, cfg.name, display, mean, std, train, train, test, md5, classes, offset)
+    train = _select_classes(_transform(train, cfg), classes, offset)
     train, val = carve_validation(train, data.val_fraction, data.split_seed)
     return Task(index, cfg.name, display, mean, std, train, val, test, md5, classes, offset)

@@ -299,7 +299,8 @@ def prepare(
     Raises:
         DataError: the data is missing.
     """
-    data = ContinualDataModule(cfg.data, cfg.seed, 0, cfg.scenario, root)
+    # Test splits only: reading the training files too was the last peak of `make forget`.
+    data = ContinualDataModule(cfg.data, cfg.seed, 0, cfg.scenario, root, test_only=True)
     data.setup()
     subsets = [evaluation_subset(data, i, options.samples, options.seed) for i in (0, 1)]
     workers = options.workers or torch.get_num_threads()  # default: one per core

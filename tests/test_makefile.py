@@ -35,6 +35,8 @@ def readme_examples() -> list[str]:
     text = (REPO_ROOT / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     lines = [line.split("  #")[0].strip() for b in blocks for line in b.splitlines()]
+    # environment assignments before the command (MASTER_ADDR=... NODE_RANK=1 make run ...)
+    lines = [re.sub(r"^(?:[A-Z_]+=\S+\s+)+", "", line) for line in lines]
     return [line for line in lines if line.startswith("make run ") and "<" not in line]
 
 

@@ -11,11 +11,12 @@ split) and normalises each dataset by its own mean and std.
     .venv/bin/python benchmarks/founding_search.py '{"ch": [32, 64], "e": [3, 3]}' \\
         '{"ch": [32, 64], "e": [3, 3], "lr2": 5e-4, "seeds": [0, 1]}'
 
-Keys: ch (model.channels), k (model.kernel_size, 5), hidden (model.hidden, [128]), drop
-(model.dropout: before each hidden layer), e (epochs on MNIST and on Fashion-MNIST, [3, 3]; the
-pipeline's trainer.epochs is one number for both), lr (1e-3), lr2 (Fashion-MNIST's, else lr; the
-pipeline has one), wd (weight decay, 0), bs (128), opt (adam, adamw, or sgd with momentum 0.9),
-sched (true: cosine decay to 0 over each task's steps, as optim.schedule=cosine), seeds ([0]).
+Keys: ch (model.channels), k (model.kernel_size, 5), pool (model.pool, each), hidden
+(model.hidden, [128]), drop (model.dropout: before each hidden layer), e (epochs on MNIST and
+on Fashion-MNIST, [3, 3]; the pipeline's trainer.epochs is one number for both), lr (1e-3),
+lr2 (Fashion-MNIST's, else lr; the pipeline has one), wd (weight decay, 0), bs (128), opt
+(adam, adamw, or sgd with momentum 0.9), sched (true: cosine decay to 0 over each task's steps,
+as optim.schedule=cosine), seeds ([0]).
 T=<threads> in the environment (2).
 """
 
@@ -45,9 +46,11 @@ def load(cls: Any, root: str = "data") -> Data:
     return (xtr - mean) / std, train.targets, (xte - mean) / std, test.targets
 
 
-def net(channels: list[int], k: int, hidden: list[int], drop: float) -> nn.Module:
+def net(channels: list[int], k: int, hidden: list[int], drop: float, pool: str) -> nn.Module:
     """The pipeline's model for MNIST-shaped images and one shared 10-way head."""
-    cfg = ModelConfig(name="cnn", channels=channels, kernel_size=k, hidden=hidden, dropout=drop)
+    cfg = ModelConfig(
+        name="cnn", channels=channels, kernel_size=k, pool=pool, hidden=hidden, dropout=drop
+    )
     cfg.check()
     return build_model(cfg, (1, 28, 28), [10])
 
@@ -97,7 +100,8 @@ def main() -> None:
         c = json.loads(spec)
         for seed in c.get("seeds", [0]):
             torch.manual_seed(seed)
-            model = net(c["ch"], c.get("k", 5), c.get("hidden", [128]), c.get("drop", 0.0))
+            hidden, drop = c.get("hidden", [128]), c.get("drop", 0.0)
+            model = net(c["ch"], c.get("k", 5), hidden, drop, c.get("pool", "each"))
             e1, e2 = c.get("e", [3, 3])
             lr = c.get("lr", 1e-3)
             start = time.time()

@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--experiment", default="seed_forgetting")
+    parser.add_argument("--experiment", default="lenet_forgetting")
     parser.add_argument("--root", default="data")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", default="500,1000,2000,4000,8000")

@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--experiment", default="seed_forgetting")
+    parser.add_argument("--experiment", default="lenet_forgetting")
     parser.add_argument("--root", default="data")
     parser.add_argument("--strategies", default="naive,ewc,mas,gpm")
     parser.add_argument("--epochs", type=int, default=1)

@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument(
         "--dataset", default="mnist", choices=["mnist", "fashion_mnist", "synthetic"]
     )
-    parser.add_argument("--experiment", default="seed_forgetting")
+    parser.add_argument("--experiment", default="lenet_forgetting")
     parser.add_argument("--model", default="", help="conf/model/ name (default: the experiment's)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)

@@ -171,7 +171,10 @@ class ModelConfig:
 
     Attributes:
         name: ``cnn`` (LeNet-style) or ``mlp``.
-        channels: CNN convolution channels, one 5x5 conv + 2x2 max-pool per entry.
+        channels: CNN convolution channels, one ``kernel_size`` convolution per entry.
+        pool: where the CNN's 2x2 max-pools are: after ``each`` convolution (LeNet), or only
+            after the ``last`` (the PyTorch MNIST example's layout: more features reach the
+            fully connected layers).
         hidden: sizes of the fully connected hidden layers (after the convs for ``cnn``).
         dropout: dropout before each fully connected layer.
     """
@@ -179,6 +182,7 @@ class ModelConfig:
     name: str = "cnn"
     channels: list[int] = field(default_factory=lambda: [16, 32])
     kernel_size: int = 5
+    pool: str = "each"
     hidden: list[int] = field(default_factory=lambda: [128])
     dropout: float = 0.0
 
@@ -187,6 +191,7 @@ class ModelConfig:
         require(all(c >= 1 for c in self.channels), "model.channels", "must be positive")
         require(all(h >= 1 for h in self.hidden), "model.hidden", "must be positive")
         require(self.kernel_size >= 1, "model.kernel_size", "must be >= 1")
+        require(self.pool in ("each", "last"), "model.pool", f"'{self.pool}' is not each or last")
         require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
 
 

@@ -145,6 +145,33 @@ def _fc_stack(in_features: int, hidden: Sequence[int], dropout: float) -> list[n
     return layers
 
 
+def conv_shapes(
+    cfg: ModelConfig, input_shape: tuple[int, int, int]
+) -> list[tuple[int, bool, tuple[int, int, int]]]:
+    """The CNN's convolutions: per entry of ``cfg.channels`` its input channels, whether a 2x2
+    max-pool follows it, and the (channels, height, width) it hands on.
+
+    Raises:
+        ConfigError: the convolutions shrink the image to nothing.
+    """
+    c, h, w = input_shape
+    shapes = []
+    for i, out_c in enumerate(cfg.channels):
+        pooled = cfg.pool == "each" or i == len(cfg.channels) - 1
+        h, w = h - cfg.kernel_size + 1, w - cfg.kernel_size + 1
+        if pooled:
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ConfigError(
+                f"model.kernel_size: {len(cfg.channels)} conv layer(s) of kernel "
+                f"{cfg.kernel_size} with 2x2 pooling shrink a {input_shape[1]}x"
+                f"{input_shape[2]} image to nothing"
+            )
+        shapes.append((c, pooled, (out_c, h, w)))
+        c = out_c
+    return shapes
+
+
 def parameter_count(cfg: ModelConfig, input_shape: tuple[int, int, int], classes: int) -> int:
     """Parameters of the network :func:`build_model` would build with a head of ``classes``
     outputs, counted without building it.
@@ -152,18 +179,9 @@ def parameter_count(cfg: ModelConfig, input_shape: tuple[int, int, int], classes
     Raises:
         ConfigError: the convolutions shrink the image to nothing.
     """
-    c, h, w = input_shape
-    count = 0
-    if cfg.name == "cnn":
-        for out_c in cfg.channels:
-            count += out_c * (c * cfg.kernel_size**2 + 1)
-            c, h, w = out_c, (h - cfg.kernel_size + 1) // 2, (w - cfg.kernel_size + 1) // 2
-            if h < 1 or w < 1:
-                raise ConfigError(
-                    f"model.kernel_size: {len(cfg.channels)} conv layer(s) of kernel "
-                    f"{cfg.kernel_size} with 2x2 pooling shrink a {input_shape[1]}x"
-                    f"{input_shape[2]} image to nothing"
-                )
+    convs = conv_shapes(cfg, input_shape) if cfg.name == "cnn" else []
+    count = sum(out[0] * (in_c * cfg.kernel_size**2 + 1) for in_c, _, out in convs)
+    c, h, w = convs[-1][2] if convs else input_shape
     features = c * h * w
     for width in cfg.hidden:
         count += features * width + width
@@ -179,8 +197,9 @@ def build_model(
 ) -> Classifier:
     """Build the network named by the config.
 
-    ``cnn`` is LeNet-style: per entry of ``channels`` a ``kernel_size`` convolution, 2x2 max-pool
-    and ReLU, then the ``hidden`` fully connected layers. ``mlp`` flattens the image first.
+    ``cnn``: per entry of ``channels`` a ``kernel_size`` convolution and a ReLU, with a 2x2
+    max-pool after each (``pool: each``, LeNet-style) or after the last only (``pool: last``),
+    then the ``hidden`` fully connected layers. ``mlp`` flattens the image first.
 
     Two choices make the CNN about twice as fast on a CPU without changing what it computes:
     the ReLU comes after the pooling (``relu(max(x)) == max(relu(x))``, exactly, as ReLU is
@@ -197,16 +216,12 @@ def build_model(
     """
     layers: list[nn.Module] = []
     if cfg.name == "cnn":
-        c, h, w = input_shape
-        for out_c in cfg.channels:
-            layers += [nn.Conv2d(c, out_c, cfg.kernel_size), nn.MaxPool2d(2), nn.ReLU()]
-            c, h, w = out_c, (h - cfg.kernel_size + 1) // 2, (w - cfg.kernel_size + 1) // 2
-            if h < 1 or w < 1:
-                raise ValueError(
-                    f"model.channels: {len(cfg.channels)} conv layers shrink a "
-                    f"{input_shape[1]}x{input_shape[2]} image to nothing"
-                )
+        convs = conv_shapes(cfg, input_shape)
+        for in_c, pooled, out in convs:
+            layers.append(nn.Conv2d(in_c, out[0], cfg.kernel_size))
+            layers += [nn.MaxPool2d(2), nn.ReLU()] if pooled else [nn.ReLU()]
         layers.append(nn.Flatten())
+        c, h, w = convs[-1][2] if convs else input_shape
         features = c * h * w
     else:
         layers.append(nn.Flatten())

@@ -192,3 +192,26 @@ def test_split_mnist_runs_in_every_scenario(scenario, store):
     R = run(cfg).matrix["test"]
     assert R.shape == (5, 5)
     assert np.diag(R).min() > (0.6 if scenario != "class" else 0.5)
+
+
+@pytest.mark.parametrize("pool", ["each", "last"])
+@pytest.mark.parametrize(("channels", "kernel"), [([16, 32], 5), ([16, 32], 3), ([8], 3)])
+def test_cnn_layout_and_its_parameter_count_agree(pool, channels, kernel):
+    from pipeline.config import ModelConfig
+    from pipeline.models import parameter_count
+
+    cfg = ModelConfig(name="cnn", channels=channels, kernel_size=kernel, pool=pool, hidden=[64])
+    cfg.check()
+    model = build_model(cfg, (1, 28, 28), [10])
+    assert parameter_count(cfg, (1, 28, 28), 10) == sum(p.numel() for p in model.parameters())
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    pools = sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert pools == (len(channels) if pool == "each" else 1)
+
+
+def test_founding_cnn_pools_once_after_its_last_convolution():
+    """conf/model/cnn_example.yaml: 16 x 26 x 26 -> 32 x 24 x 24 -> pool -> 4,608 features."""
+    cfg = compose("seed_forgetting")
+    model = build_model(cfg.model, (1, 28, 28), [10])
+    (first,) = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][:1]
+    assert first.in_features == 32 * 12 * 12

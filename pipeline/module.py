@@ -16,7 +16,7 @@ from pipeline.config import OptimConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import RunFailed
 from pipeline.models import Classifier
-from pipeline.strategies.base import Strategy, TaskContext
+from pipeline.strategies.base import Strategy, TaskContext, tensors_in
 
 
 class DivergenceError(RunFailed):
@@ -144,6 +144,7 @@ class ContinualModule(pl.LightningModule):
         counts = torch.stack([self._correct, torch.tensor(self._counted, device=self.device)])
         distributed.sum_([counts])
         acc = counts[0].float() / counts[1].clamp_min(1)
+        # already the same on every process; sync_dist only tells Lightning so (it warns else)
         self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=self.sync)
 
     @override
@@ -246,14 +247,3 @@ class ContinualModule(pl.LightningModule):
                     f"checkpoint has no state for strategy '{s.name}' (it holds {sorted(states)})"
                 )
             s.load_state_dict(states[s.name])
-
-
-def tensors_in(tree: Any) -> list[Tensor]:
-    """Every tensor in a nest of dicts, lists and tuples, in a fixed order."""
-    if isinstance(tree, Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for k in sorted(tree, key=str) for t in tensors_in(tree[k])]
-    if isinstance(tree, list | tuple):
-        return [t for v in tree for t in tensors_in(v)]
-    return []

@@ -93,15 +93,21 @@ class Retention:
     state_bytes: int = 0
 
 
+def tensors_in(tree: Any) -> list[torch.Tensor]:
+    """Every tensor in a nest of dicts, lists and tuples (e.g. a ``state_dict()``), in a fixed
+    order (dict keys sorted)."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for k in sorted(tree, key=str) for t in tensors_in(tree[k])]
+    if isinstance(tree, list | tuple):
+        return [t for v in tree for t in tensors_in(v)]
+    return []
+
+
 def tensor_bytes(tree: Any) -> int:
     """Bytes of every tensor in a nested dict/list/tuple (e.g. a ``state_dict()``)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.numel() * tree.element_size()
-    if isinstance(tree, dict):
-        return sum(tensor_bytes(v) for v in tree.values())
-    if isinstance(tree, list | tuple):
-        return sum(tensor_bytes(v) for v in tree)
-    return 0
+    return sum(t.numel() * t.element_size() for t in tensors_in(tree))
 
 
 @dataclass

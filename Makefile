@@ -60,8 +60,11 @@ help: ## list the targets
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
+# --compile-bytecode: the packages' .pyc files are written once, here. Without them, where
+# PYTHONDONTWRITEBYTECODE is set (as in many container images), every process compiles torch,
+# Lightning and MLflow from source: a run reached its first step in 22-26 s instead of 9-13.
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked
+	$(UV) sync --locked --compile-bytecode
 	@touch $@
 
 install: $(STAMP) ## create .venv from uv.lock (a no-op when up to date)

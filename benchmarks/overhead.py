@@ -5,8 +5,12 @@
   evaluations in plain PyTorch), run in turn ``--repeats`` times; the medians of their wall
   times and peak resident memory (``ru_maxrss`` of each child process).
 - Start-up: seconds from ``import torch`` finishing to the first training step
-  (``benchmarks/first_step.py``), and the wall time of ``python -m pipeline --help`` and of a
-  config error.
+  (``benchmarks/first_step.py``), cold (a new process) and warm (a second sequence in the same
+  process, as a sweep worker runs its trials), and the wall time of ``python -m pipeline
+  --help`` and of a config error.
+- The floor under both: a process that only imports torch, Lightning and MLflow's SQL store
+  (what any Lightning program tracked in an MLflow store loads before its first step), its
+  seconds after ``import torch`` and its peak memory.
 
     make bench                                   # part of it
     .venv/bin/python benchmarks/overhead.py --epochs 1 --repeats 3
@@ -27,6 +31,13 @@ from pathlib import Path
 from pipeline.experiment import compose
 
 HERE = Path(__file__).resolve().parent
+#: The floor: the imports a Lightning program tracked in MLflow's SQL store cannot skip.
+FLOOR = (
+    "import time; t = time.perf_counter(); import torch; t = time.perf_counter() - t; "
+    "s = time.perf_counter(); import lightning.pytorch, mlflow; "
+    "from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore; "
+    "print(f'{t:.2f} {time.perf_counter() - s:.2f}')"
+)
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -82,17 +93,23 @@ def main() -> None:
     ]
     walls: dict[str, list[float]] = {"bare": [], "pipeline": []}
     peaks: dict[str, list[float]] = {"bare": [], "pipeline": []}
-    starts: list[float] = []
+    starts: dict[str, list[float]] = {"cold": [], "warm": []}
+    floors: dict[str, list[float]] = {"seconds": [], "peak": []}
     for r in range(args.repeats):
         for name, cmd in (("bare", bare), ("pipeline", pipeline)):
             wall, peak, _ = measure(cmd, env)
             walls[name].append(wall)
             peaks[name].append(peak)
             print(f"repeat {r + 1} {name:>8}: {wall:6.1f} s, peak {peak:.2f} GiB", flush=True)
-        _, _, out = measure(
-            [sys.executable, str(HERE / "first_step.py"), args.experiment, *common], env
-        )
-        starts.append(float(re.findall(r"first training step ([\d.]+) s", out)[-1]))
+        for kind, flag in (("cold", []), ("warm", ["--warm"])):
+            _, _, out = measure(
+                [sys.executable, str(HERE / "first_step.py"), *flag, args.experiment, *common],
+                env,
+            )
+            starts[kind].append(float(re.findall(r"first training step ([\d.]+) s", out)[-1]))
+        _, peak, out = measure([sys.executable, "-c", FLOOR], env)
+        floors["seconds"].append(float(out.split()[-1]))
+        floors["peak"].append(peak)
     helps = [measure([sys.executable, "-m", "pipeline", "--help"], env)[0] for _ in range(3)]
     error = [sys.executable, "-m", "pipeline", "run", args.experiment, "trainer.epochz=1"]
     errors = []
@@ -111,7 +128,15 @@ def main() -> None:
         f"ratio {med['pipeline'] / med['bare']:.2f}x"
     )
     print(f"  peak memory     bare {mem['bare']:6.2f} GiB  pipeline {mem['pipeline']:6.2f} GiB")
-    print(f"  first training step {statistics.median(starts):.2f} s after import torch")
+    print(
+        f"  first training step {statistics.median(starts['cold']):.2f} s after import torch; "
+        f"in a second sequence of one process {statistics.median(starts['warm']):.2f} s"
+    )
+    print(
+        f"  floor: torch, Lightning and MLflow's SQL store imported "
+        f"{statistics.median(floors['seconds']):.2f} s after import torch, "
+        f"peak {statistics.median(floors['peak']):.2f} GiB"
+    )
     print(
         f"  --help {statistics.median(helps):.2f} s, "
         f"a config error {statistics.median(errors):.2f} s"

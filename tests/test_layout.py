@@ -1,6 +1,7 @@
 """The shape of the package, read from its source: no import circle (imports for type checking
 count), no file over 550 lines, no function over 80 lines without a stated reason, and the
-literal names of a run's files and of strategies each spelled in one module."""
+literal names of a run's files and of strategies each spelled in one module; every package it
+imports declared."""
 
 import ast
 from collections import defaultdict
@@ -129,3 +130,32 @@ def test_a_strategy_name_is_spelled_only_in_its_own_module() -> None:
     for name, cls in REGISTRY.items():
         where = [m for m, p in mods.items() if name in string_constants(p)]
         assert where == [cls.__module__], f"{name!r} spelled in {where}"
+
+
+def test_every_package_the_code_imports_is_a_declared_dependency() -> None:
+    """A package imported only because another dependency pulls it in breaks when that one
+    stops pulling it: what ``pipeline/`` imports is declared in ``pyproject.toml``."""
+    import re
+    import sys
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    declared = {norm(re.split(r"[\[<>=!~; ]", d)[0]) for d in project["dependencies"]}
+    roots = set()
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                roots.add(node.module.split(".")[0])
+    distributions = packages_distributions()
+    undeclared = {
+        root: distributions.get(root, [])
+        for root in roots - set(sys.stdlib_module_names) - {"pipeline"}
+        if not {norm(d) for d in distributions.get(root, [])} & declared
+    }
+    assert not undeclared, f"imported, not declared in pyproject.toml: {undeclared}"

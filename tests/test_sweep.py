@@ -460,7 +460,8 @@ def test_two_sweeps_started_at_once_share_one_study_and_draw_different_points(
     assert [p.exitcode for p in procs] == [0, 0]
     study = load_study("twin", journal(here))
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # not one trial more
+    reasons = [t.user_attrs.get("fail_reason") for t in trials]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, reasons  # not one more
     assert trials[0].params != trials[1].params  # the samplers' seeds differ
     client = client_for(here / "mlruns")
     exp = client.get_experiment_by_name("synthetic_forgetting")

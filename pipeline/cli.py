@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline.conf import available, compose_paths
 from pipeline.errors import ConfigError, RunFailed
@@ -509,6 +509,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         _error(None)
         raise
+
+
+def entry() -> NoReturn:
+    """The ``pipeline`` command and ``python -m pipeline``: :func:`main`, then an exit that
+    skips the interpreter's teardown (:func:`pipeline.processes.exit_now`)."""
+    from pipeline.processes import exit_now
+
+    exit_now(main())
 
 
 def _error(line: str | None) -> None:

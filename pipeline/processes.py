@@ -70,11 +70,8 @@ def exit_now(code: int) -> NoReturn:
     """
     join_threads = getattr(threading, "_shutdown", None)
     run_atexit = getattr(atexit, "_run_exitfuncs", None)
-    if (
-        join_threads is None
-        or run_atexit is None
-        or threading.current_thread() is not (threading.main_thread())
-    ):
+    in_main = threading.current_thread() is threading.main_thread()
+    if join_threads is None or run_atexit is None or not in_main:
         sys.exit(code)
     join_threads()
     run_atexit()

@@ -46,12 +46,27 @@ def test_a_fast_exit_joins_threads_runs_atexit_and_flushes_python_and_c(tmp_path
     assert "python, no newline at the end" in proc.stdout and "from C" in proc.stdout
 
 
-def test_the_module_entry_point_exits_through_it(tmp_path: Path) -> None:
-    """`python -m pipeline` returns main's exit code through exit_now (a config error: 2)."""
+ENTRY = r"""
+import runpy, sys
+from pathlib import Path
+
+class Marker:  # deleted when the interpreter tears its modules down, never after os._exit
+    def __init__(self, path):
+        self.path = path
+
+    def __del__(self):
+        self.path.write_text("torn down")
+
+marker = Marker(Path(sys.argv[1]))
+sys.argv = ["pipeline", "run", "synthetic_forgetting", "trainer.epochz=1"]
+runpy.run_module("pipeline", run_name="__main__")
+"""
+
+
+def test_python_m_pipeline_exits_with_mains_code_and_skips_the_teardown(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "synthetic_forgetting", "trainer.epochz=1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", ENTRY, str(marker)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error:"), proc.stderr
+    assert not marker.exists(), "the interpreter tore the modules down"

@@ -12,6 +12,8 @@
   (what any Lightning program tracked in an MLflow store loads before its first step), its
   seconds after ``import torch`` and its peak memory.
 
+Where the start-up and the exit go, step by step: ``benchmarks/timeline.py``.
+
     make bench                                   # part of it
     .venv/bin/python benchmarks/overhead.py --epochs 1 --repeats 3
 """

@@ -54,9 +54,10 @@ def exit_now(code: int) -> NoReturn:
     """End this process with ``code`` without the interpreter's teardown of its modules.
 
     Why our own: a normal exit frees every module and object one by one, and with torch,
-    ``torch._dynamo``, Lightning and MLflow loaded that takes 2.4 s on 2 cores (measured on
-    2026-12-02: a process importing only those four exits 2.4 s after its last statement;
-    ``import torch`` alone, 0.9 s), paid by every command and by each sweep worker. Python
+    ``torch._dynamo``, Lightning and MLflow loaded that takes 2.2 to 2.4 s on 2 cores (a
+    process importing only those ends that long after its last statement; ``import torch``
+    alone, 0.8 to 0.9 s: ``benchmarks/timeline.py``, 2026-12-02), paid by every command and
+    by each sweep worker. Python
     offers no switch to skip it, so this does first what an exit must do, in the
     interpreter's order: join the non-daemon threads (``threading._shutdown``, which also
     stops idle thread pools), run the ``atexit`` handlers (logging, temporary folders,

@@ -1,5 +1,5 @@
 """How a command's process ends: ``python -m pipeline`` skips the interpreter's teardown of its
-modules (2.4 s with torch, Lightning and MLflow loaded), and still does what an exit must."""
+modules (2.2 to 2.4 s with torch, Lightning and MLflow loaded), and still does what an exit must."""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ endif
 HOST = 127.0.0.1
 PORT = 5000
 PG_PORT = 5433
+PG_DATA =
 DB =
 AUTH =
 
@@ -55,6 +56,8 @@ help: ## list the targets
 	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 (compare)"
 	@echo "             STRATEGY=ewc TRIALS=30 WORKERS=1 SWEEP=default STUDY=<name> RULE=knee (sweep, best)"
 	@echo "             multi-objective sweeps (SWEEP=default, prefix) are not pruned: Optuna cannot prune them"
+	@echo "             PG_DATA=<folder> (server): PostgreSQL's files there; as root in a folder the postgres user"
+	@echo "             cannot enter (/root, mode 700) they go to ~postgres/pipeline-<hash> (a line says so)"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -118,17 +121,18 @@ format: install ## apply ruff's formatting and import order
 	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
 	$(VENV)/bin/ruff format pipeline tests benchmarks
 
-bench: install data ## pipeline vs a bare PyTorch loop: whole-process wall and memory, start-up, samples/s; strategy cost vs naive; study storages
+bench: install data ## pipeline vs a bare PyTorch loop: whole-process wall and memory, start-up, samples/s; strategy cost vs naive; study storages; a run beside 2 CPU-bound processes vs its fair share
 	$(PY) benchmarks/overhead.py --root $(call q,$(DATA))
 	$(PY) benchmarks/throughput.py --root $(call q,$(DATA))
 	$(PY) benchmarks/strategy_cost.py --root $(call q,$(DATA)) $(ARGS)
 	$(PY) benchmarks/storages.py
+	$(PY) benchmarks/contention.py --root $(call q,$(DATA))
 
 ui: install ## the MLflow UI over mlruns/ (TRACKING=), opening on the training view [PORT=5000 HOST=127.0.0.1]
 	$(PY) -m pipeline ui --port $(call q,$(PORT)) --host $(call q,$(HOST))
 
-server: install ## team mode: PostgreSQL + MLflow server in .server/ [HOST= PORT= PG_PORT= DB=postgresql://... AUTH=1]
-	$(PY) -m pipeline.server start --host $(call q,$(HOST)) --port $(call q,$(PORT)) --pg-port $(call q,$(PG_PORT)) $(if $(DB),--db $(call q,$(DB))) $(if $(filter 1 yes true,$(AUTH)),--auth)
+server: install ## team mode: PostgreSQL + MLflow server in .server/ [HOST= PORT= PG_PORT= PG_DATA=<folder for PostgreSQL's files> DB=postgresql://... AUTH=1]
+	$(PY) -m pipeline.server start --host $(call q,$(HOST)) --port $(call q,$(PORT)) --pg-port $(call q,$(PG_PORT)) $(if $(PG_DATA),--pg-data $(call q,$(PG_DATA))) $(if $(DB),--db $(call q,$(DB))) $(if $(filter 1 yes true,$(AUTH)),--auth)
 
 server-stop: ## stop what `make server` started (nothing running is fine)
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pipeline.server stop

@@ -167,6 +167,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.compare import compare, default_strategies, format_text, table
     from pipeline.tracking import Store
 
+    _count(args.seeds, "--seeds", "make compare SEEDS=<n>")  # 0 seeds: no row to report
     names = default_strategies() if args.strategies == "all" else args.strategies.split(",")
     seeds = list(range(args.seeds))
     print(f"comparing {', '.join(names)} on {args.experiment}, seeds {seeds}")
@@ -210,6 +211,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import sweep
 
+    # Named as the user typed them (the sweep's own check would blame the sweep file).
+    _count(args.trials, "--trials", "make sweep TRIALS=<n>")
+    _count(args.workers, "--workers", "make sweep WORKERS=<n>")
     sets = list(args.set)
     if args.trials is not None:
         sets.append(f"trials={args.trials}")
@@ -249,15 +253,18 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from pipeline.paths import uri_scheme
-    from pipeline.server.common import url_host
+    from pipeline.server.common import require_port, url_host
 
     storage = compose_paths(args.overrides).studies_uri()
-    _check_port(args.port)
-    _check_host(args.host)
+    # optuna-dashboard finds a busy port only after we printed its address, then exits
+    require_port(args.host, args.port, "make dashboard PORT=<port>")
     cmd = ["optuna-dashboard", "--host", args.host, "--port", str(args.port)]
     if not uri_scheme(storage):
         if not Path(storage).is_file():
             raise ConfigError(f"{storage}: no study storage yet (run `make sweep` first)")
+        from pipeline.journal import repair
+
+        repair(Path(storage))  # optuna-dashboard reads it with Optuna's plain backend
         cmd += ["--storage-class", "JournalFileStorage"]
     print(
         f"optuna-dashboard on http://{url_host(args.host)}:{args.port}/ over {redact(storage)}; "
@@ -279,12 +286,16 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from pipeline.provenance import ui_link
-    from pipeline.server.common import url_host
+    from pipeline.server.common import require_port, url_host
     from pipeline.server.tracking_server import security_flags
+    from pipeline.tracking import Store
 
-    _check_port(args.port)
-    _check_host(args.host)
-    store = _store(compose_paths(args.overrides))  # creates the database under the store's lock
+    paths = compose_paths(args.overrides)
+    if not Store.of(paths).server:  # a tracking server serves its own UI: no port of ours
+        # Before the store is created and the address printed: `mlflow ui` on a busy port
+        # prints uvicorn's error after our address line, and exits 0.
+        require_port(args.host, args.port, "make ui PORT=<port>")
+    store = _store(paths)  # creates the database under the store's lock
     if store.server:
         print(f"the store is a tracking server: open {ui_link(store.uri)}")
         return 0
@@ -306,20 +317,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover  (execv does not return)
 
 
-def _check_host(host: str) -> None:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(
-            f"--host: {host!r} is not an IP address (127.0.0.1, 0.0.0.0, ::)"
-        ) from None
-
-
-def _check_port(port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--port: {port} is not a TCP port (1-65535)")
+def _count(value: int | None, option: str, make: str) -> None:
+    """Refuse a count option below 1 (None: not given), naming the make variable that sets it."""
+    if value is not None and value < 1:
+        raise ConfigError(f"{option} {value}: must be at least 1 ({make})")
 
 
 def _experiment_command(
@@ -505,6 +506,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         if e.code == 128 + signal.SIGTERM:
             _error("terminated")
+        raise
+    except Exception as e:
+        reach = sys.modules.get("pipeline.reach")  # loaded by every command that tracks
+        if reach is not None and reach.server_trouble(e):  # outside a run (else ServerDown)
+            _error(f"error: the tracking server failed: {reach.first_line(e)}")
+            return 1
+        _error(None)
         raise
     except BaseException:
         _error(None)

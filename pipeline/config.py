@@ -12,12 +12,13 @@ live is the ``paths`` section (:class:`pipeline.paths.PathsConfig`) that every c
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 from omegaconf import MISSING, OmegaConf
 
-from pipeline.errors import require
+from pipeline.errors import ConfigError, require
 from pipeline.paths import PathsConfig
 
 MAX_LR = 10.0  # a learning rate above this is a typo, not an experiment (1e308, inf)
@@ -25,6 +26,10 @@ MAX_LR = 10.0  # a learning rate above this is a typo, not an experiment (1e308,
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
 MAX_SEED = 2**32 - 1  # numpy's seeds, which Lightning's seed_everything sets too
 SCENARIOS = ("task", "domain", "class")
+MAX_TASK_NAME = 100  # a task name is in metric keys (MLflow: 250 characters) and file names
+#: No text this short exceeds any of :func:`mlflow_limits` (a test checks): checking it does not
+#: import MLflow, which takes seconds (most configs are checked to be printed or refused).
+SHORT_TEXT = 250
 BENCHMARKS = ("split_mnist", "permuted_mnist", "rotated_mnist")
 DATASET_KINDS = ("mnist", "fashion_mnist", "synthetic")
 
@@ -73,6 +78,12 @@ class TaskConfig:
             self.name.replace("_", "").replace("-", "").isalnum(),
             "data.tasks.name",
             f"'{self.name}' must be letters, digits, '_' or '-' (it becomes a metric key)",
+        )
+        require(
+            len(self.name) <= MAX_TASK_NAME,
+            "data.tasks.name",
+            f"{len(self.name)} characters; at most {MAX_TASK_NAME} (it becomes metric keys and "
+            "file names)",
         )
 
 
@@ -312,6 +323,10 @@ class TrackingConfig:
     run_name: str = ""
     log_checkpoints: bool = True
 
+    def check(self) -> None:
+        require_length(self.experiment, "tracking.experiment", "experiment")
+        require_length(self.run_name, "tracking.run_name", "run_name")
+
 
 @dataclass
 class ExperimentConfig:
@@ -349,6 +364,7 @@ class ExperimentConfig:
 
     def check(self) -> None:
         require(0 <= self.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}, got {self.seed}")
+        require_length(self.description, "description", "description")  # the experiment's
         require(
             self.scenario in SCENARIOS,
             "scenario",
@@ -368,6 +384,32 @@ class ExperimentConfig:
             f"{self.data.batch_size} does not split evenly over {world} processes "
             "(trainer.devices x trainer.num_nodes): each takes an equal slice of every batch",
         )
+
+
+@cache
+def mlflow_limits() -> dict[str, int]:
+    """The most characters every MLflow store takes, by what they limit: MLflow's own checks,
+    and the columns of its database, which PostgreSQL enforces and SQLite does not (a
+    300-character experiment name passes MLflow's check of 500, then fails on a team server).
+    """
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlRun
+    from mlflow.utils import validation as v
+
+    def column(model: Any) -> int:
+        return int(model.__table__.c.name.type.length)
+
+    return {
+        "experiment": min(v.MAX_EXPERIMENT_NAME_LENGTH, column(SqlExperiment)),
+        "run_name": min(v.MAX_TAG_VAL_LENGTH, column(SqlRun)),  # also its mlflow.runName tag
+        "description": v.MAX_EXPERIMENT_TAG_VAL_LENGTH,  # an experiment tag
+    }
+
+
+def require_length(text: str, key: str, limit: str) -> None:
+    """Refuse ``text`` longer than MLflow takes for ``limit`` (a key of :func:`mlflow_limits`),
+    before any run exists: MLflow would refuse it with a traceback once the run starts."""
+    if len(text) > SHORT_TEXT and len(text) > (most := mlflow_limits()[limit]):
+        raise ConfigError(f"{key}: {len(text)} characters; an MLflow store takes at most {most}")
 
 
 def check_values(node: Any) -> None:

@@ -51,7 +51,7 @@ def erase(
 
     Raises:
         ErasureError: unknown run or task name, an id the task does not have, a run without
-            checkpoints.
+            checkpoints, an ``erasures.json`` that is no JSON list.
         DataError: the task's data is missing (the ids cannot be checked).
     """
     if not ids or min(ids) < 0:
@@ -79,7 +79,10 @@ def erase(
         "ids": [int(i) for i in ids],
         "removed": removed,
     }
-    history = [*runfiles.read_erasures(run), record]
+    try:  # a torn file gives its whole records (and a warning line)
+        history = [*runfiles.read_erasures(run), record]
+    except LookupError as e:  # no JSON list at all: one line, the checkpoints stay erased
+        raise ErasureError(str(e)) from None
     runfiles.write_erasures(run, history)
     total = sum(sum(r["removed"].values()) for r in history)
     run.log_metrics({"retention/erased_samples": total}, step=len(history))

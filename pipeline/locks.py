@@ -45,7 +45,7 @@ _ENGINES: dict[tuple[int, str], Any] = {}
 
 
 @contextmanager
-def pg_lock(url: str, name: str, timeout_s: float = 10.0) -> Iterator[None]:
+def pg_lock(url: str, name: str, timeout_s: float = 10.0, patient: bool = False) -> Iterator[None]:
     """Hold the PostgreSQL session-level advisory lock ``name`` on the database at ``url``.
 
     Held on a connection of its own (from a pool of one per database and process), so the
@@ -56,8 +56,14 @@ def pg_lock(url: str, name: str, timeout_s: float = 10.0) -> Iterator[None]:
         url: a SQLAlchemy URL of the database (``postgresql://...``).
         name: what is locked (a study name, say); hashed to the lock's key.
         timeout_s: connection timeout.
+        patient: wait for a database that cannot be reached (:func:`pipeline.retry.patiently`)
+            instead of failing at once. A restart of the server while the lock is held ends
+            the lock with the connection: releasing it then is not an error.
     """
     import sqlalchemy
+
+    from pipeline.paths import redact
+    from pipeline.retry import patiently, transient
 
     where = (os.getpid(), url)
     if where not in _ENGINES:
@@ -69,10 +75,25 @@ def pg_lock(url: str, name: str, timeout_s: float = 10.0) -> Iterator[None]:
             connect_args={"connect_timeout": int(timeout_s)},
         )
     key = advisory_key(name)
-    with _ENGINES[where].connect() as conn:
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+
+    def take() -> Any:
+        conn = _ENGINES[where].connect()
         try:
-            yield
-        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    conn = patiently(take, f"the database {redact(url)}") if patient else take()
+    try:
+        yield
+    finally:
+        try:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             conn.commit()
+        except Exception as e:
+            if not (patient and transient(e)):
+                raise
+        finally:
+            conn.close()

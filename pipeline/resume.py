@@ -15,6 +15,7 @@ progress bars, paths), not what it computes.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +60,8 @@ def resume_run(run_id: str, paths: PathsConfig, overrides: Sequence[str] = ()) -
     if not distributed.started_as_replica():  # the main process has checked and owns the run
         check_resumable(run)
     with scratch_dir() as tmp:
-        checkpoint = runfiles.last_checkpoint(run, tmp)
+        last = runfiles.last_checkpoint(run, tmp)
+    checkpoint = last.contents
     if checkpoint is not None and not checkpoint["pipeline"].get("progress"):
         raise ConfigError(
             f"resume: run {run_id}'s checkpoints were written by an older pipeline, without "
@@ -78,10 +80,29 @@ def resume_run(run_id: str, paths: PathsConfig, overrides: Sequence[str] = ()) -
             f"resume: run {run_id} logged no checkpoint (tracking.log_checkpoints=false): "
             "there is nothing to carry on from"
         )
+    if last.unreadable and not distributed.started_as_replica():
+        print(unreadable_warning(run_id, last, [t.name for t in cfg.data.tasks]), file=sys.stderr)
     splits = tuple(s for s in run.tags.get("splits", ",".join(SPLITS)).split(",") if s)
     return run_sequence(
         cfg, lambda: Run.reopen(store, run_id), splits=splits, resume=Resume(checkpoint)
     )
+
+
+def unreadable_warning(run_id: str, last: runfiles.LastCheckpoint, tasks: Sequence[str]) -> str:
+    """The line that says which checkpoints do not load and where the run carries on instead:
+    after the newest one that loads, or from its first task when none does. The resume goes
+    on rather than stops: the tasks after that point are trained again, in the same run, with
+    the same seed (the matrix an uninterrupted run gives, on the same machine); refusing
+    would leave the run unfinishable."""
+    names = ", ".join(f.name for f in last.unreadable)
+    at = last.file.index + 1 if last.file is not None else 0
+    found = f"carrying on from {last.file.name}" if last.file else "no checkpoint loads"
+    rest = (
+        f"the run restarts at task {at + 1} of {len(tasks)} ({tasks[at]})"
+        if at < len(tasks)
+        else "every task is done, only the results are written"
+    )
+    return f"warning: run {run_id}: checkpoint(s) {names} do not load (truncated?); {found}: {rest}"
 
 
 def check_resumable(run: Run) -> None:

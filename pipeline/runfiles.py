@@ -19,14 +19,23 @@ A task sequence's run holds::
 A comparison's parent run holds the report (``report.md``, ``table.txt``, its figures,
 ``landscape/plane-<strategy>.png``); a sweep's parent run the study's settings, summary, trials
 table and figures. Their names are here too.
+
+``erasures.json`` is read back and rewritten by every erasure, through MLflow, which does not
+write an artifact atomically: a crash or a full disk can leave it cut anywhere. JSON has no
+reader of a cut document, so :func:`whole_records` parses the whole records at its start
+(``json.JSONDecoder.raw_decode``, one element at a time).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import pickle
 import re
+import shutil
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,12 +46,14 @@ from omegaconf import OmegaConf
 
 from pipeline.config import ExperimentConfig, to_yaml
 from pipeline.data.tasks import IMAGE_SHAPE, Task
+from pipeline.disk import room_for
 from pipeline.experiment import from_dict
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.report import along_sequence, heatmap
 from pipeline.results import AccuracyAlong, SequenceResult, accuracy_along
 from pipeline.strategies import build_strategies
+from pipeline.strategies.base import tensor_bytes
 from pipeline.tracking import Run, Store, scratch_dir
 
 # -- names ---------------------------------------------------------------------------------------
@@ -161,7 +172,9 @@ def save_checkpoint(
 def _upload(run: Run, payload: dict[str, Any], file: CheckpointFile) -> None:
     with scratch_dir() as tmp:
         path = tmp / file.name
-        torch.save(payload, path)
+        what = f"the checkpoint {file.name} (the scratch folder: TMPDIR= moves it)"
+        with room_for(tmp.parent, what, tensor_bytes(payload)):
+            torch.save(payload, path)
         run.log_file(path, CHECKPOINT_DIR)
 
 
@@ -216,17 +229,28 @@ def latest_checkpoints(run: Run) -> dict[int, CheckpointFile]:
     return {i: fs[-1] for i, fs in checkpoint_files(run).items()}
 
 
-def last_checkpoint(run: Run, dst: Path) -> dict[str, Any] | None:
-    """The raw contents of the run's checkpoint after its latest finished task: the newest
-    revision, of the highest task index, that loads (one cut off mid-upload does not: the one
-    before it is taken); ``None`` when the run has none."""
+class LastCheckpoint(NamedTuple):
+    """What :func:`last_checkpoint` found: the contents of the newest checkpoint that loads and
+    its file (``None``, ``None`` when none does), and the newer ones that do not load."""
+
+    contents: dict[str, Any] | None
+    file: CheckpointFile | None
+    unreadable: list[CheckpointFile]
+
+
+def last_checkpoint(run: Run, dst: Path) -> LastCheckpoint:
+    """The run's checkpoint after its latest finished task: the newest revision, of the
+    highest task index, that loads. One that does not (cut off mid-upload, truncated by a full
+    disk) is passed over for the one before it, and listed in ``unreadable``: the caller says
+    so, since the tasks after the one found are trained again."""
+    unreadable: list[CheckpointFile] = []
     for revisions in reversed(list(checkpoint_files(run).values())):
         for f in reversed(revisions):
             try:
-                return _read(run.download(f.path, dst))
+                return LastCheckpoint(_read(run.download(f.path, dst)), f, unreadable)
             except (LookupError, ValueError):
-                continue
-    return None
+                unreadable.append(f)
+    return LastCheckpoint(None, None, unreadable)
 
 
 def read_config(run: Run) -> dict[str, Any]:
@@ -235,6 +259,11 @@ def read_config(run: Run) -> dict[str, Any]:
     Raises:
         LookupError: the run has no readable config.
     """
+    if CONFIG_FILE not in run.list_files():
+        raise LookupError(
+            f"run {run.run_id} was cut off before it stored its config ({CONFIG_FILE}): "
+            "nothing of it can be carried on; start it again"
+        )
     with scratch_dir() as tmp:
         try:
             node = OmegaConf.load(run.download(CONFIG_FILE, tmp))
@@ -378,11 +407,80 @@ def read_result(store: Store, run_id: str) -> SequenceResult:
 
 
 def read_erasures(run: Run) -> list[dict[str, Any]]:
-    """The erasure requests recorded on the run (none yet: an empty list)."""
+    """The erasure requests recorded on the run (none yet: an empty list).
+
+    A torn file gives its whole records, with a warning line; the file as found is kept in
+    the run, as ``erasures.json.torn-<time>``, before the next erasure rewrites it.
+
+    Raises:
+        LookupError: the file cannot be fetched, or is no JSON list (nothing to recover).
+    """
     if ERASURES_FILE not in run.list_files():
         return []
-    history = run.read_json(ERASURES_FILE)
-    return list(history) if isinstance(history, list) else []
+    with scratch_dir() as tmp:
+        local = run.download(ERASURES_FILE, tmp)
+        text = local.read_bytes().decode("utf-8", errors="replace")  # a cut may split a char
+        found = whole_records(text)
+        if found is None:
+            raise LookupError(
+                f"run {run.run_id}: {ERASURES_FILE} is not a JSON list of erasure records: "
+                "restore it, or move it out of the run"
+            )
+        records, whole = found
+        if not whole:
+            kept = tmp / "kept" / f"{ERASURES_FILE}.torn-{time.strftime('%Y%m%d-%H%M%S')}"
+            kept.parent.mkdir()
+            shutil.copyfile(local, kept)  # byte for byte
+            run.log_file(kept)
+            print(
+                f"warning: run {run.run_id}: {ERASURES_FILE} is torn (a write cut short): "
+                f"recovered {len(records)} whole record(s), the rest is unreadable; the file "
+                f"as found is kept as {kept.name}",
+                file=sys.stderr,
+            )
+    return records
+
+
+def whole_records(text: str) -> tuple[list[dict[str, Any]], bool] | None:
+    """The whole records at the start of a JSON list of objects that may be cut short, and
+    whether the list is whole.
+
+    Returns:
+        ``None`` where ``text`` is no JSON list, whole or cut; an empty or blank text is a
+        list cut before its first record.
+    """
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        pass
+    else:
+        return (list(whole), True) if isinstance(whole, list) else None
+    decoder = json.JSONDecoder()
+    pos = _skip_blank(text, 0)
+    if pos == len(text):
+        return [], False
+    if text[pos] != "[":
+        return None
+    records: list[dict[str, Any]] = []
+    pos += 1
+    while True:
+        try:
+            record, after = decoder.raw_decode(text, _skip_blank(text, pos))
+        except json.JSONDecodeError:
+            return records, False  # cut inside this record, or before it
+        if not isinstance(record, dict):
+            return records, False  # a record is an object: what it was cut from is unknown
+        records.append(record)
+        pos = _skip_blank(text, after)
+        if not text.startswith(",", pos):
+            return records, False  # cut just after it, or garbage follows
+        pos += 1
+
+
+def _skip_blank(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
 
 
 def write_erasures(run: Run, history: list[dict[str, Any]]) -> None:

@@ -29,7 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric
 
-from pipeline import distributed, runfiles
+from pipeline import OMP_WAIT_POLICY, distributed, runfiles
 from pipeline.config import ExperimentConfig, TrainerConfig, to_dict
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Task
@@ -298,7 +298,9 @@ def run_sequence(
             progress.next_task, progress.rng = task.index + 1, rng_state()
             progress.logged = rows_of(logged)
             if run is not None:
-                record_task(run, cfg, task, data, module, optimizers, progress, logged)
+                record_task(
+                    run, cfg, task, data, module, optimizers, progress, logged, resume is not None
+                )
             if on_task is not None:
                 on_task(task.index, {s: np.array(progress.rows[s]) for s in splits})
         names, displays = [t.name for t in data.tasks], [t.display for t in data.tasks]
@@ -329,9 +331,12 @@ def record_task(
     optimizers: list[torch.optim.Optimizer],
     progress: Progress,
     logged: list[Metric],
+    resumed: bool = False,
 ) -> None:
     """Write what a finished task leaves in the run: its checkpoint first (with the progress
-    a resume needs), then its metrics and curves, then the count of tasks done."""
+    a resume needs), then its metrics and curves, then the count of tasks done. A resumed run
+    logs only the metric steps it lacks: a task trained again because its checkpoint did not
+    load (:mod:`pipeline.resume`) had logged them."""
     if cfg.tracking.log_checkpoints:
         meta = runfiles.CheckpointMeta(
             run.run_id,
@@ -342,7 +347,10 @@ def record_task(
             progress.to_record(),
         )
         runfiles.save_checkpoint(run, module, optimizers, meta)
-    run.log_records(logged)
+    if resumed:
+        run.log_missing(logged)
+    else:
+        run.log_records(logged)
     run.set_tags({TASKS_DONE_TAG: progress.next_task})
 
 
@@ -429,7 +437,11 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def log_run_info(run: Run, cfg: ExperimentConfig, tasks: list[Task], device: torch.device) -> None:
-    """Config (params + YAML artifact), data checksums, commit, package versions, device."""
+    """Config (YAML artifact + params), data checksums, commit, package versions, device.
+
+    The config's file first: a run cut off after it (a server that went down, a kill) can be
+    resumed from its first task."""
+    runfiles.write_run_info(run, cfg, tasks)
     run.log_params(flatten(to_dict(cfg)))
     run.set_tags(
         {
@@ -439,9 +451,10 @@ def log_run_info(run: Run, cfg: ExperimentConfig, tasks: list[Task], device: tor
             "tasks": " -> ".join(t.name for t in tasks),
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
+            # the threads' wait policy decides how the run shares a busy machine (pipeline/__init__)
+            "omp_wait_policy": OMP_WAIT_POLICY or "unset",
             **{f"version.{k}": v for k, v in package_versions().items()},
             **{f"md5.{t.name}.{f}": h for t in tasks for f, h in t.md5.items()},
         }
     )
-    runfiles.write_run_info(run, cfg, tasks)
     run.store.show_columns(run.experiment_id, table_columns([t.name for t in tasks]))

@@ -3,7 +3,8 @@
 SIGTERM raises ``SystemExit`` wherever Python is (:mod:`pipeline.cli` installs the handler);
 raised inside SQLAlchemy's commit, it once left SQLite locked by the interrupted connection, so
 the run could not then be marked KILLED. Every write of an MLflow client of ours runs inside
-:func:`shielded`, which holds the exit until the write is done.
+:func:`shielded`, which holds the exit until the write is done, and inside
+:func:`pipeline.disk.room_for`, so that a store that fills up is named in one line.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
+
+from pipeline.disk import room_for
+from pipeline.paths import redact, uri_scheme
 
 
 class _Shield:
@@ -52,15 +57,29 @@ def defer_exit(code: int) -> bool:
 
 class ShieldedClient(MlflowClient):
     """An ``MlflowClient`` whose writes run :func:`shielded`: every client of :func:`client_for`,
-    so no store write (runs, sweeps, erasure) is cut in two by SIGTERM."""
+    so no store write (runs, sweeps, erasure) is cut in two by SIGTERM.
+
+    Args:
+        tracking_uri: the store.
+        where: the store's place as a full disk names it (default: the folder of an SQLite
+            file, else the URI without its password).
+    """
+
+    def __init__(self, tracking_uri: str, where: str = "") -> None:
+        super().__init__(tracking_uri=tracking_uri)
+        if not where:
+            local = uri_scheme(tracking_uri) == "sqlite"
+            where = str(Path(tracking_uri.partition(":///")[2]).parent) if local else ""
+        self.where = where or redact(tracking_uri)
 
 
 def _shield(name: str) -> Callable[..., Any]:
     write = getattr(MlflowClient, name)
+    what = f"MLflow's {name.replace('_', ' ')}"
 
     @functools.wraps(write)
-    def shielded_write(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
-        with shielded():
+    def shielded_write(self: ShieldedClient, *args: Any, **kwargs: Any) -> Any:
+        with shielded(), room_for(self.where, what):
             return write(self, *args, **kwargs)
 
     return shielded_write

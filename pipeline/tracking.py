@@ -24,9 +24,11 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -37,11 +39,19 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from pipeline.config import ExperimentConfig
-from pipeline.errors import ConfigError
+from pipeline.disk import DiskFull, room_for
 from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import DEFAULT_STORE, PathsConfig, redact, repo_path, uri_scheme
 from pipeline.processes import process_id
 from pipeline.provenance import default_run_name, source_name, ui_link
+from pipeline.reach import (  # noqa: F401 - StoreError, ServerDown: raised from here too
+    ServerDown,
+    StoreError,
+    first_line,
+    probe_server,
+    server_failed,
+    server_trouble,
+)
 from pipeline.server.ui_app import COLUMNS_TAG
 from pipeline.shield import ShieldedClient, shielded
 
@@ -50,18 +60,12 @@ ARTIFACTS_DIR = "artifacts"  # the embedded store's artifact root, in the store 
 LOCK_FILE = ".lock"  # in the store folder: see Store.client
 DESCRIPTION_TAG = "mlflow.note.content"  # what MLflow's UI shows as the description
 OWNER_TAG = "pipeline.owner"  # host:pid:start of the process that writes a run (resume)
-PROBE_TIMEOUT_S = 10  # a tracking server that does not answer this fast is reported as down
 # MLflow draws a progress bar for every artifact it downloads, and prints a link each time a run
 # ends on a server (to a page of its GenAI view): noise in our output and logs, where we print
 # our own links. A user who wants them sets the variables.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 _OPENED: set[str] = set()  # stores this process has created, migrated or probed
-
-
-class StoreError(ConfigError):
-    """The tracking store cannot be used (unreachable, refused credentials, not writable): one
-    line for the user, before any run exists (the CLI exits with code 2)."""
 
 
 MAX_BATCH = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
@@ -130,7 +134,17 @@ class Store:
                 raise StoreError(f"no MLflow store at {self} ({self.database.name} is missing)")
             self._open()
             _OPENED.add(self.uri)
-        return ShieldedClient(tracking_uri=self.uri)
+        return ShieldedClient(tracking_uri=self.uri, where=self.where)
+
+    @property
+    def where(self) -> str:
+        """The store's place, as a full disk names it: a local folder, else the URI without its
+        password (and, for PostgreSQL, the local folder its artifacts go to)."""
+        if self.folder is not None:
+            return str(self.folder)
+        if self.artifact_root is not None:
+            return f"{redact(self.uri)} or {self.artifact_root}"
+        return redact(self.uri)
 
     @property
     def database(self) -> Path:
@@ -150,6 +164,7 @@ class Store:
             probe_server(self.uri)
             return
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # schema lines
+        new_folder = self.folder is not None and not self.folder.exists()
         try:
             if self.folder is not None:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -159,11 +174,32 @@ class Store:
             else:
                 lock = pg_lock(self.uri, "pipeline:mlflow-schema")
             with lock:
-                ShieldedClient(tracking_uri=self.uri).search_experiments(max_results=1)
+                if self.folder is not None and not self.database.exists():
+                    self._create_database()
+                ShieldedClient(self.uri, self.where).search_experiments(max_results=1)
         except StoreError:
             raise
         except Exception as e:  # OSError, MlflowException, sqlalchemy's errors: all one line
-            raise StoreError(f"tracking store {self}: {_first_line(e)}") from None
+            if new_folder and self.folder is not None:  # leave no half-made store behind
+                shutil.rmtree(self.folder, ignore_errors=True)
+            why = str(e) if isinstance(e, DiskFull) else first_line(e)
+            raise StoreError(f"tracking store {self}: {why}") from None
+
+    def _create_database(self) -> None:
+        """Create and migrate a new SQLite database under a temporary name beside it, then
+        rename it into place: a disk that fills during MLflow's migrations leaves no
+        half-migrated database, which MLflow could not migrate again ("table
+        _alembic_tmp_latest_metrics already exists")."""
+        db = self.database
+        # A name of its own per attempt: MLflow keeps an engine per URI for the process, whose
+        # pooled connection would still see a failed attempt's deleted file.
+        tmp = db.with_name(f".{db.name}.new-{uuid.uuid4().hex}")
+        try:
+            with room_for(db.parent, "a new MLflow database"):
+                ShieldedClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+                os.replace(tmp, db)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def experiment_id(self, name: str, description: str = "") -> str:
         """Id of the experiment ``name``, created (with its artifacts under
@@ -214,42 +250,6 @@ class Store:
         return ui_link(
             self.uri if self.server else f"http://127.0.0.1:{port}", experiment_id, run_id
         )
-
-
-def probe_server(uri: str) -> None:
-    """Check that the tracking server at ``uri`` answers and accepts our credentials, at once
-    (MLflow's own client retries a refused connection for minutes).
-
-    Raises:
-        StoreError: it does not answer, or it refuses the credentials.
-    """
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
-    shown = redact(uri)
-    try:
-        response = http_request(
-            get_default_host_creds(uri),
-            "/api/2.0/mlflow/experiments/search",
-            "GET",
-            max_retries=0,
-            timeout=PROBE_TIMEOUT_S,
-            params={"max_results": 1},
-        )
-    except Exception as e:  # requests' connection errors, MlflowException: one line
-        raise StoreError(f"tracking server {shown} does not answer ({_first_line(e)})") from None
-    if response.status_code in (401, 403):
-        raise StoreError(
-            f"tracking server {shown} refused the credentials (HTTP {response.status_code}): "
-            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-        )
-    if response.status_code != 200:
-        raise StoreError(f"tracking server {shown} answered HTTP {response.status_code}")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return redact(f"{type(e).__name__}: {text[0] if text else ''}")[:300]
 
 
 class StopRun(Exception):
@@ -376,7 +376,13 @@ class Run:
             self._end_anyway("KILLED", {"error": "interrupted"})
             raise
         except BaseException as e:
-            self._end_anyway("FAILED", {"error": f"{type(e).__name__}: {e}"})
+            trouble = server_trouble(e) if self.store.server else ""
+            if trouble != "down":  # a server that is down cannot be told that the run failed
+                self._end_anyway("FAILED", {"error": f"{type(e).__name__}: {e}"})
+            if trouble:
+                raise server_failed(self.store.uri, self.run_id, trouble) from e
+            if isinstance(e, DiskFull) and e.run_id is None:
+                e.run_id = self.run_id  # the line the user sees says which run to resume
             raise
         self.end("FINISHED")
 
@@ -460,9 +466,10 @@ class Run:
             LookupError: the run has no such artifact (or it cannot be fetched).
         """
         try:
-            return Path(self.client.download_artifacts(self.run_id, path, str(dst)))
+            with room_for(dst, f"a copy of {path}"):  # a full scratch disk is not a bad file
+                return Path(self.client.download_artifacts(self.run_id, path, str(dst)))
         except (MlflowException, OSError) as e:
-            raise LookupError(f"run {self.run_id} has no readable {path}: {_first_line(e)}") from e
+            raise LookupError(f"run {self.run_id} has no readable {path}: {first_line(e)}") from e
 
     def read_json(self, path: str) -> Any:
         """The JSON artifact ``path``, parsed.

@@ -1,8 +1,11 @@
 """Shared fixtures: the real experiment configs, shrunk to seconds on synthetic tasks, and the
 ways tests reach into the runs they make (always through the store's API, as users do)."""
 
+import os
 import shutil
+import subprocess
 import tempfile
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -80,3 +83,49 @@ def artifacts(store: Path | str, run_id: str, dst: Path) -> Path:
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "mlruns"
+
+
+class SmallDisk:
+    """A file system of its own (a tmpfs) that a test fills and empties at will."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / ".filler"
+
+    def fill(self, leave: int = 0) -> None:
+        """Take all its space but ``leave`` bytes (more than is free already: nothing)."""
+        self.empty()
+        free = shutil.disk_usage(self.path).free - leave
+        with open(self.filler, "wb") as f:
+            while free > 0:
+                chunk = min(free, 1 << 20)
+                try:
+                    f.write(b"\0" * chunk)
+                    f.flush()
+                except OSError:
+                    break
+                free -= chunk
+
+    def empty(self) -> None:
+        """Free what :meth:`fill` took."""
+        self.filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 32 MB tmpfs mounted at ``tmp_path/disk`` for the test (a full disk, for real: the
+    kernel's ENOSPC). Mounting needs root (CI and these machines run as root); elsewhere the
+    tests that need it are skipped and say why."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs (a small disk to fill) needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield SmallDisk(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

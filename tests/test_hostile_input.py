@@ -80,6 +80,16 @@ CASES: list[tuple[str, list[str]]] = [
     ("negative seed", [*EXP, "seed=-1"]),
     ("seed beyond numpy", [*EXP, "seed=1099511627776"]),
     ("override without =", [*EXP, "epochs"]),
+    # names and texts longer than an MLflow store takes (PostgreSQL's columns are the shortest)
+    ("an experiment name beyond MLflow's 500", [*EXP, f"tracking.experiment={'e' * 600}"]),
+    ("an experiment name beyond PostgreSQL's 256", [*EXP, f"tracking.experiment={'e' * 300}"]),
+    ("a run name beyond PostgreSQL's 250", [*EXP, f"tracking.run_name={'r' * 251}"]),
+    ("a run name beyond a tag's 8000", [*EXP, f"tracking.run_name={'r' * 9000}"]),
+    ("a description beyond an experiment tag's 20000", [*EXP, f"description={'d' * 20001}"]),
+    (
+        "a task name beyond a metric key",
+        [*EXP, f"data.tasks=[{{dataset: mnist, name: {'t' * 300}}}]"],
+    ),
     ("override without key", [*EXP, "=3"]),
     ("unknown experiment", ["run", "nope", f"paths.store={FRESH}"]),
     ("unknown experiment to print", ["config", "nope"]),
@@ -101,6 +111,8 @@ CASES: list[tuple[str, list[str]]] = [
     ("a study name that climbs out of reports/", [*SWEEP, "--study", "../../x"]),
     ("a study name with a quote", [*SWEEP, "--study", "it's"]),
     ("no worker", [*SWEEP, "--workers", "0"]),
+    ("negative trials", [*SWEEP, "--trials", "-1"]),
+    ("negative workers", [*SWEEP, "--workers", "-3"]),
     ("unknown key for every trial", [*SWEEP, "bogus.key=1"]),
     ("a study that is not there", ["best", "no-such-study", WHERE]),
     ("a study that is not there, for the dashboard", ["dashboard", "paths.studies=<nofile>"]),
@@ -119,6 +131,8 @@ CASES: list[tuple[str, list[str]]] = [
         "a comparison of an unknown strategy",
         ["compare", "synthetic_forgetting", "--strategies", "naive,nope", f"paths.store={FRESH}"],
     ),
+    ("a comparison of no seed", ["compare", "synthetic_forgetting", "--seeds", "0", WHERE]),
+    ("a comparison of -2 seeds", ["compare", "synthetic_forgetting", "--seeds", "-2", WHERE]),
     (
         "resuming a comparison that is not there",
         ["compare", "synthetic_forgetting", "--resume", "feed", WHERE],
@@ -191,6 +205,15 @@ def test_refused_in_one_line_with_exit_2_and_no_run(
     assert runs_in(store) == before, name
     assert not (tmp_path / "reports").exists(), name
     assert not list(tmp_path.rglob("journal.log")), name
+
+
+def test_short_texts_are_within_every_mlflow_limit() -> None:
+    """Texts up to SHORT_TEXT characters are not measured against MLflow's limits (that would
+    import MLflow): none of those limits may be shorter."""
+    from pipeline.config import SHORT_TEXT, mlflow_limits
+
+    assert min(mlflow_limits().values()) >= SHORT_TEXT
+    assert mlflow_limits()["experiment"] == 256 and mlflow_limits()["run_name"] == 250
 
 
 def test_help_and_schema_errors_load_no_heavy_module() -> None:

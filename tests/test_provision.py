@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SmallDisk
 
 from pipeline.data import provision as prov
 from pipeline.data import registry as reg
@@ -494,6 +495,24 @@ def test_main_succeeds_from_dir(
     assert "Fake: OK (from_dir)" in out
     assert prov.main(argv) == 0  # a second run finds everything in place
     assert "Fake: OK (present)" in capsys.readouterr().out
+
+
+def test_a_full_disk_stops_at_the_first_source_in_one_line(
+    fake: Fake, tmp_path: Path, small_disk: SmallDisk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.put(tmp_path / "supplied")
+    root = small_disk.path / "root"
+    fake.spec.raw_dir(root).mkdir(parents=True)
+    small_disk.fill()
+    argv = ["--root", str(root), "--from", str(tmp_path / "supplied"), "--no-download"]
+    assert prov.main([*argv, "--no-registry"]) == 1
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: no space left on device in {fake.spec.raw_dir(root)}")
+    assert "Fake's files" in line
+    assert tree(fake.spec.raw_dir(root)) == []  # no staging folder, no half-written file
+    small_disk.empty()
+    assert prov.main([*argv, "--no-registry"]) == 0
 
 
 # ------------------------------------------------------------------------------------------------

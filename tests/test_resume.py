@@ -93,6 +93,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         ("another experiment", "'optim.lr=0.1' would change the experiment"),
         ("unknown", "no MLflow run"),
         ("running", "is running"),
+        ("cut off before its config", "cut off before it stored its config (config.yaml)"),
     ],
 )
 def test_what_cannot_be_resumed_is_refused_in_one_line(
@@ -110,6 +111,10 @@ def test_what_cannot_be_resumed_is_refused_in_one_line(
         c.update_run(run_id, status="RUNNING")
     args = {"another experiment": ["optim.lr=0.1"], "unknown": []}.get(case, [])
     rid = "0" * 32 if case == "unknown" else run_id
+    if case == "cut off before its config":  # a server went down as the run was created
+        with Run.start(Store.at(store), "synthetic_forgetting") as r:
+            rid = r.run_id
+        c.update_run(rid, status="FAILED")
     try:
         assert main(["run", "--resume", rid, *args, f"paths.store={store}"]) == 2
     finally:
@@ -131,3 +136,60 @@ def test_runs_lists_the_dead_run_as_resumable(
         c.update_run(run_id, status="FINISHED")
     line = next(line for line in capsys.readouterr().out.splitlines() if run_id in line)
     assert "KILLED" in line and "2/2" in line and "RESUME=" in line
+
+
+def truncate(store: Path, run_id: str, files: list[str]) -> None:
+    """Cut the stored checkpoint artifacts ``files`` (names in ``checkpoints/``) to half their
+    size, as a full disk or a crash leaves a file: they no longer load."""
+    from urllib.parse import urlparse
+
+    uri = client(store).get_run(run_id).info.artifact_uri
+    folder = Path(urlparse(uri).path if uri.startswith("file:") else uri) / runfiles.CHECKPOINT_DIR
+    for name in files:
+        path = folder / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("cut", "says"),
+    [
+        (
+            [1, 2],  # the newest ones: it carries on from an older one
+            "checkpoint(s) task02-synthetic2.ckpt, task01-synthetic1.ckpt do not load "
+            "(truncated?); carrying on from task00-synthetic0.ckpt: the run restarts at task 2 "
+            "of 3 (synthetic1)",
+        ),
+        (
+            [0, 1, 2],  # all of them: from the first task, in the same run
+            "checkpoint(s) task02-synthetic2.ckpt, task01-synthetic1.ckpt, "
+            "task00-synthetic0.ckpt do not load (truncated?); no checkpoint loads: the run "
+            "restarts at task 1 of 3 (synthetic0)",
+        ),
+    ],
+)
+def test_unreadable_checkpoints_are_named_and_the_run_restarts_where_one_loads(
+    cut: list[int], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resume whose newest checkpoints are truncated says so in one warning line, with the
+    task it restarts from, and ends as the uninterrupted run did, every metric step once."""
+    store = tmp_path / "mlruns"
+    expected = run(small_synthetic(store, TASKS, *SMALL))
+    c = client(store)
+    c.update_run(expected.run_id, status="KILLED")  # as if cut off after its last task
+    names = [f"task{i:02d}-synthetic{i}.ckpt" for i in cut]
+    truncate(store, expected.run_id, names)
+    capsys.readouterr()
+    assert main(["run", "--resume", expected.run_id, f"paths.store={store}"]) == 0
+    err = capsys.readouterr().err
+    assert err == f"warning: run {expected.run_id}: {says}\n"
+    got = runfiles.read_result(Store.at(store), expected.run_id)
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(got.matrix[split], expected.matrix[split])
+    assert c.get_run(expected.run_id).info.status == "FINISHED"
+    for key in c.get_run(expected.run_id).data.metrics:  # the tasks trained again: logged once
+        steps = [m.step for m in c.get_metric_history(expected.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    r = Run.get(Store.at(store), expected.run_id)
+    with runfiles.scratch_dir() as tmp:
+        for f in runfiles.latest_checkpoints(r).values():
+            runfiles.fetch_checkpoint(r, f, tmp)  # written again: they load

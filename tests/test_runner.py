@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import checkpoint, client, run, small_synthetic
 
-from pipeline import runfiles
+from pipeline import OMP_WAIT_POLICY, runfiles
 from pipeline.report import along_sequence
 from pipeline.results import SequenceResult, accuracy_along
 from pipeline.tracking import Run, Store
@@ -51,6 +51,7 @@ def test_mlflow_run_holds_everything(finished):
     assert p["data.tasks.1.name"] == "synthetic1"
     assert tags["mlflow.source.git.commit"]
     assert tags["version.torch"] == metadata.version("torch")
+    assert tags["omp_wait_policy"] == (OMP_WAIT_POLICY or "unset")
     assert {"md5.synthetic0.tensors", "md5.synthetic1.tensors"} <= set(tags)
     for name in result.tasks:
         for split in ("test", "val"):

@@ -342,6 +342,9 @@ def test_postgres_cluster_helper() -> None:
         (["--db", "mysql://u@h/mlflow"], "postgresql://"),
         (["--db", "postgresql://u@h"], "postgresql://"),
         (["--port", "many"], "invalid int value"),
+        (["--workers", "0"], "workers must be at least 1"),
+        (["--timeout", "0"], "timeout must be above 0"),
+        (["--timeout", "-5"], "timeout must be above 0"),
         (["--auth"], "MLFLOW_AUTH_ADMIN_PASSWORD"),
     ],
 )

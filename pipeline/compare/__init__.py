@@ -24,6 +24,7 @@ from pipeline.compare.figures import plot_accuracy_vs_kept, plot_along_sequence
 from pipeline.compare.plane import comparison_plane
 from pipeline.compare.table import Comparison, Row, format_text, report_lines, table
 from pipeline.config import ExperimentConfig
+from pipeline.disk import room_for
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose, require_one_process
 from pipeline.landscape import Options
@@ -262,17 +263,18 @@ def finished_children(store: Store, parent_id: str, params: dict[str, str]) -> d
 def write_report(c: Comparison, out_dir: Path, parent: Run, extra: Sequence[str] = ()) -> None:
     """The table (text and markdown), the plots and ``extra`` markdown lines; to ``out_dir``
     and the parent run."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     text = "\n".join(report_lines(c, extra))
-    (out_dir / runfiles.REPORT_FILE).write_text(text)
-    (out_dir / runfiles.TABLE_FILE).write_text(format_text(table(c)) + "\n")
     files = [out_dir / runfiles.REPORT_FILE, out_dir / runfiles.TABLE_FILE]
-    for name, fig in (
-        (runfiles.ALONG_SEQUENCE_FIGURE, plot_along_sequence(c)),
-        (runfiles.VS_KEPT_FIGURE, plot_accuracy_vs_kept(c)),
-    ):
-        fig.savefig(out_dir / name, dpi=120)
-        files.append(out_dir / name)
+    with room_for(out_dir, "the comparison's report"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files[0].write_text(text)
+        files[1].write_text(format_text(table(c)) + "\n")
+        for name, fig in (
+            (runfiles.ALONG_SEQUENCE_FIGURE, plot_along_sequence(c)),
+            (runfiles.VS_KEPT_FIGURE, plot_accuracy_vs_kept(c)),
+        ):
+            fig.savefig(out_dir / name, dpi=120)
+            files.append(out_dir / name)
     runfiles.log_report_files(parent, files)
     parent.log_metrics(
         {

@@ -53,6 +53,7 @@ from pipeline.data.sources import (
     md5_file,
     one_line,
 )
+from pipeline.disk import DiskFull, full_message, is_disk_full
 
 
 class ProvisionError(RuntimeError):
@@ -138,6 +139,7 @@ def _attempt(
         # Staging inside the destination directory: os.replace from here is atomic.
         staging = Path(tempfile.mkdtemp(prefix=".provision-", dir=raw))
     except OSError as e:
+        _stop_if_full(e, spec, raw)
         return installed, f"cannot create a staging directory in {raw}: {e}"
     try:
         out, scratch = staging / "out", staging / "scratch"
@@ -147,8 +149,10 @@ def _attempt(
         try:
             source.fetch(request)
         except SourceUnavailable as e:
+            _stop_if_full(e, spec, raw)
             problems.append(str(e))
         except Exception as e:  # one broken source must not keep the others from being tried
+            _stop_if_full(e, spec, raw)
             problems.append(f"unexpected {type(e).__name__}: {one_line(str(e))}")
         for name in needed:
             candidate = out / name
@@ -165,11 +169,22 @@ def _attempt(
             installed.append(name)
             if replaced:
                 log(f"{spec.display}: replaced {name} (it failed its MD5 check) by a verified copy")
-    except OSError as e:  # disk full, permissions...: this source failed, the next may work
+    except OSError as e:  # permissions...: this source failed, the next may work
+        _stop_if_full(e, spec, raw)
         problems.append(f"{type(e).__name__}: {e}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return installed, "; ".join(problems)
+
+
+def _stop_if_full(e: BaseException, spec: DatasetSpec, raw: Path) -> None:
+    """A full disk fails every source alike: stop at the first, in one line.
+
+    Raises:
+        DiskFull: ``e`` says the disk is full.
+    """
+    if is_disk_full(e):
+        raise DiskFull(full_message(raw, f"{spec.display}'s files")) from e
 
 
 def _hand_hint(spec: DatasetSpec, raw: Path) -> str:
@@ -360,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_registry=not args.no_registry,
             log=lambda message: print(message, flush=True),
         )
-    except ProvisionError as e:
+    except (ProvisionError, DiskFull) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for name, source in results.items():

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.datasets import DatasetSpec
+from pipeline.disk import room_for
 
 # ------------------------------------------------------------------------------------------------
 # Files
@@ -74,12 +75,18 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def unpack(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst``, decompressing it first if its name ends in ``.gz``."""
-    if src.name.endswith(".gz"):
-        with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-    else:
-        shutil.copyfile(src, dst)
+    """Copy ``src`` to ``dst``, decompressing it first if its name ends in ``.gz``.
+
+    Raises:
+        DiskFull: ``dst``'s disk is full (not an ``OSError``: the callers take those for a
+            damaged archive and try the next copy).
+    """
+    with room_for(dst.parent, f"unpacking {src.name}"):
+        if src.name.endswith(".gz"):
+            with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        else:
+            shutil.copyfile(src, dst)
 
 
 # What reading a damaged or truncated archive can raise.

@@ -51,6 +51,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from pipeline import runfiles
+from pipeline.disk import room_for
 from pipeline.landscape.evaluation import (
     SPLIT,
     Checkpoint,
@@ -248,10 +249,11 @@ def _save(
     fig: Figure, obj: dict[str, Any], name: str, out_dir: Path, runs: Sequence[Run]
 ) -> list[Path]:
     """Write ``<name>.png`` and ``<name>.json`` to ``out_dir`` and log them to ``runs``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     png, js = out_dir / f"{name}.png", out_dir / f"{name}.json"
-    fig.savefig(png, dpi=110)
-    js.write_text(json.dumps(obj, indent=2))
+    with room_for(out_dir, f"the landscape's {name}.png and {name}.json"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=110)
+        js.write_text(json.dumps(obj, indent=2))
     for run in runs:  # the files just written: log_figure would render the figure again
         runfiles.log_report_files(run, [png, js], runfiles.LANDSCAPE_DIR)
     return [png, js]

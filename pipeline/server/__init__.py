@@ -7,6 +7,14 @@ the cluster (``pgdata/``, socket in ``run/``; role ``pipeline``, its random pass
 artifacts MLflow proxies (clients see ``mlflow-artifacts:/`` URIs), logs, pid files and
 ``server.json`` (the settings in use). ``--db URL``: an existing PostgreSQL instead.
 
+``--pg-data DIR`` (``make server PG_DATA=``) puts the cluster's files (``pgdata/``, ``run/``,
+``postgres.log``) in ``DIR``, linked from the folder. As root the cluster runs as the
+``postgres`` user, which cannot enter a checkout under a folder of mode 700 (``/root`` in most
+containers): its files then go to ``~postgres/pipeline-<hash>`` (one line says so), or, with no
+such home, the start is refused with a line that asks for ``PG_DATA=`` (see
+:mod:`~pipeline.server.postgres`). A busy ``--port`` or ``--pg-port`` is refused, naming
+``PORT=`` or ``PG_PORT=``, before anything is created.
+
 The package: :mod:`~pipeline.server.common` (settings, processes, addresses),
 :mod:`~pipeline.server.postgres` (the cluster), :mod:`~pipeline.server.tracking_server` (MLflow)
 and, here, start, stop, status and the command line.
@@ -37,7 +45,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -49,15 +57,17 @@ from pipeline.server.common import (
     default_workers,
     failed,
     pid_of,
-    port_free,
+    require_port,
     secret,
     url_host,
 )
 from pipeline.server.postgres import (
     ROLE,
     SCHEME,
+    cluster_place,
     connects,
     pg_bindir,
+    place_cluster,
     postgres_pid,
     split_url,
     start_postgres,
@@ -114,14 +124,17 @@ def validate(s: Settings) -> None:
         raise SettingsError(f"host {s.host!r} is not an IP address (e.g. 0.0.0.0)") from None
     if s.workers < 1:
         raise SettingsError(f"workers must be at least 1, not {s.workers}")
+    if not s.timeout > 0:  # also NaN
+        raise SettingsError(f"timeout must be above 0 seconds, not {s.timeout}")
     if s.db:
         split_url(s.db)
     else:
         if s.port == s.pg_port:
             raise SettingsError(f"MLflow and PostgreSQL cannot share port {s.port}")
         pg_bindir()
-        if len(str(s.folder.resolve() / "run" / f".s.PGSQL.{s.pg_port}")) > 107:  # sun_path
-            raise SettingsError(f"folder {s.folder} is too deep for PostgreSQL's socket path")
+        place, _ = cluster_place(s)  # a place the postgres user cannot reach is refused here
+        if len(str(place / "run" / f".s.PGSQL.{s.pg_port}")) > 107:  # sun_path
+            raise SettingsError(f"folder {place} is too deep for PostgreSQL's socket path")
     if s.auth and len(s.admin) < 12:
         raise SettingsError("auth needs MLFLOW_AUTH_ADMIN_PASSWORD (12+ characters) set")
 
@@ -156,11 +169,12 @@ def _info(folder: Path, state: dict[str, Any], ml: int, pg: int | None, new: boo
     )
 
 
-def start(settings: Settings) -> ServerInfo:
+def start(settings: Settings, say: Callable[[str], None] | None = None) -> ServerInfo:
     """Start what is not running yet (PostgreSQL, then MLflow) and return how to reach them.
 
     Idempotent: when both run, nothing starts and ``started`` is False. A cluster still
-    running without its MLflow keeps its address and port.
+    running without its MLflow keeps its address and port. ``say`` gets the line that tells
+    where the cluster's files went when they could not go into the folder.
 
     Raises:
         SettingsError: bad input; nothing was started.
@@ -171,18 +185,17 @@ def start(settings: Settings) -> ServerInfo:
     now = status(s.folder)
     if now.info:
         return now.info
+    # Ports first: a busy one is bad input (exit 2), found before anything is created.
+    if not now.mlflow_pid:
+        require_port(s.host, s.port, "make server PORT=<port>")
+    if not (s.db or now.postgres_pid):
+        require_port(s.host, s.pg_port, "make server PG_PORT=<port>")
     s.folder.mkdir(mode=0o755, parents=True, exist_ok=True)  # the postgres user enters it
     old: dict[str, Any] = {}
     if now.postgres_pid:
         with contextlib.suppress(OSError, ValueError):
             old = json.loads((s.folder / "server.json").read_text())
     pg_s = replace(s, host=old.get("pg_host", s.host), pg_port=old.get("pg_port", s.pg_port))
-    for port, free in (
-        (s.port, now.mlflow_pid or port_free(s.host, s.port)),
-        (s.pg_port, s.db or now.postgres_pid or port_free(s.host, s.pg_port)),
-    ):
-        if not free:
-            raise ServerError(f"port {port} on {s.host} is in use (another server? see --help)")
     url, password = split_url(s.db) if s.db else ("", None)
     if s.db and not connects(url, password):
         raise ServerError(f"cannot connect to {url} (PGPASSWORD or the password in DB wrong?)")
@@ -192,6 +205,8 @@ def start(settings: Settings) -> ServerInfo:
     pg = None
     try:
         if not s.db:
+            if not now.postgres_pid and (note := place_cluster(s)) and say:
+                say(note)
             pg = start_postgres(pg_s)
             password = secret(s.folder / "postgres.password")
             url = f"{SCHEME}://{ROLE}@{url_host(pg_s.host, local=True)}:{pg_s.pg_port}/mlflow"
@@ -246,6 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=5000, help="MLflow's port (default 5000)")
     p.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's (default 5433)")
     p.add_argument("--db", default="", help="an existing postgresql:// URL instead of a cluster")
+    p.add_argument(
+        "--pg-data",
+        default="",
+        help="folder for the cluster's files (default: the server folder, or one in the "
+        "postgres user's home when that user cannot enter it)",
+    )
     p.add_argument("--auth", action="store_true", help="MLflow's basic-auth app")
     p.add_argument("--workers", type=int, default=default_workers(), help="uvicorn workers")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each")
@@ -265,8 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(now.info, args.folder, "running")
         else:
             t0 = time.monotonic()
-            names = ("folder", "host", "port", "pg_port", "db", "auth", "workers", "timeout")
-            info = start(Settings(**{n: getattr(args, n) for n in names}))
+            names = ("folder", "host", "port", "pg_port", "db", "pg_data", "auth", "workers")
+            settings = Settings(timeout=args.timeout, **{n: getattr(args, n) for n in names})
+            info = start(settings, say=lambda line: print(line, flush=True))
             took = f"started in {time.monotonic() - t0:.0f} s"
             _print(info, args.folder, took if info.started else "already running")
             if not info.started:

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import ipaddress
 import os
 import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import ConfigError
+
 
 class ServerError(Exception):
     """A server did not come up or could not be stopped (exit 1)."""
 
 
-class SettingsError(ServerError):
-    """Bad input, found before anything started (exit 2)."""
+class SettingsError(ServerError, ConfigError):
+    """Bad input, found before anything started (exit 2). A :class:`ConfigError` too, so that
+    the pipeline's commands (``make ui``, ``make dashboard``) report it as their own."""
 
 
 def default_workers(cores: int | None = None) -> int:
@@ -33,6 +38,7 @@ class Settings:
     port: int = 5000
     pg_port: int = 5433
     db: str = ""
+    pg_data: str = ""  # the folder for the cluster's files; "": the server folder (or automatic)
     auth: bool = False
     workers: int = field(default_factory=default_workers)
     timeout: float = 180.0  # MLflow imports itself twice (CLI, uvicorn): ~20 s on 2 idle cores
@@ -102,14 +108,56 @@ def secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-def port_free(host: str, port: int) -> bool:
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on ``host:port`` now (None: it could). The socket binds
+    with SO_REUSEADDR, as uvicorn and PostgreSQL do: a port left in TIME_WAIT counts as free,
+    one that a process listens on does not. It is closed at once."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as e:
+            return e
+    return None
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now."""
+    return _bind_error(host, port) is None
+
+
+def require_port(host: str, port: int, change: str) -> None:
+    """Check that a server can listen on ``host:port``, before anything announces that address
+    (the servers themselves find out only once started, and ``mlflow ui`` then exits 0).
+
+    Args:
+        host: the IP address to listen on.
+        port: the TCP port.
+        change: how the user picks another port, e.g. ``make ui PORT=<port>``.
+
+    Raises:
+        SettingsError: the host is not an IP address of this machine; the port is none, in
+            use or privileged.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise SettingsError(
+            f"--host: {host!r} is not an IP address (127.0.0.1, 0.0.0.0, ::)"
+        ) from None
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"--port: {port} is not a TCP port (1-65535)")
+    e = _bind_error(host, port)
+    if e is None:
+        return
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if e.errno == errno.EADDRNOTAVAIL:
+        raise SettingsError(f"{where}: {host} is no address of this machine; choose another: HOST=")
+    why = {errno.EADDRINUSE: "is in use (another server?)", errno.EACCES: "needs root (below 1024)"}
+    raise SettingsError(
+        f"{where} {why.get(e.errno or 0, f'cannot be listened on ({e.strerror})')}; "
+        f"choose another port: {change}"
+    )
 
 
 def free_ports(n: int) -> list[int]:

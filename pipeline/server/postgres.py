@@ -1,13 +1,25 @@
 """Our own PostgreSQL cluster in the server folder (``initdb``, ``pg_ctl``, ``psql``), run as
-an unprivileged user: ``initdb`` and ``postgres`` refuse to run as root."""
+an unprivileged user: ``initdb`` and ``postgres`` refuse to run as root.
+
+Its files (``pgdata/``, the socket folder ``run/``, ``postgres.log``) are in the server folder,
+or in a folder of their own (``--pg-data``, ``make server PG_DATA=``), linked from the server
+folder so that ``stop`` and ``status`` find them. As root, the cluster runs as the ``postgres``
+user, which must be able to enter every folder on the way to those files: a checkout under a
+folder of mode 700 (``/root`` in most containers) is not reachable. The cluster's files then go,
+the first time, to a folder of their own in the ``postgres`` user's home
+(``/var/lib/postgresql/pipeline-<hash of the server folder>``), and ``start`` says so in one
+line; an explicit ``--pg-data`` that user cannot reach is refused before anything is created.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -86,20 +98,134 @@ def _owner() -> tuple[int, int] | None:
 
 
 def _pg(folder: Path, *args: object, sql: str = "") -> subprocess.CompletedProcess[str]:
-    """Run PostgreSQL's program ``args[0]`` as the cluster's owner."""
+    """Run PostgreSQL's program ``args[0]`` as the cluster's owner, in the cluster's place (the
+    server folder may be one that owner cannot enter)."""
     owner = _owner()
     kw: dict[str, Any] = {"user": owner[0], "group": owner[1], "extra_groups": []} if owner else {}
     cmd = [str(pg_bindir() / str(args[0])), *map(str, args[1:])]
-    return subprocess.run(cmd, input=sql, capture_output=True, text=True, cwd=folder, **kw)
+    return subprocess.run(
+        cmd, input=sql, capture_output=True, text=True, cwd=place_of(folder), **kw
+    )
+
+
+#: The cluster's files, in its place; linked from the server folder when the place is another.
+CLUSTER_FILES = ("pgdata", "run", "postgres.log")
+
+
+def place_of(folder: Path) -> Path:
+    """The folder that holds the cluster's files of the server folder ``folder``: ``folder``
+    itself, or where its ``pgdata`` link points (the names handed to PostgreSQL's programs go
+    through no link: the cluster's owner may not be able to enter ``folder``)."""
+    return (folder.resolve() / "pgdata").resolve().parent
+
+
+def unreachable(path: Path, uid: int, gid: int) -> Path | None:
+    """The first folder on the way to ``path`` (``path`` included) that the user ``uid`` of
+    group ``gid`` may not enter (no search permission for it), or None. Folders that do not
+    exist yet count as reachable: :func:`place_cluster` makes them open to it."""
+    for folder in [*reversed(path.parents), path]:
+        try:
+            st = folder.stat()
+        except FileNotFoundError:
+            return None
+        # As the kernel decides: the owner's bits for the owner, else the group's, else others'.
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        else:
+            bit = stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return folder
+    return None
+
+
+def auto_place(folder: Path, home: Path) -> Path:
+    """Where the cluster of ``folder`` goes when its owner cannot reach ``folder``: a folder of
+    its own in that user's ``home``, named after ``folder`` (the same one at every start)."""
+    return home / f"pipeline-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
+
+
+def cluster_place(s: Settings) -> tuple[Path, str]:
+    """Where the cluster's files of ``s.folder`` go, and a line to tell the user when that was
+    chosen for them; nothing is created.
+
+    Where they are already (a cluster made before), else ``s.pg_data``, else the server folder
+    when the cluster's owner can reach it, else :func:`auto_place` in that owner's home.
+
+    Raises:
+        SettingsError: ``s.pg_data`` is another place than the cluster's, or one that the
+            ``postgres`` user cannot reach; or no place it can reach (set ``PG_DATA=``).
+    """
+    folder = s.folder.resolve()
+    link = folder / "pgdata"
+    chosen = Path(s.pg_data).expanduser().resolve() if s.pg_data else None
+    if link.is_symlink() or (link / "PG_VERSION").exists():  # made before: it stays there
+        here = place_of(folder)
+        if chosen is not None and chosen != here:
+            raise SettingsError(
+                f"PG_DATA={s.pg_data}: the cluster of {folder} is in {here}; to move it, stop "
+                f"the server and move {here / 'pgdata'} there, or remove {link} to start afresh"
+            )
+        return here, ""
+    owner = _owner()
+    if chosen is not None:
+        if owner and (closed := unreachable(chosen, *owner)):
+            raise SettingsError(
+                f"PG_DATA={s.pg_data}: the postgres user cannot enter {closed} "
+                f"(mode {stat.S_IMODE(closed.stat().st_mode):o}); choose a folder it can reach"
+            )
+        return chosen, ""
+    if owner is None or not (closed := unreachable(folder, *owner)):
+        return folder, ""
+    why = f"the postgres user cannot enter {closed} (mode {stat.S_IMODE(closed.stat().st_mode):o})"
+    home = Path(pwd.getpwuid(owner[0]).pw_dir)
+    if home.is_dir() and not unreachable(home, *owner):
+        place = auto_place(folder, home)
+        note = f"note: {why}: PostgreSQL's files go to {place}, linked from {folder}/ "
+        return place, note + "(choose the place: PG_DATA=<folder>)"
+    raise SettingsError(f"{why}: choose a folder it can reach for PostgreSQL's files: PG_DATA=")
+
+
+def place_cluster(s: Settings) -> str:
+    """Make the place of :func:`cluster_place` (owned by the cluster's owner) and, when it is
+    not the server folder, link the cluster's files from there; the line to tell the user.
+
+    Raises:
+        SettingsError: as :func:`cluster_place`; something in the server folder where a link
+            goes (the empty ``pgdata/`` that an ``initdb`` which failed leaves is removed).
+    """
+    folder = s.folder.resolve()
+    place, note = cluster_place(s)
+    if place == folder:
+        return note
+    for made in [*reversed(place.parents), place]:
+        if not made.is_dir():
+            made.mkdir()
+            made.chmod(0o755)  # whatever the umask: the cluster's owner goes through it
+            if made == place and (owner := _owner()):
+                os.chown(place, *owner)
+    for name in CLUSTER_FILES:
+        link = folder / name
+        if link.is_symlink():
+            continue
+        with contextlib.suppress(OSError):  # leftovers of a start whose initdb failed, if empty
+            if link.is_dir():
+                link.rmdir()
+            elif link.is_file() and not link.stat().st_size:
+                link.unlink()
+        if link.exists():
+            raise SettingsError(f"{link} is in the way of a link to {place / name}: move it")
+        link.symlink_to(place / name)
+    return note
 
 
 def postgres_pid(folder: Path) -> int | None:
-    """The postmaster's pid of the cluster in ``folder`` if it runs."""
+    """The postmaster's pid of the cluster of the server folder ``folder`` if it runs."""
     return pid_of(folder.resolve() / "pgdata" / "postmaster.pid", "postgres")
 
 
 def start_postgres(s: Settings) -> int:
-    """Create (the first time) and start the cluster in ``s.folder/pgdata``; return its pid.
+    """Create (the first time) and start the cluster in its place (:func:`place_of`, the
+    server folder unless :func:`place_cluster` put it elsewhere); return its pid.
 
     Idempotent: a running cluster is left as it is. At each start the role and databases are
     made if missing and the role gets the password of ``postgres.password``.
@@ -107,7 +233,8 @@ def start_postgres(s: Settings) -> int:
     folder = s.folder.resolve()
     if pid := postgres_pid(folder):
         return pid
-    data, run, log = folder / "pgdata", folder / "run", folder / "postgres.log"
+    place = place_of(folder)
+    data, run, log = place / "pgdata", place / "run", place / "postgres.log"
     password = secret(folder / "postgres.password")
     data.mkdir(mode=0o700, exist_ok=True)
     run.mkdir(mode=0o700, exist_ok=True)
@@ -147,7 +274,8 @@ def stop_postgres(folder: Path) -> int | None:
     """``pg_ctl stop -m fast`` on the cluster in ``folder``; return the pid it had, if any."""
     folder = folder.resolve()
     if pid := postgres_pid(folder):
-        r = _pg(folder, "pg_ctl", "-D", folder / "pgdata", "-m", "fast", "-w", "stop")
+        data = place_of(folder) / "pgdata"
+        r = _pg(folder, "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
         if r.returncode and postgres_pid(folder):
             raise ServerError(f"PostgreSQL (pid {pid}) did not stop: {r.stderr.strip()}")
     (folder / "postgres.pid").unlink(missing_ok=True)

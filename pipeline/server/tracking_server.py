@@ -16,13 +16,12 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.server.common import (
-    ServerError,
     Settings,
     failed,
     pid_of,
-    port_free,
     primary_ip,
     process_group,
+    require_port,
     secret,
     url_host,
 )
@@ -115,8 +114,7 @@ def _how_it_ended(pid: int) -> str:
 
 
 def spawn_mlflow(s: Settings, folder: Path, backend: str, password: str | None) -> int:
-    if not port_free(s.host, s.port):
-        raise ServerError(f"port {s.port} on {s.host} is in use (another server? PORT=...)")
+    require_port(s.host, s.port, "make server PORT=<port>")  # taken since start() checked it?
     url, in_url = split_url(backend)
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     if (password := in_url if in_url is not None else password) is not None:

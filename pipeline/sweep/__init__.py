@@ -41,6 +41,7 @@ from pathlib import Path
 import optuna
 
 from pipeline import runfiles
+from pipeline.disk import room_for
 from pipeline.errors import ConfigError, RunFailed
 from pipeline.sweep.config import Settings, compose_sweep
 from pipeline.sweep.report import state_counts, study_figures, study_summary, trial_tags
@@ -166,15 +167,16 @@ def finalize(
         except LookupError:
             log(f"warning: trial run {run_id} is not in the store {store}")
     out = reports / f"sweep-{study.study_name}"
-    out.mkdir(parents=True, exist_ok=True)
     files = [out / runfiles.SWEEP_SUMMARY_FILE]
-    files[0].write_text(json.dumps(study_summary(study, settings), indent=2))
-    if study.get_trials(deepcopy=False):
-        study.trials_dataframe().to_csv(out / runfiles.TRIALS_FILE, index=False)
-        files.append(out / runfiles.TRIALS_FILE)
-    for fname, fig in study_figures(study, settings):
-        fig.savefig(out / fname, dpi=120, bbox_inches="tight")
-        files.append(out / fname)
+    with room_for(out, "the study's report"):
+        out.mkdir(parents=True, exist_ok=True)
+        files[0].write_text(json.dumps(study_summary(study, settings), indent=2))
+        if study.get_trials(deepcopy=False):
+            study.trials_dataframe().to_csv(out / runfiles.TRIALS_FILE, index=False)
+            files.append(out / runfiles.TRIALS_FILE)
+        for fname, fig in study_figures(study, settings):
+            fig.savefig(out / fname, dpi=120, bbox_inches="tight")
+            files.append(out / fname)
     runfiles.log_report_files(parent, files)
     parent.log_metrics(state_counts(study))
     log(f"study report: {out}/ (and the MLflow parent run {parent.run_id})")

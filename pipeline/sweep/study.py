@@ -18,8 +18,10 @@ not a coordinator of ours).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -30,7 +32,6 @@ from typing import Any
 import optuna
 from mlflow.exceptions import MlflowException
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import runfiles
@@ -38,9 +39,11 @@ from pipeline.config import ExperimentConfig
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose, require_one_process
+from pipeline.journal import GuardedJournal, StorageError, repair
 from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import PathsConfig, redact, uri_scheme
 from pipeline.provenance import git_commit
+from pipeline.retry import patiently
 from pipeline.sweep.config import Settings, SweepConfig
 from pipeline.sweep.space import corner_params, lookup, objectives, search_space, trial_config
 from pipeline.tracking import Run, Store
@@ -61,10 +64,6 @@ PG_ENGINE = {
 }
 
 
-class StorageError(ConfigError):
-    """The study storage cannot be opened (unreachable, refused): one line, exit 2."""
-
-
 # -- storages ------------------------------------------------------------------------------------
 # One storage per URL and process: an RDB storage holds a pool of connections, and opening
 # one per call (a worker loads its study more than once, a test polls) exhausts the server's
@@ -75,8 +74,11 @@ _STORAGES: dict[tuple[int, str], BaseStorage] = {}
 def open_storage(url: str) -> BaseStorage:
     """A journal file path, ``sqlite:///...`` or ``postgresql://...`` (one per process).
 
+    A journal whose last line is torn is repaired first (:mod:`pipeline.journal`).
+
     Raises:
-        StorageError: an RDB that cannot be reached or refuses the credentials.
+        StorageError: an RDB that cannot be reached or refuses the credentials; a journal
+            damaged before its last line.
     """
     key = (os.getpid(), url)
     if key not in _STORAGES:
@@ -89,14 +91,52 @@ def _open_storage(url: str) -> BaseStorage:
     if not scheme:
         path = Path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        repair(path)
+        return JournalStorage(GuardedJournal(str(path)))
     engine: dict[str, Any] = PG_ENGINE if scheme == "postgresql" else {"pool_pre_ping": True}
     try:
         with _schema_lock(url):  # Optuna creates its tables without a lock
-            return RDBStorage(url, engine_kwargs=dict(engine))
+            return PatientRDBStorage(url, engine_kwargs=dict(engine))
     except Exception as e:  # sqlalchemy's OperationalError and friends: one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"study storage {redact(url)}: {redact(first)[:300]}") from None
+
+
+class PatientRDBStorage(RDBStorage):
+    """Optuna's RDB storage whose calls ride out a database that restarts or drops off the
+    network for up to :data:`pipeline.retry.RETRY_S` (:func:`pipeline.retry.patiently`), so
+    that a sweep's workers carry on through a PostgreSQL restart. Opening it still fails at
+    once: a storage that is down when a command starts is bad input.
+
+    Each call of Optuna's storage API is one transaction, rolled back when the connection
+    drops, so calling it again does it once. Only the outermost call retries: one storage
+    method calling another would otherwise multiply the waits.
+    """
+
+    _depth = threading.local()
+
+
+def _patient(name: str) -> Callable[..., Any]:
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def patient(self: PatientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        depth = getattr(PatientRDBStorage._depth, "n", 0)
+        PatientRDBStorage._depth.n = depth + 1
+        try:
+            if depth:
+                return method(self, *args, **kwargs)
+            what = f"the study storage {redact(self.url)}"
+            return patiently(lambda: method(self, *args, **kwargs), what)
+        finally:
+            PatientRDBStorage._depth.n = depth
+
+    return patient
+
+
+for _name in [n for n in vars(BaseStorage) if not n.startswith("_")]:
+    if callable(getattr(RDBStorage, _name, None)):
+        setattr(PatientRDBStorage, _name, _patient(_name))
 
 
 # Beside a journal or SQLite file; not "<file>.lock", which Optuna's journal uses for its own
@@ -114,8 +154,8 @@ def storage_lock(url: str, study: str) -> AbstractContextManager[None]:
     """An exclusive lock on ``study`` among every worker of the storage (see the module
     docstring): a file lock for a journal or SQLite file, an advisory lock in PostgreSQL."""
     scheme = uri_scheme(url)
-    if scheme == "postgresql":
-        return pg_lock(url, f"pipeline:study:{study}")
+    if scheme == "postgresql":  # workers hold on through a PostgreSQL restart
+        return pg_lock(url, f"pipeline:study:{study}", patient=True)
     path = url.partition(":///")[2] if scheme else url
     return file_lock(Path(path + LOCK_SUFFIX))
 

@@ -102,7 +102,7 @@ dashboard: install ## optuna-dashboard over the study storage (STORAGE=) [PORT=8
 erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...>
 	$(PY) -m pipeline erase $(call q,$(RUN)) --task $(call q,$(TASK)) --ids $(call q,$(IDS))
 
-test: lint ## lint, then the test suite on synthetic data, 2 processes, about 8 min from a clone (real data: `make test-slow`)
+test: lint ## lint, then the test suite on synthetic data, 2 processes, about 10 min from a clone (real data: `make test-slow`)
 	$(PY) -m pytest -m "not slow and not browser" -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install data ## the tests that need the real datasets

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import RunFailed
+from pipeline.errors import RunFailed, causes
 
 #: What the writers of our stack say when a disk or quota is full (OSError's text, SQLite's).
 FULL_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded")
@@ -49,19 +49,11 @@ class DiskFull(RunFailed):
 
 def is_disk_full(e: BaseException) -> bool:
     """Whether ``e`` (or an exception it was raised from or during) says a disk is full."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [e]
-    while todo:
-        x = todo.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(t in str(x).lower() for t in FULL_TEXTS):
-            return True
-        todo += [x.__cause__, x.__context__]
-    return False
+    return any(
+        (isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT))
+        or any(t in str(x).lower() for t in FULL_TEXTS)
+        for x in causes(e)
+    )
 
 
 def free_bytes(folder: Path) -> int | None:

@@ -11,7 +11,7 @@ each time (up, and unable to do what was asked: a full disk for its artifacts, s
 
 from __future__ import annotations
 
-from pipeline.errors import ConfigError, RunFailed
+from pipeline.errors import ConfigError, RunFailed, causes
 from pipeline.paths import redact
 
 PROBE_TIMEOUT_S = 10  # a tracking server that does not answer this fast is reported as down
@@ -70,13 +70,7 @@ def server_trouble(e: BaseException) -> str:
     retries: ``"down"`` (refused, reset, silent), ``"failing"`` (a 5xx answer every time: it
     is up, and cannot do what was asked, e.g. store an artifact on a full disk), or ``""``
     (neither: some other error)."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [e]
-    while todo:
-        x = todo.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
+    for x in causes(e):
         text = str(x)
         if "error responses" in text:  # urllib3's ResponseError: "too many 500 error responses"
             return "failing"
@@ -84,7 +78,6 @@ def server_trouble(e: BaseException) -> str:
             "Max retries exceeded" in text
         ):
             return "down"
-        todo += [x.__cause__, x.__context__]
     return ""
 
 

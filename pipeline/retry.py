@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from pipeline.errors import causes
 from pipeline.paths import redact
 
 T = TypeVar("T")
@@ -32,19 +33,11 @@ def transient(e: BaseException) -> bool:
     error that invalidated its connection (psycopg's, under them), not a refused query."""
     import sqlalchemy.exc
 
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [e]
-    while todo:
-        x = todo.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
-            return True
-        if isinstance(x, sqlalchemy.exc.DBAPIError) and x.connection_invalidated:
-            return True
-        todo += [x.__cause__, x.__context__]
-    return False
+    return any(
+        isinstance(x, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+        or (isinstance(x, sqlalchemy.exc.DBAPIError) and x.connection_invalidated)
+        for x in causes(e)
+    )
 
 
 def patiently(

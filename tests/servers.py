@@ -4,6 +4,8 @@
   database; ``database(url, "optuna")`` names its other one.
 - ``mlflow_server(backend_url, folder, auth=False)`` yields the ``http://`` URI of an MLflow
   server on that backend; with ``auth`` its admin is ``admin`` / ``ADMIN_PASSWORD``.
+- ``team_server()`` yields the settings and addresses of ``make server``'s pair (a cluster of
+  its own and MLflow on it), in a scratch folder.
 
 Both listen on 127.0.0.1 on free ports (never 5000/5433, which a user may be running) and are
 stopped, their folders removed, on exit, also when the test fails. Without the PostgreSQL
@@ -22,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import server
-from pipeline.server.common import free_port
+from pipeline.server.common import free_port, free_ports
 from pipeline.server.postgres import throwaway_cluster
 
 ADMIN_PASSWORD = "admin-password-for-tests"  # MLflow wants 12+ characters
@@ -73,3 +75,20 @@ def mlflow_server(backend_url: str, folder: Path, auth: bool = False) -> Iterato
         yield server.start(replace(settings, admin_password=admin)).tracking_uri
     finally:
         server.stop(folder)
+
+
+Team = tuple[server.Settings, server.ServerInfo]
+
+
+@contextlib.contextmanager
+def team_server() -> Iterator[Team]:
+    """``make server`` as a team runs it: PostgreSQL and MLflow, their files in a scratch
+    folder, on free ports; stopped afterwards."""
+    require_postgres()
+    port, pg_port = free_ports(2)
+    with scratch_folder() as root:
+        settings = server.Settings(folder=root / ".server", port=port, pg_port=pg_port, workers=1)
+        try:
+            yield settings, server.start(settings)
+        finally:
+            server.stop(settings.folder)

@@ -24,14 +24,12 @@ from typing import Any
 
 import pytest
 from conftest import run, small_synthetic
-from servers import require_postgres, scratch_folder
+from servers import Team, team_server
 
 from pipeline import runfiles, server
-from pipeline.server.common import free_ports
 from pipeline.server.postgres import stop_postgres
 from pipeline.tracking import Run, Store
 
-Team = tuple[server.Settings, server.ServerInfo]
 TASKS = "data.tasks=[" + ",".join(f"{{dataset: synthetic, seed: {i}}}" for i in range(3)) + "]"
 # Long enough (about 2 s of training a task) that the server dies while the runs train.
 ARGS = [TASKS, "trainer.epochs=1", "data.synthetic.n_train=12000", "data.synthetic.n_test=200"]
@@ -40,14 +38,8 @@ REPO = Path(__file__).parents[1]
 
 @pytest.fixture(scope="module")
 def team() -> Iterator[Team]:
-    require_postgres()
-    port, pg_port = free_ports(2)
-    with scratch_folder() as root:
-        settings = server.Settings(folder=root / ".server", port=port, pg_port=pg_port, workers=1)
-        try:
-            yield settings, server.start(settings)
-        finally:
-            server.stop(settings.folder)
+    with team_server() as running:
+        yield running
 
 
 def until(what: str, ready: Callable[[], Any], timeout_s: float = 180) -> Any:

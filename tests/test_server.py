@@ -22,31 +22,23 @@ from pathlib import Path
 import pytest
 from servers import (
     ADMIN_PASSWORD,
+    Team,
     database,
     free_port,
     mlflow_server,
     postgres_cluster,
-    require_postgres,
-    scratch_folder,
+    team_server,
 )
 
 from pipeline import server
-from pipeline.server.common import free_ports, port_free, process_group
+from pipeline.server.common import port_free, process_group
 from pipeline.server.postgres import connects
-
-Team = tuple[server.Settings, server.ServerInfo]
 
 
 @pytest.fixture(scope="module")
 def team() -> Iterator[Team]:
-    require_postgres()
-    port, pg_port = free_ports(2)
-    with scratch_folder() as root:
-        settings = server.Settings(folder=root / ".server", port=port, pg_port=pg_port, workers=1)
-        try:
-            yield settings, server.start(settings)
-        finally:
-            server.stop(settings.folder)
+    with team_server() as running:
+        yield running
 
 
 def _password(settings: server.Settings) -> str:

@@ -66,8 +66,10 @@ help: ## list the targets
 # --compile-bytecode: the packages' .pyc files are written once, here. Without them, where
 # PYTHONDONTWRITEBYTECODE is set (as in many container images), every process compiles torch,
 # Lightning and MLflow from source: a run reached its first step in 22-26 s instead of 9-13.
+# --quiet and a summary: a first install listed all 141 "+ package==version" lines.
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --compile-bytecode
+	@$(UV) sync --locked --compile-bytecode --quiet
+	@echo "installed $$(ls -d $(VENV)/lib/python*/site-packages/*.dist-info | wc -l) packages into $(VENV)/ ($$(du -sh $(VENV) | cut -f1)) from uv.lock"
 	@touch $@
 
 install: $(STAMP) ## create .venv from uv.lock (a no-op when up to date)
@@ -93,14 +95,14 @@ landscape: install ## forgetting in weight space: make landscape RUN=<run id> [V
 sweep: install data ## Optuna study: make sweep [EXP=..] STRATEGY=ewc [TRIALS=30] [WORKERS=2] [SWEEP=default|accuracy|prefix] (resumes)
 	$(PY) -m pipeline sweep $(call q,$(EXP)) --strategy $(call q,$(STRATEGY)) --sweep $(call q,$(SWEEP)) $(if $(TRIALS),--trials $(call q,$(TRIALS))) --workers $(call q,$(WORKERS)) $(if $(STUDY),--study $(call q,$(STUDY))) $(call q,paths.data=$(DATA)) $(ARGS)
 
-best: install ## choose from a study, write conf/experiment/<study>-best.yaml, test once: make best STUDY=<name> [RULE=knee]
+best: install ## choose from a study, write conf/experiment/best/<study>.yaml (git-ignored), test once: make best STUDY=<name> [RULE=knee]
 	$(PY) -m pipeline best $(call q,$(STUDY)) --rule $(call q,$(RULE))
 
 dashboard: install ## optuna-dashboard over the study storage (STORAGE=) [PORT=8080 HOST=127.0.0.1]
 	$(PY) -m pipeline dashboard --port $(call q,$(if $(filter command line environment,$(origin PORT)),$(PORT),8080)) --host $(call q,$(HOST))
 
-erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...>
-	$(PY) -m pipeline erase $(call q,$(RUN)) --task $(call q,$(TASK)) --ids $(call q,$(IDS))
+erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...> (ids: index in the dataset's training file; LIST=1: the ids each checkpoint holds)
+	$(PY) -m pipeline erase $(call q,$(RUN)) --task $(call q,$(TASK)) $(if $(LIST),--list,--ids $(call q,$(IDS)))
 
 test: lint ## lint, then the test suite on synthetic data, 2 processes, about 10 min from a clone (real data: `make test-slow`)
 	$(PY) -m pytest -m "not slow and not browser" -q -n $(TEST_WORKERS) --dist loadfile

@@ -13,9 +13,11 @@ The choice reads only what the trials recorded: validation scores. Rules:
   ``avg_acc``, ``bwt``); constraint values are in percent.
 - ``best``: the best trial of a single-objective study (its default rule).
 
-``make best`` then writes ``conf/experiment/<study>-best.yaml`` (the study's experiment, its
+``make best`` then writes ``conf/experiment/best/<study>.yaml`` (the study's experiment, its
 overrides and the chosen hyperparameters, on the whole sequence for the prefix protocol), runs it
 once with the test split evaluated, and runs the strategy's defaults the same way beside it.
+That folder is git-ignored: a generated file is never a tracked one (a tracked file rewritten by
+a command would tag every later run with a ``-dirty`` commit).
 """
 
 from __future__ import annotations
@@ -140,9 +142,13 @@ def choose(study: optuna.Study, rule: Rule) -> FrozenTrial:
     return max(eligible, key=lambda t: float(t.user_attrs[rule.metric]))
 
 
+#: The sub-folder of ``conf/experiment/`` that ``make best`` writes (in .gitignore).
+BEST_FOLDER = "best"
+
+
 def config_name(study: str) -> str:
-    """The experiment file ``make best`` writes for a study."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", study) + "-best"
+    """The experiment ``make best`` writes for a study: ``best/<study>`` (``make run EXP=``)."""
+    return f"{BEST_FOLDER}/" + re.sub(r"[^A-Za-z0-9_-]", "_", study)
 
 
 def write_experiment(
@@ -152,10 +158,10 @@ def write_experiment(
     rule: Rule,
     directory: Path | None = None,
 ) -> Path:
-    """Write the chosen trial as ``conf/experiment/<study>-best.yaml`` (atomically).
+    """Write the chosen trial as ``conf/experiment/best/<study>.yaml`` (atomically).
 
     The file is the study's experiment file with its overrides and the trial's
-    hyperparameters merged in, so ``make run EXP=<study>-best`` reruns it (the whole sequence:
+    hyperparameters merged in, so ``make run EXP=best/<study>`` reruns it (the whole sequence:
     a prefix protocol's truncation is not carried over).
     """
     directory = directory or conf.CONF_DIR / "experiment"  # read now: tests point it elsewhere
@@ -186,6 +192,7 @@ def write_experiment(
         f"# Rerun: make run EXP={config_name(study)}\n"
     )
     path = directory / f"{config_name(study)}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(header + OmegaConf.to_yaml(base))
     os.replace(tmp, path)
@@ -224,7 +231,7 @@ def best(
     rule = parse_rule(rule_text)
     trial = choose(study, rule)
     path = write_experiment(settings, name, trial, rule)
-    cfg = compose(path.stem)
+    cfg = compose(config_name(name))
     cfg.paths = paths
     for key, value in trial.params.items():  # the file must rerun exactly this trial
         if lookup(cfg, key) != value:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline.conf import available, compose_paths
 from pipeline.errors import ConfigError, RunFailed
+from pipeline.ids_help import ERASE_IDS, RUN_ID
 from pipeline.paths import PathsConfig, redact
 
 if TYPE_CHECKING:
@@ -191,25 +192,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from pipeline.erasure import ErasureError, erase
+    from pipeline.erasure import ErasureError, erase, stored
 
     try:
-        ids = [int(x) for x in args.ids.split(",") if x.strip()]
+        ids = [int(x) for x in (args.ids or "").split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--ids: expected comma-separated integers, got '{args.ids}'") from None
     try:
         paths = compose_paths(args.overrides)
+        if args.list:
+            print("\n".join(stored(_store(paths, False), args.run, args.task)))
+            return 0
         record = erase(_store(paths, False), args.run, args.task, ids, paths.data_dir())
     except ErasureError as e:
         raise ConfigError(str(e)) from e
     for name, n in record["removed"].items():
         print(f"{name}: removed {n} stored sample(s)")
-    print(f"recorded in run {args.run}: erasures.json, retention/erased_samples")
+    done = f"recorded in run {args.run}: erasures.json, retention/erased_samples"
+    print(record.get("note", done))  # nothing removed: why (the request is recorded all the same)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipeline.sweep import sweep
+    from pipeline.sweep import report, sweep
 
     # Named as the user typed them (the sweep's own check would blame the sweep file).
     _count(args.trials, "--trials", "make sweep TRIALS=<n>")
@@ -227,7 +232,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         study=args.study,
         workers=args.workers,
     )
-    print(f"choose and test: make best STUDY={study.study_name}; browse: make dashboard, make ui")
+    print(report.closing_hint(study.study_name, args.overrides))  # names this mode's tools
     return 0
 
 
@@ -397,20 +402,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="parent run of a comparison that was cut off (same arguments): its finished runs "
         "are kept, the others run",
     )
-    run_help = "MLflow run id: theta_A, theta_B = its checkpoints after tasks 0, 1"
+    run_help = f"{RUN_ID}: theta_A, theta_B = its checkpoints after tasks 0, 1"
     p = _paths_command(
         sub, "landscape", cmd_landscape, "loss along a line / over a plane", [("run", run_help)]
     )
-    p.add_argument("--vs", default="", help="run id whose checkpoint after task 1 is theta_S")
+    p.add_argument("--vs", default="", help=f"{RUN_ID}: its checkpoint after task 1 is theta_S")
     p.add_argument("--points", type=int, default=31, help="points along the line (default 31)")
     p.add_argument("--grid", type=int, default=21, help="plane grid per axis (default 21)")
     p.add_argument("--samples", type=int, default=2000, help="test samples per task (2000)")
     p.add_argument("--out", default="", help="folder (default <reports>/landscape-<run[:8]>)")
     p = _paths_command(
-        sub, "erase", cmd_erase, "erase samples from every checkpoint of a run", [("run", "run id")]
+        sub, "erase", cmd_erase, "erase samples from every checkpoint of a run", [("run", RUN_ID)]
     )
     p.add_argument("--task", required=True, help="task name (e.g. mnist)")
-    p.add_argument("--ids", required=True, help="comma-separated sample ids")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ids", help="comma-separated sample ids (see the note below)")
+    what.add_argument("--list", action="store_true", help="print the ids each checkpoint holds")
+    p.epilog = ERASE_IDS
     _study_commands(sub)
     p = sub.add_parser("runs", help="the newest runs, what became of them, which can resume")
     p.add_argument("experiment", nargs="?", default="", help="MLflow experiment (default: all)")

@@ -53,12 +53,33 @@ def compose_paths(overrides: Sequence[str] = ()) -> PathsConfig:
 
 
 def available(group: str) -> list[str]:
-    """Names of the YAML files of a config group folder (``experiment``, ``model``...)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if p.is_file())
+    """Names of the YAML files of a config group folder (``experiment``, ``model``...), those
+    of its sub-folders as ``<folder>/<name>`` (``best/<study>``, what ``make best`` writes)."""
+    folder = CONF_DIR / group
+    return sorted(
+        p.relative_to(folder).with_suffix("").as_posix()
+        for p in folder.rglob("*.yaml")
+        if p.is_file()
+    )
+
+
+def config_file(group: str, name: str) -> Path:
+    """``conf/<group>/<name>.yaml``; ``name`` may name a sub-folder (``best/<study>``).
+
+    Raises:
+        ConfigError: a name that leads out of the group's folder (``../x``, ``/etc/x``): a
+            config name picks a file of ``conf/``, never any file of the machine.
+    """
+    folder = CONF_DIR / group
+    # normpath, not resolve: `..` is refused, a symlinked conf/ folder still works
+    path = Path(os.path.normpath(folder / f"{name}.yaml"))
+    if not name or Path(name).is_absolute() or not path.is_relative_to(folder):
+        raise ConfigError(f"{group} '{name}': not a file of conf/{group}/")
+    return path
 
 
 def load_yaml(group: str, name: str) -> DictConfig:
-    path = CONF_DIR / group / f"{name}.yaml"
+    path = config_file(group, name)
     if not path.is_file():
         choices = ", ".join(available(group)) or "none"
         raise ConfigError(

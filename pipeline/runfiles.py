@@ -92,6 +92,22 @@ def plane_name(strategy: str) -> str:
     return f"plane-{strategy}"
 
 
+def vs_plane_name(vs_run_id: str) -> str:
+    """File stem of ``make landscape``'s plane against the run ``vs_run_id`` (``VS=``): planes
+    against different runs keep their own files."""
+    return f"plane-vs-{vs_run_id[:8]}"
+
+
+def landscape_stem(base: str, settings: dict[str, object]) -> str:
+    """``base`` followed by the settings that change the picture (those not at their default),
+    ``line-points7-samples30``: a landscape drawn with other settings never replaces one."""
+    parts = [base]
+    for key, value in settings.items():
+        shown = "to".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+        parts.append(f"{key}{shown}")
+    return "-".join(parts)
+
+
 # -- checkpoints -----------------------------------------------------------------------------------
 CHECKPOINT_FORMAT = 2  # 1: written by Lightning's Trainer.save_checkpoint (same keys we read)
 _CHECKPOINT = re.compile(r"^task(\d+)-([A-Za-z0-9_-]+?)(?:\.r(\d+))?\.ckpt$")

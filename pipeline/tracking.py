@@ -52,6 +52,7 @@ from pipeline.reach import (  # noqa: F401 - StoreError, ServerDown: raised from
     server_failed,
     server_trouble,
 )
+from pipeline.runids import resolve_run_id
 from pipeline.server.ui_app import COLUMNS_TAG
 from pipeline.shield import ShieldedClient, shielded
 
@@ -292,16 +293,18 @@ class Run:
 
     @classmethod
     def get(cls, store: Store, run_id: str) -> Run:
-        """An existing run, to read or add to; its status is left alone.
+        """An existing run, to read or add to; its status is left alone. ``run_id`` may be a
+        unique prefix of 8+ characters (:func:`pipeline.runids.resolve_run_id`).
 
         Raises:
-            LookupError: no run ``run_id`` in ``store``.
+            LookupError: no run ``run_id`` in ``store``, or a prefix too short or ambiguous.
         """
+        client = store.client()
         try:
-            info = store.client().get_run(run_id).info
+            info = client.get_run(resolve_run_id(client, run_id, str(store))).info
         except MlflowException:
             raise LookupError(f"no MLflow run '{run_id}' in the store {store}") from None
-        return cls(store, run_id, info.experiment_id)
+        return cls(store, info.run_id, info.experiment_id)
 
     @classmethod
     @contextmanager
@@ -361,7 +364,7 @@ class Run:
         """
         run = cls.get(store, run_id)
         run.set_tags({OWNER_TAG: process_id()})  # this process takes the run over
-        run.client.update_run(run_id, status="RUNNING")
+        run.client.update_run(run.run_id, status="RUNNING")
         with run._managed():
             yield run
 

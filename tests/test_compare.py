@@ -172,8 +172,8 @@ def test_resume_refuses_another_comparison_before_running(tmp_path):
         compare("synthetic_forgetting", ["naive"], [0, 1], fast, resume=c.parent_run_id)
     with pytest.raises(ConfigError, match="not a comparison"):
         compare("synthetic_forgetting", ["naive"], [0], fast, resume=c.rows[0].results[0].run_id)
-    with pytest.raises(ConfigError, match="no MLflow run 'feed'"):
-        compare("synthetic_forgetting", ["naive"], [0], fast, resume="feed")
+    with pytest.raises(ConfigError, match="no MLflow run whose id starts with 'feedface'"):
+        compare("synthetic_forgetting", ["naive"], [0], fast, resume="feedface")
     assert len(client_for(store).search_runs([c.rows[0].results[0].experiment_id])) == before
 
 

@@ -157,3 +157,25 @@ def test_a_folder_named_like_a_config_is_not_one(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"no such experiment config \(available: ") as e:
         compose("folder")
     assert "folder," not in str(e.value)
+
+
+def test_a_config_in_a_sub_folder_is_found_by_its_path_and_no_name_leaves_conf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make best` writes conf/experiment/best/<study>.yaml: `EXP=best/<study>` runs it, but
+    `EXP=../x` never reads a file outside the group's folder, even a valid config."""
+    import shutil
+
+    from pipeline import conf
+
+    shutil.copytree(conf.CONF_DIR, tmp_path / "conf")
+    quick = (tmp_path / "conf" / "experiment" / "quick_forgetting.yaml").read_text()
+    (tmp_path / "conf" / "experiment" / "best").mkdir()
+    (tmp_path / "conf" / "experiment" / "best" / "study.yaml").write_text(quick)
+    (tmp_path / "conf" / "outside.yaml").write_text(quick)
+    monkeypatch.setattr(conf, "CONF_DIR", tmp_path / "conf")
+    assert "best/study" in available("experiment")
+    assert compose("best/study").name == "best/study"
+    for name in ("../outside", str(tmp_path / "conf" / "outside"), "best/../../outside"):
+        with pytest.raises(ConfigError, match=r"not a file of conf/experiment/"):
+            compose(name)

@@ -285,9 +285,11 @@ def test_cli_draws_line_and_plane_and_logs_them(runs, tmp_path, capsys):
     assert main([*argv, *SMALL]) == 0
     printed = capsys.readouterr().out
     assert "line: 7 points" in printed and "plane: 4x4 points" in printed and " s (" in printed
-    assert {p.name for p in out.iterdir()} == {"line.png", "line.json", "plane.png", "plane.json"}
-    assert {"landscape/plane.png", "landscape/plane.json"} <= artifacts(store, by["naive"])
-    plane = json.loads((out / "plane.json").read_text())
+    line, plane_stem = "line-points7-samples30", f"plane-vs-{by['l2'][:8]}-grid4-samples30"
+    names = {f"{stem}.{ext}" for stem in (line, plane_stem) for ext in ("png", "json")}
+    assert {p.name for p in out.iterdir()} == names
+    assert {f"landscape/{n}" for n in names} <= artifacts(store, by["naive"])
+    plane = json.loads((out / f"{plane_stem}.json").read_text())
     assert plane["vs_run_id"] == by["l2"] and plane["vs_strategy"] == "l2"
     pts = np.array(list(plane["points"].values()))
     assert pts[0] == pytest.approx([0, 0]) and pts[1][1] == pytest.approx(0, abs=1e-6)
@@ -295,7 +297,23 @@ def test_cli_draws_line_and_plane_and_logs_them(runs, tmp_path, capsys):
     assert np.all((xs[0] < pts[:, 0]) & (pts[:, 0] < xs[-1]))  # every point inside, with room
     assert np.all((ys[0] < pts[:, 1]) & (pts[:, 1] < ys[-1]))
     assert np.array(plane["loss_a"]).shape == (4, 4)
-    assert (out / "plane.png").stat().st_size > 10_000
+    assert (out / f"{plane_stem}.png").stat().st_size > 10_000
+
+
+def test_landscapes_of_other_settings_keep_their_own_files(runs, tmp_path, capsys):
+    """`make landscape` again with other points or samples, or against another VS run, adds
+    files beside the first ones; the same settings again say that they replace them."""
+    _, store, by = runs
+    out = tmp_path / "out"
+    base = ["landscape", by["naive"], f"paths.store={store}", "--out", str(out), "--grid", "2"]
+    assert main([*base, "--points", "3", "--samples", "10"]) == 0
+    assert main([*base, "--points", "4", "--samples", "10"]) == 0
+    assert main([*base, "--points", "3", "--samples", "10", "--vs", by["l2"]]) == 0
+    assert "replacing line-points3-samples10.png" in capsys.readouterr().out
+    plane = f"plane-vs-{by['l2'][:8]}-grid2-samples10"
+    stems = {"line-points3-samples10", "line-points4-samples10", plane}
+    assert {p.name for p in out.iterdir()} == {f"{s}.{e}" for s in stems for e in ("png", "json")}
+    assert {f"landscape/{s}.png" for s in stems} <= artifacts(store, by["naive"])
 
 
 @pytest.mark.parametrize(
@@ -306,11 +324,14 @@ def test_cli_draws_line_and_plane_and_logs_them(runs, tmp_path, capsys):
         ("vs-missing", "no MLflow run 'nope0000' in the store"),
         ("vs-nockpt", "has no checkpoints"),
         ("vs-self", "theta_S lies on the line"),  # theta_S = theta_B: no plane
+        ("short", "is too short: give at least 8 of its characters"),
     ],
 )
 def test_clear_error_exit_2_nothing_written(runs, tmp_path, capsys, which, message):
     _, store, by = runs
-    run = {"missing": "nope0000", "nockpt": by["nockpt"]}.get(which, by["naive"])
+    run = {"missing": "nope0000", "nockpt": by["nockpt"], "short": by["naive"][:7]}.get(
+        which, by["naive"]
+    )
     vs = {
         "vs-missing": ["--vs", "nope0000"],
         "vs-nockpt": ["--vs", by["nockpt"]],
@@ -323,6 +344,17 @@ def test_clear_error_exit_2_nothing_written(runs, tmp_path, capsys, which, messa
     assert code == 2
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not out.exists() and artifacts(store, by["naive"]) == before
+
+
+def test_runs_are_named_by_the_8_characters_printed(runs, tmp_path, capsys):
+    """`make landscape RUN=<prefix> VS=<prefix>`: the ids as the commands print them."""
+    _, store, by = runs
+    out = tmp_path / "out"
+    argv = ["landscape", by["naive"][:8], "--vs", by["l2"][:8], f"paths.store={store}"]
+    assert main([*argv, "--out", str(out), *SMALL]) == 0
+    assert f"logged them to run(s) {by['naive'][:8]}" in capsys.readouterr().out
+    plane = json.loads(next(out.glob("plane-*.json")).read_text())
+    assert plane["run_id"] == by["naive"] and plane["vs_run_id"] == by["l2"]  # the full ids
 
 
 def test_no_store_is_an_error_and_creates_none(tmp_path, capsys):

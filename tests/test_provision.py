@@ -14,6 +14,7 @@ import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +286,28 @@ def test_source_that_crashes_does_not_stop_the_next_one(
     )
     assert result == {"fake": "from_dir"}
     assert tree(fake.raw) == sorted(IDX_FILES)
+
+
+def test_one_line_per_dataset_and_no_error_text_from_sources_passed_over(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A first run where the registry fails and --from delivers prints one line: the dataset,
+    its folder, verified, which source; the registry's failure is not the user's business."""
+
+    def offline(req: Request) -> None:
+        raise src.SourceUnavailable("urlopen error: Name or service not known")
+
+    monkeypatch.setitem(reg.REGISTRY_FETCHERS, "fake", offline)
+    fake.put(tmp_path / "supplied")
+    messages: list[str] = []
+    provision = partial(prov.provision, fake.root, ["fake"], allow_download=False)
+    assert provision(from_dir=tmp_path / "supplied", log=messages.append) == {"fake": "from_dir"}
+    (line,) = messages
+    assert "verified" in line and str(fake.raw) in line and "given with --from" in line, line
+    assert "urlopen" not in line and "registry" not in line
+    messages.clear()
+    assert provision(log=messages.append) == {"fake": "present"}
+    assert len(messages) == 1 and "present" in messages[0] and "verified" in messages[0]
 
 
 def test_verified_files_from_a_partial_source_are_kept(

@@ -201,7 +201,8 @@ def test_a_sequence_on_the_server_reads_back_draws_and_erases(
         "20",
     ]
     assert main(drawn) == 0
-    assert {"landscape/line.png", "landscape/line.json"} <= {
+    line = "landscape/line-points5-samples20"
+    assert {f"{line}.png", f"{line}.json"} <= {
         a.path for a in client(uri).list_artifacts(result.run_id, "landscape")
     }
     buf = checkpoint(uri, result.run_id, 1).module.strategies[0].buffer

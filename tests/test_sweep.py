@@ -26,10 +26,11 @@ from pipeline.cli import main
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
-from pipeline.paths import PathsConfig
+from pipeline.paths import REPO_ROOT, PathsConfig
 from pipeline.processes import process_id
 from pipeline.sweep import sweep
 from pipeline.sweep.config import compose_sweep
+from pipeline.sweep.report import closing_hint
 from pipeline.sweep.space import search_space
 from pipeline.sweep.study import PARENT_ATTR, counted, create_or_resume, load_study
 from pipeline.sweep.workers import Liveness, run_worker
@@ -136,8 +137,12 @@ def test_best_writes_a_config_that_reruns_the_trial(here: Path) -> None:
     sweep("synthetic_forgetting", ["si"], "default", ["trials=3"], overrides(here))
     out = choose_and_test("synthetic_forgetting-si", paths(here), "knee")
     path = Path(out["config"])
-    assert path == conf / "experiment" / "synthetic_forgetting-si-best.yaml"
-    cfg = compose(path.stem)
+    assert path == conf / "experiment" / "best" / "synthetic_forgetting-si.yaml"
+    # where it lands in the repository, git ignores it: no command writes a tracked file
+    mirror = REPO_ROOT / path.relative_to(here)
+    ignored = subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "-q", str(mirror)])
+    assert ignored.returncode == 0, f"{mirror.relative_to(REPO_ROOT)} is not git-ignored"
+    cfg = compose("best/synthetic_forgetting-si")
     study = load_study("synthetic_forgetting-si", journal(here))
     chosen = study.trials[out["trial"]]
     assert cfg.optim.lr == pytest.approx(chosen.params["optim.lr"])
@@ -501,3 +506,17 @@ def test_sigterm_ends_a_sweep_at_once_with_its_parent_run_killed(here: Path) -> 
     )
     parent = client_for(here / "mlruns").get_run(study.user_attrs[PARENT_ATTR])
     assert parent.info.status == "KILLED"
+
+
+def test_the_closing_hint_names_the_tools_of_this_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Team mode needs no `make ui` (the server shows the runs) and reaches a PostgreSQL
+    study with STORAGE= unless OPTUNA_STORAGE already names it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    assert closing_hint("s", []).endswith("browse: make dashboard, make ui")
+    pg = "postgresql://pipeline:secret@db:5433/optuna"
+    team = closing_hint("s", ["paths.store=http://srv:5000", f"paths.studies={pg}", "seed=1"])
+    assert "make ui" not in team and "the runs at http://srv:5000" in team
+    assert "make dashboard STORAGE=postgresql://pipeline:***@db:5433/optuna" in team
+    monkeypatch.setenv("OPTUNA_STORAGE", pg)
+    assert "STORAGE=" not in closing_hint("s", ["paths.store=http://srv:5000"])

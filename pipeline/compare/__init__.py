@@ -17,8 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
 from pipeline import runfiles
 from pipeline.compare.figures import plot_accuracy_vs_kept, plot_along_sequence
 from pipeline.compare.plane import comparison_plane
@@ -229,10 +227,11 @@ def finished_children(store: Store, parent_id: str, params: dict[str, str]) -> d
         ConfigError: no such run, or it is not a comparison with these ``params``.
     """
     client = store.client()
-    try:
-        parent = client.get_run(parent_id)
-    except MlflowException:
-        raise ConfigError(f"resume: no MLflow run '{parent_id}' in {store}") from None
+    try:  # a prefix of the id (as printed) gives the full one, which the children's tag holds
+        parent_id = Run.get(store, parent_id).run_id
+    except LookupError as e:
+        raise ConfigError(f"resume: {e}") from None
+    parent = client.get_run(parent_id)
     if parent.data.tags.get("kind") != "comparison":
         raise ConfigError(f"resume: run '{parent_id}' is not a comparison (make compare)")
     differ = [

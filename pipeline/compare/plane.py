@@ -87,7 +87,7 @@ def comparison_plane(
         name = runfiles.plane_name(other)
         log(f"\nlandscape: {baseline.strategy} against {other}, the runs of seed {seed}")
         try:
-            draw(
+            drawn = draw(
                 store,
                 baseline.results[0].run_id,
                 row.results[0].run_id,
@@ -105,7 +105,7 @@ def comparison_plane(
         else:
             lines += [
                 f"![loss landscape: {baseline.strategy} vs {other}]"
-                f"({runfiles.LANDSCAPE_DIR}/{name}.png)",
+                f"({runfiles.LANDSCAPE_DIR}/{drawn.files[0].name})",  # with its settings
                 "",
             ]
     return lines

@@ -145,7 +145,8 @@ def _attempt(
         out, scratch = staging / "out", staging / "scratch"
         out.mkdir()
         scratch.mkdir()
-        request = Request(spec, root, needed, out, scratch, from_dir, log)
+        # a source's own steps (the commands it runs) stay out of the output: one line a dataset
+        request = Request(spec, root, needed, out, scratch, from_dir, lambda _: None)
         try:
             source.fetch(request)
         except SourceUnavailable as e:
@@ -206,9 +207,14 @@ def _provision_one(
     allow_registry: bool,
     log: Callable[[str], None],
 ) -> str:
-    """Provision one dataset; return the name of the source that completed it."""
+    """Provision one dataset; return the name of the source that completed it.
+
+    ``log`` gets one line for the dataset (which source, verified) and what replaced a corrupt
+    file; the sources that were passed over stay out of it (a first run that succeeds shows no
+    error text) and are listed in the error only when every source fails.
+    """
     raw = spec.raw_dir(root)
-    log(f"{spec.display}: checking {raw}")
+    started = time.monotonic()
     needed: list[str] = []
     corrupt: list[str] = []
     for name, want in spec.md5.items():
@@ -225,7 +231,7 @@ def _provision_one(
                 "it is kept until a verified replacement exists"
             )
     if not needed:
-        log(f"{spec.display}: all {len(spec.md5)} files present and verified")
+        log(f"{spec.display}: all {len(spec.md5)} files present in {raw}, verified (MD5)")
         return "present"
     try:
         raw.mkdir(parents=True, exist_ok=True)
@@ -238,28 +244,27 @@ def _provision_one(
         "from_dir": None if from_dir is not None else "no directory given (--from DIR)",
     }
     tried: list[str] = []
+    delivered: list[str] = []  # "<n> from <source>": the sources that gave files
     for source in SOURCES:
         skip = disabled.get(source.name)
         if skip is not None:
             tried.append(f"{source.name}: skipped, {skip}")
-            log(f"{spec.display}: {source.name}: skipped, {skip}")
             continue
-        log(f"{spec.display}: {source.name}: trying {source.description} for {len(needed)} file(s)")
         start = time.monotonic()
         installed, problem = _attempt(source, spec, root, tuple(needed), from_dir, log)
         elapsed = time.monotonic() - start
         needed = [name for name in needed if name not in installed]
         if installed:
-            log(
-                f"{spec.display}: {source.name}: installed {len(installed)} verified file(s) "
-                f"in {elapsed:.1f} s"
-            )
+            delivered.append(f"{len(installed)} from {source.description}")
         if not needed:  # each file was verified just before it was moved into place
-            log(f"{spec.display}: ready in {raw} (source: {source.name}, {elapsed:.1f} s)")
+            took = time.monotonic() - started
+            log(
+                f"{spec.display}: {len(spec.md5)} files in {raw}, verified (MD5); "
+                f"{', '.join(delivered)} ({took:.1f} s)"
+            )
             return source.name
         problem = problem or "files did not verify"
         tried.append(f"{source.name} ({elapsed:.1f} s): {problem}")
-        log(f"{spec.display}: {source.name}: failed after {elapsed:.1f} s: {problem}")
 
     lines = [f"could not provision {spec.display} into {raw}; sources tried:"]
     lines += [f"  - {entry}" for entry in tried]

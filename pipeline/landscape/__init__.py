@@ -99,6 +99,7 @@ def load_run(store: Store, run_id: str, indices: Sequence[int]) -> list[Checkpoi
         run = Run.get(store, run_id)
     except LookupError as e:
         raise LandscapeError(str(e)) from None
+    run_id = run.run_id  # a prefix (as printed): the full id, in messages and records
     found = runfiles.latest_checkpoints(run)
     missing = [i for i in indices if i not in found]
     if missing:
@@ -132,7 +133,7 @@ def draw(
     data_dir: Path,
     line: bool = True,
     log_to: Sequence[str] | None = None,
-    plane_name: str = "plane",
+    plane_name: str = "",
     log: Callable[[str], None] = print,
 ) -> Landscape:
     """Draw the line (and, with ``vs``, the plane) for run ``run_id``; save and log them.
@@ -149,7 +150,8 @@ def draw(
         data_dir: the datasets' folder.
         line: draw the line (``False``: only the plane, as ``make compare`` does).
         log_to: run ids that get the files as artifacts under ``landscape/`` (default: the run).
-        plane_name: file stem of the plane's PNG and JSON (``make compare`` draws several).
+        plane_name: file stem of the plane (``make compare``); ``""``: ``plane-vs-<vs>`` and
+            the settings, as ``line`` (:func:`pipeline.runfiles.landscape_stem`).
         log: progress lines.
 
     Raises:
@@ -163,6 +165,7 @@ def draw(
         raise LandscapeError("nothing to draw: the plane needs a second run (--vs)")
     ck_a, ck_b = load_run(store, run_id, (0, 1))
     ck_s = load_run(store, vs, (1,))[0] if vs else None
+    run_id = ck_a.run_id  # the full id of a prefix
     thetas = {"A": flat_parameters(ck_a.model), "B": flat_parameters(ck_b.model)}
     if ck_s is not None:
         check_comparable(ck_b, ck_s)
@@ -181,7 +184,8 @@ def draw(
             f"{ev.tasks[1]}, {_samples(ev)} per task"
         )
         fig = plot_line(curve.alphas, curve.values, ev.tasks, title, curve.distance)
-        result.files += _save(fig, common | curve.record(), "line", out_dir, runs)
+        stem = runfiles.landscape_stem("line", _changed(options, _LINE_SETTINGS))
+        result.files += _save(fig, common | curve.record(), stem, out_dir, runs, log)
     if ck_s is not None:
         surface = compute_plane(thetas, ev, options)
         result.seconds["plane"], result.summary["plane"] = surface.seconds, surface.at
@@ -190,7 +194,9 @@ def draw(
         fig = _plane_figure(surface, ev, (ck_a, ck_b, ck_s))
         vs_info = {"vs_run_id": ck_s.run_id, "vs_checkpoint": ck_s.file}
         obj = common | vs_info | {"vs_strategy": ck_s.strategy} | surface.record()
-        result.files += _save(fig, obj, plane_name, out_dir, runs)
+        vs_stem = runfiles.vs_plane_name(ck_s.run_id)  # a comparison's folder is its own
+        stem = plane_name or runfiles.landscape_stem(vs_stem, _changed(options, _PLANE_SETTINGS))
+        result.files += _save(fig, obj, stem, out_dir, runs, log)
     log(
         f"wrote {', '.join(p.name for p in result.files)} to {out_dir}/ and logged them to run(s) "
         f"{', '.join(r.run_id[:8] for r in runs)} under {runfiles.LANDSCAPE_DIR}/"
@@ -213,6 +219,17 @@ def _record(
         "batch_size": options.batch_size,
         "checkpoint_files": {"A": cks[0].file, "B": cks[1].file},
     }
+
+
+#: The options that change each figure (not batch_size or workers: how, not what, is computed).
+_LINE_SETTINGS = ("points", "span", "samples", "seed")
+_PLANE_SETTINGS = ("grid", "margin", "samples", "seed")
+
+
+def _changed(options: Options, keys: Sequence[str]) -> dict[str, object]:
+    """The options among ``keys`` that differ from their defaults, for the file names."""
+    default = Options()
+    return {k: getattr(options, k) for k in keys if getattr(options, k) != getattr(default, k)}
 
 
 def _samples(ev: Evaluation) -> str:
@@ -246,10 +263,18 @@ def _plane_figure(
 
 
 def _save(
-    fig: Figure, obj: dict[str, Any], name: str, out_dir: Path, runs: Sequence[Run]
+    fig: Figure,
+    obj: dict[str, Any],
+    name: str,
+    out_dir: Path,
+    runs: Sequence[Run],
+    log: Callable[[str], None],
 ) -> list[Path]:
-    """Write ``<name>.png`` and ``<name>.json`` to ``out_dir`` and log them to ``runs``."""
+    """Write ``<name>.png`` and ``<name>.json`` to ``out_dir`` and log them to ``runs``; say so
+    when they replace a drawing of the same settings (never silently)."""
     png, js = out_dir / f"{name}.png", out_dir / f"{name}.json"
+    if png.exists() or js.exists():
+        log(f"replacing {name}.png and {name}.json in {out_dir}/ (drawn before, same settings)")
     with room_for(out_dir, f"the landscape's {name}.png and {name}.json"):
         out_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(png, dpi=110)

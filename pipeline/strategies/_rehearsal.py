@@ -221,6 +221,9 @@ class Rehearsal(Strategy):
     def erase(self, task: int, ids: Tensor) -> int:
         return self.buffer.erase(task, ids)
 
+    def stored_ids(self, task: int) -> Tensor | None:
+        return self.buffer.stored_ids(task)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "buffer": self.buffer.state_dict(),

@@ -178,6 +178,11 @@ class Strategy:
         erasure). Returns how many were removed; a strategy that keeps none removes none."""
         return 0
 
+    def stored_ids(self, task: int) -> torch.Tensor | None:
+        """The ids of task ``task``'s samples this strategy holds now (what :meth:`erase` can
+        remove); ``None`` for a strategy that keeps no samples in its state."""
+        return None
+
     def on_task_start(self, ctx: TaskContext) -> None:
         """Called before training on ``ctx.task``."""
 

@@ -147,6 +147,10 @@ class ReservoirBuffer:
     def __len__(self) -> int:
         return int(self.slots().numel())
 
+    def stored_ids(self, task: int) -> Tensor:
+        """The ids of the samples of task ``task`` held now, ascending."""
+        return self.ids[self.valid & (self.tasks == task)].sort().values
+
     @property
     def empty(self) -> bool:
         return len(self) == 0

@@ -3,6 +3,7 @@ tags of each trial's run. Nothing is written here (:func:`pipeline.sweep.finaliz
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -13,6 +14,8 @@ from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import runfiles
+from pipeline.conf import compose_paths
+from pipeline.paths import ENV_STUDIES, redact, uri_scheme
 from pipeline.sweep.config import Settings
 
 
@@ -141,3 +144,21 @@ def state_counts(study: optuna.Study) -> dict[str, float]:
         "trials/failed": states.count(TrialState.FAIL),
         "front/size": len(front(study)),
     }
+
+
+def closing_hint(study: str, overrides: Sequence[str]) -> str:
+    """The line a sweep ends with: how to choose, and where to browse in the mode that the
+    ``paths.`` overrides among ``overrides`` (and the environment) set.
+
+    A tracking server shows the runs at its own URL (``make ui`` would open an empty local
+    store); a study in PostgreSQL reaches ``make dashboard`` only through ``STORAGE=`` unless
+    ``$OPTUNA_STORAGE`` already names it.
+    """
+    paths = compose_paths([o for o in overrides if o.startswith("paths.")])
+    store = paths.store_uri()
+    runs = f"the runs at {redact(store)}" if uri_scheme(store) in ("http", "https") else "make ui"
+    studies = paths.studies_uri()
+    dashboard = "make dashboard"
+    if uri_scheme(studies) == "postgresql" and os.environ.get(ENV_STUDIES) != studies:
+        dashboard += f" STORAGE={redact(studies)}"
+    return f"choose and test: make best STUDY={study}; browse: {dashboard}, {runs}"

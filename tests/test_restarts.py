@@ -27,12 +27,14 @@ from conftest import run, small_synthetic
 from servers import Team, team_server
 
 from pipeline import runfiles, server
+from pipeline.cli import main
 from pipeline.server.postgres import stop_postgres
 from pipeline.tracking import Run, Store
 
 TASKS = "data.tasks=[" + ",".join(f"{{dataset: synthetic, seed: {i}}}" for i in range(3)) + "]"
-# Long enough (about 2 s of training a task) that the server dies while the runs train.
-ARGS = [TASKS, "trainer.epochs=1", "data.synthetic.n_train=12000", "data.synthetic.n_test=200"]
+# Long enough (about 1 s of training a task, and the evaluations) that the server dies while
+# the runs train.
+ARGS = [TASKS, "trainer.epochs=1", "data.synthetic.n_train=6000", "data.synthetic.n_test=200"]
 REPO = Path(__file__).parents[1]
 
 
@@ -127,14 +129,7 @@ def test_a_sequence_rides_out_a_tracking_server_restart_or_resumes_after_a_longe
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--resume", ids[1], "trainer.threads=1"],
-        env=dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert main(["run", "--resume", ids[1], "trainer.threads=1", f"paths.store={uri}"]) == 0
 
     reference = run(small_synthetic(tmp_path / "reference", *ARGS))
     store, ref_store = Store.at(uri), Store.at(tmp_path / "reference")
@@ -173,7 +168,7 @@ def test_a_three_worker_sweep_rides_out_a_postgres_restart(team: Team, tmp_path:
 
         until("a trial complete", one_complete, 300)
         stop_postgres(settings.folder)  # `pg_ctl stop -m fast`: every connection is cut
-        time.sleep(15)  # longer than a trial: every worker meets the outage
+        time.sleep(10)  # longer than a trial: every worker meets the outage
         server.start(settings)  # PostgreSQL again (MLflow kept running)
         out = launcher.communicate(timeout=400)[0].decode()
     finally:

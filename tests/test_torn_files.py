@@ -240,7 +240,7 @@ def erased_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, 
     runfiles.write_erasures(run, RECORDS)
     (file,) = folder.rglob(runfiles.ERASURES_FILE)
     monkeypatch.setattr("pipeline.erasure._task_of", lambda run, task: (None, 0))
-    monkeypatch.setattr("pipeline.erasure._sample_ids", lambda cfg, index, data: {1, 2, 3})
+    monkeypatch.setattr("pipeline.erasure._training_ids", lambda cfg, index, ids, data: 3)
     monkeypatch.setattr(runfiles, "rewrite_checkpoints", lambda run, fn: {"task00": 1})
     return store, run, file
 

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import ipaddress
 import os
+import random
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -160,14 +161,29 @@ def require_port(host: str, port: int, change: str) -> None:
     )
 
 
+PRIVATE_LOW = 20000  # above the well-known and most registered servers' ports (5000, 5432...)
+EPHEMERAL_LOW = 32768  # Linux's default start of ip_local_port_range
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports on 127.0.0.1 that nothing listens on now (ephemeral range;
-    asked for together: two asks one after the other may get the same port)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
+    """``n`` distinct TCP ports on 127.0.0.1 that nothing listens on now, for servers that
+    tests and benchmarks start.
+
+    Drawn below the kernel's ephemeral range (``ip_local_port_range``): a port from that range
+    is also what every outgoing connection of this machine takes, so a client connecting
+    elsewhere could take it in the seconds before the server binds it (a test's server then
+    died with "address already in use").
+    """
+    low = EPHEMERAL_LOW
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: list[int] = []
+    draw = random.Random()  # not the global one: a test may have seeded it
+    while len(ports) < n:
+        port = draw.randrange(PRIVATE_LOW, max(PRIVATE_LOW + n + 1, low))
+        if port not in ports and port_free("127.0.0.1", port):
+            ports.append(port)
+    return ports
 
 
 def free_port() -> int:

@@ -244,7 +244,7 @@ def cmd_sweep_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from pipeline.best import best, format_best
+    from pipeline.best import best, config_name, format_best
 
     paths = compose_paths(args.overrides)
     _store(paths, create=False)
@@ -252,7 +252,7 @@ def cmd_best(args: argparse.Namespace) -> int:
         args.study, paths, args.rule, evaluate=not args.no_eval, with_default=not args.no_default
     )
     print(format_best(out))
-    print(f"rerun it: make run EXP={Path(out['config']).stem}")
+    print(f"rerun it: make run EXP={config_name(args.study)}")
     return 0
 
 

@@ -514,10 +514,11 @@ def test_main_succeeds_from_dir(
     fake.put(tmp_path / "supplied", gz=True)
     argv = ["--root", str(fake.root), "--from", str(tmp_path / "supplied"), "--dataset", "fake"]
     assert prov.main([*argv, "--no-download", "--no-registry"]) == 0
-    out = capsys.readouterr().out
-    assert "Fake: OK (from_dir)" in out
+    (line,) = capsys.readouterr().out.splitlines()  # one line a dataset, nothing repeated
+    assert line.startswith("Fake: 4 files in ") and "verified (MD5)" in line, line
     assert prov.main(argv) == 0  # a second run finds everything in place
-    assert "Fake: OK (present)" in capsys.readouterr().out
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("Fake: all 4 files present in "), line
 
 
 def test_a_full_disk_stops_at_the_first_source_in_one_line(

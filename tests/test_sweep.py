@@ -132,7 +132,9 @@ def test_no_test_split_is_read_during_a_sweep(here: Path, monkeypatch: pytest.Mo
     monkeypatch.undo()
 
 
-def test_best_writes_a_config_that_reruns_the_trial(here: Path) -> None:
+def test_best_writes_a_config_that_reruns_the_trial(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     conf = here / "conf"
     sweep("synthetic_forgetting", ["si"], "default", ["trials=3"], overrides(here))
     out = choose_and_test("synthetic_forgetting-si", paths(here), "knee")
@@ -155,6 +157,10 @@ def test_best_writes_a_config_that_reruns_the_trial(here: Path) -> None:
     runs = children(here, study.user_attrs[PARENT_ATTR])
     kinds = sorted(r.data.tags.get("kind", "") for r in runs)
     assert kinds.count("trial") == 3 and "best-chosen" in kinds and "best-default" in kinds
+    capsys.readouterr()
+    where = [f"paths.store={here / 'mlruns'}", f"paths.reports={here / 'reports'}"]
+    assert main(["best", "synthetic_forgetting-si", "--no-eval", *where]) == 0
+    assert "rerun it: make run EXP=best/synthetic_forgetting-si" in capsys.readouterr().out
 
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter:UserWarning")

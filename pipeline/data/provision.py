@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     datasets = args.dataset or list(DATASETS)
     try:
-        results = provision(
+        provision(  # it prints a line per dataset (source, verified)
             args.root,
             datasets,
             from_dir=args.from_dir,
@@ -383,9 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ProvisionError, DiskFull) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for name, source in results.items():
-        spec = DATASETS[name]
-        print(f"{spec.display}: OK ({source}) in {spec.raw_dir(args.root)}")
     return 0
 
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from pipeline.disk import room_for
-from pipeline.paths import redact, uri_scheme
 
 
 class _Shield:
@@ -61,16 +59,12 @@ class ShieldedClient(MlflowClient):
 
     Args:
         tracking_uri: the store.
-        where: the store's place as a full disk names it (default: the folder of an SQLite
-            file, else the URI without its password).
+        where: the store's place as a full disk names it (:attr:`pipeline.tracking.Store.where`).
     """
 
-    def __init__(self, tracking_uri: str, where: str = "") -> None:
+    def __init__(self, tracking_uri: str, where: str) -> None:
         super().__init__(tracking_uri=tracking_uri)
-        if not where:
-            local = uri_scheme(tracking_uri) == "sqlite"
-            where = str(Path(tracking_uri.partition(":///")[2]).parent) if local else ""
-        self.where = where or redact(tracking_uri)
+        self.where = where
 
 
 def _shield(name: str) -> Callable[..., Any]:

@@ -44,8 +44,7 @@ from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import DEFAULT_STORE, PathsConfig, redact, repo_path, uri_scheme
 from pipeline.processes import process_id
 from pipeline.provenance import default_run_name, source_name, ui_link
-from pipeline.reach import (  # noqa: F401 - StoreError, ServerDown: raised from here too
-    ServerDown,
+from pipeline.reach import (
     StoreError,
     first_line,
     probe_server,
@@ -197,7 +196,7 @@ class Store:
         tmp = db.with_name(f".{db.name}.new-{uuid.uuid4().hex}")
         try:
             with room_for(db.parent, "a new MLflow database"):
-                ShieldedClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+                ShieldedClient(f"sqlite:///{tmp}", str(db.parent)).search_experiments(max_results=1)
                 os.replace(tmp, db)
         finally:
             tmp.unlink(missing_ok=True)

@@ -68,7 +68,7 @@ def main() -> None:
     header = f"{'pruner':<8}{'wall (s)':>10}{'pruned':>8}{'tasks trained':>15}"
     print(header + f"{'best val acc (%)':>18}")
     for pruner, (seconds, pruned, tasks, best) in results.items():
-        print(f"{pruner:<8}{seconds:>10.0f}{pruned:>8}{tasks:>15}{best * 100:>18.1f}")
+        print(f"{pruner:<8}{seconds:>10.0f}{pruned:>8}{tasks:>15}{best:>18.1f}")
     saved = 1 - results["median"][2] / results["none"][2]
     print(f"pruning saved {saved * 100:.0f}% of the tasks trained (wall time: see above)")
 

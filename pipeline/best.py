@@ -39,6 +39,7 @@ from pipeline.conf import split_overrides
 from pipeline.config import ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
+from pipeline.metrics import percent
 from pipeline.paths import PathsConfig
 from pipeline.sweep.config import Settings
 from pipeline.sweep.report import default_trial, front
@@ -88,7 +89,7 @@ def parse_rule(text: str) -> Rule:
         m = _CONSTRAINT.match(part)
         if not m or m.group(1) not in METRICS:
             raise ConfigError(f"{usage}), got constraint '{part.strip()}'")
-        constraints.append((m.group(1), m.group(2), float(m.group(3)) / 100))
+        constraints.append((m.group(1), m.group(2), float(m.group(3))))
     return Rule("max", head.strip(), tuple(constraints))
 
 
@@ -185,7 +186,7 @@ def write_experiment(
     tracking = base.get("tracking") or OmegaConf.create({})
     tracking["experiment"] = settings.mlflow_experiment  # beside the study's runs in the UI
     base["tracking"] = tracking
-    values = ", ".join(f"{k} {v * 100:.1f}" for k, v in _val_metrics(trial).items())
+    values = ", ".join(f"{k} {v:.1f}" for k, v in _val_metrics(trial).items())
     header = (
         f"# Written by `make best STUDY={study} RULE={rule}`: trial {trial.number}.\n"
         f"# Validation scores of the trial: {values}.\n"
@@ -272,8 +273,11 @@ def evaluate_on_test(
         tags = {"sweep.study": study.study_name, "kind": f"best-{label}"}
         result = run_sequence(cfg, Run.of(cfg, parent, tags))
         out[label] = {
-            **result.summary["test"],
-            "final": dict(zip(result.displays, result.matrix["test"][-1].tolist(), strict=True)),
+            **{k: percent(v) for k, v in result.summary["test"].items()},
+            "final": {
+                d: percent(a)
+                for d, a in zip(result.displays, result.matrix["test"][-1], strict=True)
+            },
             "mlflow_run_id": result.run_id,
         }
     return out
@@ -289,12 +293,12 @@ def format_best(out: dict[str, Any]) -> str:
         chosen, default = out[split].get("chosen", {}), out[split].get("default", {})
         for m in METRICS:
             if m in chosen:
-                d = f"{default[m] * 100:.1f}" if m in default else "-"
-                rows.append((f"{split} {m} (%)", f"{chosen[m] * 100:.1f}", d))
+                d = f"{default[m]:.1f}" if m in default else "-"
+                rows.append((f"{split} {m} (%)", f"{chosen[m]:.1f}", d))
         for task, acc in chosen.get("final", {}).items():
             d = default.get("final", {}).get(task)
             rows.append(
-                (f"{split} final {task} (%)", f"{acc * 100:.1f}", f"{d * 100:.1f}" if d else "-")
+                (f"{split} final {task} (%)", f"{acc:.1f}", f"{d:.1f}" if d is not None else "-")
             )
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{a:<{width[0]}}  {b:>{width[1]}}  {c:>{width[2]}}" for a, b, c in rows]

@@ -19,6 +19,7 @@ import numpy as np
 from omegaconf import MISSING, OmegaConf
 
 from pipeline.errors import ConfigError, require
+from pipeline.keys import RESERVED_TASK_NAMES
 from pipeline.paths import PathsConfig
 
 MAX_LR = 10.0  # a learning rate above this is a typo, not an experiment (1e308, inf)
@@ -84,6 +85,12 @@ class TaskConfig:
             "data.tasks.name",
             f"{len(self.name)} characters; at most {MAX_TASK_NAME} (it becomes metric keys and "
             "file names)",
+        )
+        require(
+            self.name not in RESERVED_TASK_NAMES,
+            "data.tasks.name",
+            f"'{self.name}' is the name of a metric (its key would be test/{self.name}); "
+            "choose another",
         )
 
 

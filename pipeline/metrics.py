@@ -4,7 +4,9 @@ Notation (0-based in code): ``R[i, j]`` is the accuracy on task ``j`` after trai
 task ``i``; ``b[j]`` is the accuracy on task ``j`` of the untrained model (same seed). Every
 evaluation covers every task of the sequence, unseen ones too, so ``R`` is square (T x T).
 Definitions follow ``docs/metrics.md``; the 1-based formulas there map to the code by
-``k -> k - 1``. Accuracies are fractions in [0, 1].
+``k -> k - 1``. Accuracies are fractions in [0, 1] here; everything a user reads (the
+terminal, MLflow's metrics, Optuna's values, reports) is in percent, converted once by
+:func:`percent`.
 
 A metric that needs an earlier task (BWT, FWT, forgetting) is undefined for a single task and is
 left out of :func:`summarize` rather than reported as 0.
@@ -18,6 +20,16 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 Matrix = NDArray[np.float64]
+
+SUMMARY_NAMES = ("avg_acc", "plasticity", "bwt", "fwt", "forgetting", "retention")
+PERCENT_DECIMALS = 2  # 0.01 points: finer than one sample of a 10,000-sample test split
+
+
+def percent(fraction: float) -> float:
+    """An accuracy, or a difference of accuracies, as a user reads it: percent (points),
+    rounded to :data:`PERCENT_DECIMALS` so MLflow's tables and Optuna's dashboard show
+    ``35.53``, not ``0.35533333333333333``."""
+    return round(float(fraction) * 100, PERCENT_DECIMALS)
 
 
 def _matrix(R: ArrayLike, partial: bool = False) -> Matrix:
@@ -126,8 +138,8 @@ def intransigence(R: ArrayLike, joint_diag: Sequence[float]) -> list[float]:
 def summarize(R: ArrayLike, b: Sequence[float] | NDArray[np.float64]) -> dict[str, float]:
     """Every summary metric of a finished sequence, keyed by name.
 
-    Keys: ``avg_acc``, ``plasticity`` and, with two or more tasks, ``bwt``, ``fwt``,
-    ``forgetting``, ``retention``.
+    Keys (:data:`SUMMARY_NAMES`): ``avg_acc``, ``plasticity`` and, with two or more tasks,
+    ``bwt``, ``fwt``, ``forgetting``, ``retention``.
     """
     m = _matrix(R)
     out = {"avg_acc": average_accuracy(m), "plasticity": plasticity(m)}

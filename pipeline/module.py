@@ -15,6 +15,7 @@ from pipeline import distributed
 from pipeline.config import OptimConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import RunFailed
+from pipeline.metrics import percent
 from pipeline.models import Classifier
 from pipeline.strategies.base import Strategy, TaskContext, tensors_in
 
@@ -59,7 +60,10 @@ class ContinualModule(pl.LightningModule):
         self.samples_trained = 0  # this task's samples, after the strategies' transforms
         # In a distributed run the logged values are averaged over the processes.
         self.sync = distributed.world() > 1
-        self._correct, self._counted = torch.zeros((), dtype=torch.long), 0  # epoch's accuracy
+        # An epoch's accuracy (train, then validation) is counted here and logged once, in
+        # percent, at the epoch's end.
+        self._correct, self._counted = torch.zeros((), dtype=torch.long), 0
+        self._val_correct, self._val_counted = torch.zeros((), dtype=torch.long), 0
 
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
         return self.model(x, task)
@@ -141,11 +145,15 @@ class ContinualModule(pl.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        counts = torch.stack([self._correct, torch.tensor(self._counted, device=self.device)])
-        distributed.sum_([counts])
-        acc = counts[0].float() / counts[1].clamp_min(1)
-        # already the same on every process; sync_dist only tells Lightning so (it warns else)
+        acc = self._epoch_percent(self._correct, self._counted)
         self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=self.sync)
+
+    def _epoch_percent(self, correct: Tensor, counted: int) -> float:
+        """An epoch's accuracy over every process's samples, in percent."""
+        counts = torch.stack([correct, torch.tensor(counted, device=self.device)])
+        distributed.sum_([counts])
+        # already the same on every process; sync_dist only tells Lightning so (it warns else)
+        return percent(float(counts[0]) / max(float(counts[1]), 1.0))
 
     @override
     def transfer_batch_to_device(
@@ -166,6 +174,12 @@ class ContinualModule(pl.LightningModule):
         for s in self.strategies:
             s.after_optimizer_step(self.model)
 
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self._val_correct = torch.zeros((), dtype=torch.long, device=self.device)
+        self._val_counted = 0
+
+    @override
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         logits = self.model(batch.x, batch.task)
         self.log(
@@ -174,14 +188,15 @@ class ContinualModule(pl.LightningModule):
             on_epoch=True,
             prog_bar=False,
             sync_dist=self.sync,
+            batch_size=int(batch.y.shape[0]),
         )
-        self.log(
-            "val/acc",
-            (logits.argmax(1) == batch.y).float().mean(),
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=self.sync,
-        )
+        self._val_correct += (logits.argmax(1) == batch.y).sum()
+        self._val_counted += int(batch.y.shape[0])
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        acc = self._epoch_percent(self._val_correct, self._val_counted)
+        self.log("val/acc", acc, on_epoch=True, prog_bar=True, sync_dist=self.sync)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

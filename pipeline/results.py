@@ -13,30 +13,8 @@ import numpy as np
 
 from pipeline import metrics
 from pipeline.data.tasks import Task
+from pipeline.keys import SPLITS, acc_key, init_key, summary_key
 from pipeline.strategies import Strategy
-
-SPLITS = ("val", "test")  # val: model selection and sweeps; test: reporting only
-
-
-def acc_key(task: str, split: str) -> str:
-    """The metric of ``task``'s accuracy on ``split``, logged after each task (step = the
-    index of the task just trained), so its last value is the final accuracy."""
-    return f"acc/{task}/{split}"
-
-
-def summary_key(split: str, name: str) -> str:
-    """The metric of one of a split's summary values (:func:`pipeline.metrics.summarize`)."""
-    return f"summary/{split}/{name}"
-
-
-def table_columns(tasks: Sequence[str], split: str = "test") -> list[str]:
-    """The runs table's columns to compare runs by (MLflow's column keys): strategy, scenario,
-    each task's final accuracy, average accuracy and BWT."""
-    tags = [f"tags.`{t}`" for t in ("strategy", "scenario")]
-    metrics_ = [acc_key(t, split) for t in tasks] + [
-        summary_key(split, k) for k in ("avg_acc", "bwt")
-    ]
-    return tags + [f"metrics.`{m}`" for m in metrics_]
 
 
 @dataclass
@@ -97,17 +75,23 @@ class SequenceResult:
         self.summary = {s: metrics.summarize(self.matrix[s], self.init[s]) for s in rows}
 
     def final_metrics(self) -> dict[str, float]:
-        """The run's closing metrics: each split's summary, the untrained accuracies, the
-        total training time."""
+        """The run's closing metrics, in percent: each split's summary (but ``avg_acc``, whose
+        running value :func:`task_metrics` logged after the last task is the final one), the
+        untrained accuracies, and the total training time."""
         splits = list(self.matrix)
         return (
-            {summary_key(s, k): v for s in splits for k, v in self.summary[s].items()}
+            {
+                summary_key(s, k): metrics.percent(v)
+                for s in splits
+                for k, v in self.summary[s].items()
+                if k != "avg_acc"
+            }
             | {
-                f"init_acc/{n}/{s}": self.init[s][j]
+                init_key(n, s): metrics.percent(self.init[s][j])
                 for s in splits
                 for j, n in enumerate(self.tasks)
             }
-            | {"time/train_total_s": sum(self.train_seconds)}
+            | {"time/train_total_s": round(sum(self.train_seconds), 3)}
         )
 
     def matrix_record(self, scenario: str) -> dict[str, Any]:
@@ -176,8 +160,8 @@ def accuracy_along(result: SequenceResult) -> list[AccuracyAlong]:
         AccuracyAlong(
             s,
             list(result.tasks),
-            [[round(float(a) * 100, 2) for a in row] for row in result.matrix[s]],
-            [round(float(a) * 100, 2) for a in result.init[s]],
+            [[metrics.percent(a) for a in row] for row in result.matrix[s]],
+            [metrics.percent(a) for a in result.init[s]],
         )
         for s in sorted(result.matrix, key=lambda s: (s != "test", s))
     ]
@@ -204,22 +188,25 @@ def ledger(strategies: Sequence[Strategy]) -> dict[str, Any]:
 def task_metrics(
     task: Task, tasks: Sequence[Task], rows: dict[str, list[list[float]]], record: TaskRecord
 ) -> dict[str, float]:
-    """Everything known after ``task`` (logged at step = its index): accuracy on every task,
-    the running average accuracy, time and samples, the retention ledger.
+    """Everything known after ``task`` (logged at step = its index): accuracy on every task
+    and the running average accuracy (percent), time and samples, the retention ledger.
 
     ``time/train_s`` is training alone; ``time/task_wall_s`` adds the per-epoch validation, the
     strategies' task hooks and the evaluation of every task.
     """
     values: dict[str, float] = {}
     for s in rows:
-        values |= {acc_key(t.name, s): rows[s][-1][t.index] for t in tasks}
-        values[f"avg_acc/{s}"] = metrics.average_accuracy(np.array(rows[s]), task.index)
+        values |= {acc_key(t.name, s): metrics.percent(rows[s][-1][t.index]) for t in tasks}
+        values[summary_key(s, "avg_acc")] = metrics.percent(
+            metrics.average_accuracy(np.array(rows[s]), task.index)
+        )
     kept = record.retention
     return values | {
-        "time/train_s": record.train_seconds,
-        "time/task_wall_s": record.wall_seconds,
+        # rounded as MLflow shows them: to the millisecond, and one sample a second
+        "time/train_s": round(record.train_seconds, 3),
+        "time/task_wall_s": round(record.wall_seconds, 3),
         "train/samples": record.samples,
-        "train/samples_per_s": record.samples_per_second,
+        "train/samples_per_s": round(record.samples_per_second, 1),
         "retention/raw_samples": kept["raw_samples"],
         "retention/raw_bytes": kept["raw_bytes"],
         "retention/state_bytes": kept["state_bytes"],

@@ -26,9 +26,10 @@ from pipeline import distributed, runfiles
 from pipeline.conf import parse_dotlist
 from pipeline.errors import ConfigError
 from pipeline.experiment import check_machine, from_dict
+from pipeline.keys import SPLITS
 from pipeline.paths import PathsConfig
 from pipeline.processes import process_alive
-from pipeline.results import SPLITS, SequenceResult
+from pipeline.results import SequenceResult
 from pipeline.runner import TASKS_DONE_TAG, Resume, run_sequence
 from pipeline.tracking import OWNER_TAG, Run, Store, scratch_dir
 

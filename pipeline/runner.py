@@ -33,18 +33,12 @@ from pipeline import OMP_WAIT_POLICY, distributed, runfiles
 from pipeline.config import ExperimentConfig, TrainerConfig, to_dict
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Task
+from pipeline.keys import SPLITS, table_columns
+from pipeline.metrics import PERCENT_DECIMALS
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.provenance import git_commit, package_versions
-from pipeline.results import (
-    SPLITS,
-    Progress,
-    SequenceResult,
-    TaskRecord,
-    ledger,
-    table_columns,
-    task_metrics,
-)
+from pipeline.results import Progress, SequenceResult, TaskRecord, ledger, task_metrics
 from pipeline.strategies import TaskContext, build_strategies
 from pipeline.tracking import (
     Run,
@@ -92,7 +86,13 @@ class TaskLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        named = {self.prefix + k: v for k, v in metrics.items() if k != "epoch"}
+        # Lightning hands values over as float32 (99.67 arrives as 99.66999816894531): the
+        # accuracies, logged in percent, are rounded again as pipeline.metrics.percent rounds.
+        named = {
+            self.prefix + k: round(v, PERCENT_DECIMALS) if k.endswith("/acc") else v
+            for k, v in metrics.items()
+            if k != "epoch"
+        }
         self.curves += metric_records(named, step or 0)
 
 

@@ -85,6 +85,8 @@ for _name in (
     "update_run",
     "set_terminated",
     "set_tag",
+    "set_experiment_tag",
+    "delete_experiment_tag",
     "log_batch",
     "log_artifact",
     "log_text",

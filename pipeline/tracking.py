@@ -40,6 +40,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.config import ExperimentConfig
 from pipeline.disk import DiskFull, room_for
+from pipeline.keys import has_accuracies
 from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import DEFAULT_STORE, PathsConfig, redact, repo_path, uri_scheme
 from pipeline.processes import process_id
@@ -52,7 +53,7 @@ from pipeline.reach import (
     server_trouble,
 )
 from pipeline.runids import resolve_run_id
-from pipeline.server.ui_app import COLUMNS_TAG
+from pipeline.server.ui_app import COLUMNS_TAG, LEGACY_COLUMNS_TAG
 from pipeline.shield import ShieldedClient, shielded
 
 DB_FILE = "mlflow.db"  # the embedded store's database, in the store folder
@@ -242,6 +243,8 @@ class Store:
         shown = json.loads(tags.get(COLUMNS_TAG, "[]"))
         if missing := [c for c in columns if c not in shown]:
             client.set_experiment_tag(experiment_id, COLUMNS_TAG, json.dumps(shown + missing))
+        if LEGACY_COLUMNS_TAG in tags:  # its columns name the metric keys of older versions
+            client.delete_experiment_tag(experiment_id, LEGACY_COLUMNS_TAG)
 
     def ui_url(self, experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
         """Link to the runs table, or a run, in the model-training view (MLflow 3.17 opens
@@ -411,8 +414,8 @@ class Run:
         return dict(self.client.get_run(self.run_id).data.tags)
 
     def tasks_logged(self) -> bool:
-        """Whether the run logged any task's accuracies (``acc/<task>/<split>``)."""
-        return any(k.startswith("acc/") for k in self.client.get_run(self.run_id).data.metrics)
+        """Whether the run logged any task's accuracies (:func:`pipeline.keys.acc_key`)."""
+        return has_accuracies(self.client.get_run(self.run_id).data.metrics)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values redacted: a URI's password never reaches the store)."""

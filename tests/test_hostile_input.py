@@ -90,6 +90,7 @@ CASES: list[tuple[str, list[str]]] = [
         "a task name beyond a metric key",
         [*EXP, f"data.tasks=[{{dataset: mnist, name: {'t' * 300}}}]"],
     ),
+    ("a task named like a metric", [*EXP, "data.tasks=[{dataset: mnist, name: bwt}]"]),
     ("override without key", [*EXP, "=3"]),
     ("unknown experiment", ["run", "nope", f"paths.store={FRESH}"]),
     ("unknown experiment to print", ["config", "nope"]),

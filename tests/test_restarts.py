@@ -88,7 +88,7 @@ def same_record(store: Store, run_id: str, reference: Store, reference_id: str) 
         steps = [m.step for m in c.get_metric_history(run_id, key)]
         assert len(steps) == len(set(steps)), (key, steps)  # nothing logged twice
         assert len(steps) == len(ce.get_metric_history(reference_id, key)), key
-        if key.startswith("acc/"):
+        if key.startswith(("test/", "val/")):
             assert metrics[key] == expected[key], key
     assert sorted(runfiles.checkpoint_files(Run.get(store, run_id))) == [0, 1, 2]
 

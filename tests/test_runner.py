@@ -15,6 +15,8 @@ import torch
 from conftest import checkpoint, client, run, small_synthetic
 
 from pipeline import OMP_WAIT_POLICY, runfiles
+from pipeline.metrics import percent
+from pipeline.paths import REPO_ROOT
 from pipeline.report import along_sequence
 from pipeline.results import SequenceResult, accuracy_along
 from pipeline.tracking import Run, Store
@@ -55,20 +57,24 @@ def test_mlflow_run_holds_everything(finished):
     assert {"md5.synthetic0.tensors", "md5.synthetic1.tensors"} <= set(tags)
     for name in result.tasks:
         for split in ("test", "val"):
-            history = client_.get_metric_history(result.run_id, f"acc/{name}/{split}")
+            history = client_.get_metric_history(result.run_id, f"{split}/{name}")
             assert [h.step for h in sorted(history, key=lambda h: h.step)] == [0, 1]
-    for key in (
-        "summary/test/bwt",
-        "summary/test/forgetting",
-        "summary/val/avg_acc",
-        "summary/test/fwt",
-        "summary/test/plasticity",
-        "time/train_total_s",
-    ):
-        assert key in m
+            last = max(history, key=lambda h: h.step).value
+            assert last == percent(result.matrix[split][1, result.tasks.index(name)])
+        history = client_.get_metric_history(result.run_id, f"{split}/avg_acc")  # running, once
+        assert sorted(h.step for h in history) == [0, 1]
+    for name in ("bwt", "forgetting", "fwt", "plasticity", "retention"):
+        assert m[f"test/{name}"] == percent(result.summary["test"][name])
+    assert m["val/avg_acc"] == percent(result.summary["val"]["avg_acc"])
+    assert m["test/init/synthetic0"] == percent(result.init["test"][0])
+    assert "time/train_total_s" in m
     for t in (0, 1):  # per-task curves, namespaced because global_step restarts per Trainer
         assert client_.get_metric_history(result.run_id, f"t{t}/train/loss")
-        assert client_.get_metric_history(result.run_id, f"t{t}/val/acc")
+        for curve in ("train", "val"):  # in percent, rounded, like every accuracy
+            values = [
+                h.value for h in client_.get_metric_history(result.run_id, f"t{t}/{curve}/acc")
+            ]
+            assert values and all(10 < v <= 100 and v == round(v, 2) for v in values), values
     for key in ("time/train_s", "time/task_wall_s"):  # one value per task
         assert len(client_.get_metric_history(result.run_id, key)) == 2
     files = {a.path for a in client_.list_artifacts(result.run_id)}
@@ -212,6 +218,18 @@ def test_task_wall_time_includes_the_evaluation_of_every_task(tmp_path, monkeypa
     assert all(r.wall_seconds >= r.train_seconds + 0.3 for r in result.records)
 
 
+def test_the_docs_list_every_metric_key_a_run_logs(finished):
+    _, store, result = finished
+    logged = client(store).get_run(result.run_id).data.metrics
+    listed = (REPO_ROOT / "docs" / "metrics.md").read_text()
+    for key in logged:
+        generic = re.sub(r"^t\d+/", "t<i>/", key)
+        for task in result.tasks:
+            generic = re.sub(rf"(?<=/){task}$", "<task>", generic)
+        generic = re.sub(r"^(test|val)/", "<split>/", generic)
+        assert f"`{generic}`" in listed, f"docs/metrics.md does not list {generic} ({key})"
+
+
 def test_the_ui_shows_what_runs_are_compared_by(finished, monkeypatch):
     """MLflow's context tags (user, source, commit), the experiment's description, and the
     runs table's columns (part 1 of the UI issue; make test-ui checks them in a browser)."""
@@ -228,7 +246,7 @@ def test_the_ui_shows_what_runs_are_compared_by(finished, monkeypatch):
     assert exp.tags["mlflow.note.content"] == cfg.description != ""
     columns = json.loads(exp.tags[COLUMNS_TAG])
     assert columns[:2] == ["tags.`strategy`", "tags.`scenario`"]
-    for key in ("acc/synthetic0/test", "acc/synthetic1/test", "summary/test/bwt"):
+    for key in ("test/synthetic0", "test/synthetic1", "test/avg_acc", "test/bwt"):
         assert f"metrics.`{key}`" in columns
         assert key in client_.get_run(result.run_id).data.metrics  # a column of a real metric
     url = Store.at(store).ui_url(result.experiment_id, result.run_id, port=5123)
@@ -255,4 +273,4 @@ def test_step_values_are_logged_every_log_interval_and_accuracy_per_epoch(finish
     acc = client_.get_metric_history(result.run_id, "t0/train/acc")
     assert loss and all((h.step + 1) % every == 0 for h in loss), [h.step for h in loss]
     assert len(acc) == cfg.trainer.epochs
-    assert all(0.0 <= h.value <= 1.0 for h in acc)
+    assert all(0.0 <= h.value <= 100.0 for h in acc)  # percent

@@ -101,8 +101,12 @@ def test_three_trials_give_a_parent_run_three_children_and_a_front(here: Path) -
         n = int(r.data.tags["sweep.trial"])
         assert r.data.tags["optuna.state"] == "COMPLETE"
         assert r.data.tags["pareto"] == str(n in front).lower()
-        assert "acc/synthetic0/val" in r.data.metrics
-        assert not [k for k in r.data.metrics if k.endswith("/test")]  # never evaluated
+        assert "val/synthetic0" in r.data.metrics
+        assert not [k for k in r.data.metrics if k.startswith("test/")]  # never evaluated
+        # one unit: the study's scores are the run's metrics, in percent
+        attrs = trials[n].user_attrs
+        assert attrs["plasticity"] == r.data.metrics["val/plasticity"] > 1
+        assert trials[n].values == [attrs["plasticity"], attrs["retention"]]
         assert r.data.params["strategies.ewc.lam"] == str(trials[n].params["strategies.ewc.lam"])
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto_front.png", "history_plasticity.png", "summary.json", "trials.csv"} <= (
@@ -151,7 +155,8 @@ def test_best_writes_a_config_that_reruns_the_trial(
     assert cfg.strategies["si"].c == pytest.approx(chosen.params["strategies.si.c"])
     assert cfg.strategy == ["si"] and cfg.trainer.max_batches == 2
     assert set(out["test"]) == {"chosen", "default"}
-    assert 0 <= out["test"]["chosen"]["avg_acc"] <= 1
+    chosen_run = client_for(here / "mlruns").get_run(out["test"]["chosen"]["mlflow_run_id"])
+    assert out["test"]["chosen"]["avg_acc"] == chosen_run.data.metrics["test/avg_acc"] > 1
     text = format_best(out)
     assert "defaults" in text and "test retention" in text and "val plasticity" in text
     runs = children(here, study.user_attrs[PARENT_ATTR])
@@ -357,20 +362,20 @@ def test_knee_and_rules() -> None:
     def t(p: float, r: float, **attrs: float) -> optuna.trial.FrozenTrial:
         return optuna.trial.create_trial(state=TrialState.COMPLETE, values=[p, r], user_attrs=attrs)
 
-    front = [t(0.99, 0.20), t(0.97, 0.80), t(0.90, 0.85), t(0.70, 0.90)]
+    front = [t(99, 20), t(97, 80), t(90, 85), t(70, 90)]
     assert knee(front, ["maximize", "maximize"]) is front[1]
     assert knee(front[:1], ["maximize", "maximize"]) is front[0]
-    # Two points: the one nearer the ideal point (0.99, 0.85).
+    # Two points: the one nearer the ideal point (99, 85).
     assert knee([front[0], front[2]], ["maximize", "maximize"]) is front[2]
-    assert str(parse_rule("max:plasticity, forgetting<=5")) == "max:plasticity,forgetting<=0.05"
+    assert str(parse_rule("max:plasticity, forgetting<=5")) == "max:plasticity,forgetting<=5"
     for bad in ("kne", "max:speed", "max:plasticity,forgetting<5", "max:plasticity,x<=1"):
         with pytest.raises(ConfigError, match="RULE"):
             parse_rule(bad)
     study = optuna.create_study(directions=["maximize", "maximize"])
-    for p, r, f in ((0.99, 0.2, 0.79), (0.97, 0.8, 0.17), (0.9, 0.85, 0.05)):
+    for p, r, f in ((99, 20, 79), (97, 80, 17), (90, 85, 5)):  # in percent, as trials record
         study.add_trial(t(p, r, plasticity=p, retention=r, forgetting=f))
-    assert choose(study, parse_rule("max:plasticity,forgetting<=10")).values == [0.9, 0.85]
-    assert choose(study, parse_rule("max:plasticity")).values == [0.99, 0.2]
+    assert choose(study, parse_rule("max:plasticity,forgetting<=10")).values == [90, 85]
+    assert choose(study, parse_rule("max:plasticity")).values == [99, 20]
     with pytest.raises(ConfigError, match="no complete trial"):
         choose(study, parse_rule("max:plasticity,forgetting<=1"))
     with pytest.raises(ConfigError, match=r"RULE=best: .* has 2 objectives"):
@@ -418,6 +423,11 @@ def test_space_and_resume_rules(here: Path) -> None:
     )
     assert settings.config.trials == 5
     assert json.loads(json.dumps(study.user_attrs["pipeline.settings"]))["sweep"]["trials"] == 5
+    # A study of an older version recorded fractions: refused, not mixed with percent.
+    older = {k: v for k, v in study.user_attrs["pipeline.settings"].items() if k != "unit"}
+    study.set_user_attr("pipeline.settings", older)
+    with pytest.raises(ConfigError, match=r"scores as fractions .* STUDY=<name>"):
+        create_or_resume("synthetic_forgetting", ["ewc"], more, overrides(here), "s", log=print)
 
 
 def test_an_interrupt_inside_lightning_abandons_the_trial_for_a_retry(

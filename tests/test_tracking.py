@@ -77,3 +77,22 @@ def test_every_client_write_finishes_before_sigterm_exits(
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert Store.at(store).client().get_run(run_id).data.tags["written"] == "yes"
+
+
+def test_the_runs_table_columns_are_a_hidden_tag_and_the_old_raw_one_goes(tmp_path: Path) -> None:
+    """MLflow's list of experiments shows every tag not named ``mlflow.*``: the columns' JSON
+    (named ``pipeline.columns`` until 2026-12) showed there raw."""
+    import json
+
+    from pipeline.server.ui_app import COLUMNS_TAG, LEGACY_COLUMNS_TAG
+
+    store = Store.at(tmp_path / "mlruns")
+    exp = store.experiment_id("x")
+    client = store.client()
+    client.set_experiment_tag(exp, LEGACY_COLUMNS_TAG, '["metrics.`acc/a/test`"]')
+    store.show_columns(exp, ["metrics.`test/a`"])
+    store.show_columns(exp, ["metrics.`test/a`", "metrics.`test/b`"])
+    tags = client.get_experiment(exp).tags
+    assert COLUMNS_TAG.startswith("mlflow.") and LEGACY_COLUMNS_TAG not in tags
+    assert json.loads(tags[COLUMNS_TAG]) == ["metrics.`test/a`", "metrics.`test/b`"]
+    assert not [k for k in tags if not k.startswith("mlflow.")]  # nothing a list shows raw

@@ -5,7 +5,8 @@ the MNIST files are absent) in a scratch store, `make ui` over it (``python -m p
 then the links the pipeline prints, each loaded in a fresh browser profile, as a new user's:
 - the experiment without ``?workflowType``: the runs table of the model-training view (not
   MLflow's GenAI overview), with the description, user, source, commit, strategy, scenario,
-  each task's final accuracy, average accuracy and BWT;
+  each task's final accuracy, average accuracy and BWT, in percent;
+- the list of experiments, without the column set-up's raw JSON tag;
 - the run link: its metrics and source;
 - the run's artifacts: the accuracy-along-the-sequence figure and the heatmap.
 Assertions read the DOM after the page's scripts ran. ``UI_SCREENSHOTS=<folder>`` also saves
@@ -115,13 +116,24 @@ def test_the_experiment_opens_on_the_runs_table_with_our_columns(
     # No ?workflowType: the experiments list's own link, as a new user's browser opens it.
     dom = _browse(f"{base}/#/experiments/1", tmp_path / "p", _shot("ui-runs-table.png"))
     assert "Evaluation runs" not in dom and "Model training" in dom
-    for column in ["strategy", "scenario", "summary/test/avg_acc", "summary/test/bwt"]:
+    for column in ["strategy", "scenario", "test/avg_acc", "test/bwt"]:
         assert column in dom, column
     for task in tasks:
-        assert f"acc/{task}/test" in dom
+        assert f"test/{task}" in dom
+    assert not re.search(r">0\.\d{3,}<", dom)  # accuracies in percent, rounded (not 0.3553...)
     assert "plain fine-tuning" in dom  # the experiment's description
     assert re.search(r">pipeline run \w+<", dom)  # Source
     assert f">{git_commit()[:6]}<" in dom  # Version: the commit, as MLflow shortens it
+
+
+def test_the_list_of_experiments_shows_no_raw_column_setup(
+    ui: tuple[str, str, str, list[str]], tmp_path: Path
+) -> None:
+    base = ui[0]
+    dom = _browse(f"{base}/#/experiments", tmp_path / "p", _shot("ui-experiments.png"))
+    assert re.search(r"(seed|synthetic)_forgetting", dom)
+    shown = re.sub(r"<script.*?</script>", "", dom, flags=re.S)  # our seed script names them
+    assert "pipeline.columns" not in shown and "metrics.`" not in shown  # the tag, hidden
 
 
 def test_the_printed_run_link_shows_the_run(
@@ -131,7 +143,7 @@ def test_the_printed_run_link_shows_the_run(
     assert "workflowType=machine_learning" in link
     dom = _browse(link, tmp_path / "p", _shot("ui-run.png"))
     assert run_id in dom and "Evaluation runs" not in dom
-    assert all(f"acc/{t}/test" in dom for t in tasks)
+    assert all(f"test/{t}" in dom for t in tasks)
 
 
 def test_the_run_shows_accuracy_along_the_sequence(

@@ -25,7 +25,9 @@ from pipeline.config import ExperimentConfig
 from pipeline.disk import room_for
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose, require_one_process
+from pipeline.keys import summary_key
 from pipeline.landscape import Options
+from pipeline.metrics import percent
 from pipeline.runner import run_sequence
 from pipeline.strategies import StrategyRefused, default_order
 from pipeline.tracking import Run, Store
@@ -277,7 +279,9 @@ def write_report(c: Comparison, out_dir: Path, parent: Run, extra: Sequence[str]
     runfiles.log_report_files(parent, files)
     parent.log_metrics(
         {
-            f"avg_acc/{r.strategy.replace('+', '_and_')}": float(r.values("avg_acc").mean())
+            summary_key("test", f"avg_acc/{r.strategy.replace('+', '_and_')}"): percent(
+                r.values("avg_acc").mean()
+            )
             for r in c.rows
         }
     )

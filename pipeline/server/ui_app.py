@@ -34,7 +34,10 @@ WORKFLOW_KEY = "mlflow.workflowType_v1"
 ASSISTANT_KEY = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"
 VIEW_KEY = "MLflowLocalStorage-1.1-ExperimentPage-{ids}-ReactComponentState"
 TRAINING_VIEW = "machine_learning"
-COLUMNS_TAG = "pipeline.columns"  # experiment tag: JSON list of the runs table's columns
+# Experiment tag: JSON list of the runs table's columns. MLflow's lists hide tags named
+# "mlflow.*" (its UI's isUserFacingTag), so the list of experiments does not show the raw JSON.
+COLUMNS_TAG = "mlflow.pipeline.columns"
+LEGACY_COLUMNS_TAG = "pipeline.columns"  # its name until 2026-12, shown raw: removed on sight
 # MLflow's attribute columns we show first: who ran it, from what command, at which commit.
 ATTRIBUTE_COLUMNS = ["attributes.`User`", "attributes.`Source`", "attributes.`Version`"]
 
@@ -58,7 +61,7 @@ def seed_script(views: dict[str, list[str]]) -> str:
 
     Args:
         views: per experiment id, the runs table's columns (MLflow's keys, such as
-            ``metrics.`summary/test/bwt```).
+            ``metrics.`test/bwt```).
     """
     seed = {
         "defaults": {WORKFLOW_KEY: TRAINING_VIEW, ASSISTANT_KEY: True},

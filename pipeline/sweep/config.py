@@ -178,6 +178,9 @@ def strategy_search(name: str) -> dict[str, SearchParam]:
     }
 
 
+SCORE_UNIT = "percent"
+
+
 @dataclass
 class Settings:
     """Everything a worker needs to run trials, recorded in the study (the protocol record).
@@ -197,6 +200,10 @@ class Settings:
     mlflow_experiment: str
     tasks: list[str]
     store: str = ""  # the creator's tracking store, for the record (no password)
+    # The scores' unit: trials' values and user attributes are in percent since 2026-12
+    # (studies of older versions recorded fractions; :func:`pipeline.sweep.study.load_settings`
+    # refuses them rather than mix the two).
+    unit: str = SCORE_UNIT
     commit: str = ""
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 

@@ -91,7 +91,7 @@ def study_figures(study: optuna.Study, settings: Settings) -> list[tuple[str, Fi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if len(names) == 2:
-            ax = ovm.plot_pareto_front(study, target_names=[f"{n} (val)" for n in names])
+            ax = ovm.plot_pareto_front(study, target_names=[f"{n} (val, %)" for n in names])
             d = default_trial(study)
             if d is not None:
                 x, y = d.values
@@ -104,7 +104,7 @@ def study_figures(study: optuna.Study, settings: Settings) -> list[tuple[str, Fi
             def target(t: FrozenTrial, i: int = i) -> float:
                 return float(t.values[i])
 
-            ax = ovm.plot_optimization_history(study, target=target, target_name=n)
+            ax = ovm.plot_optimization_history(study, target=target, target_name=f"{n} (val, %)")
             figs.append((runfiles.history_figure(n), _root(ax)))
             if len(complete) >= 2:
                 try:

@@ -44,7 +44,7 @@ from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import PathsConfig, redact, uri_scheme
 from pipeline.provenance import git_commit
 from pipeline.retry import patiently
-from pipeline.sweep.config import Settings, SweepConfig
+from pipeline.sweep.config import SCORE_UNIT, Settings, SweepConfig
 from pipeline.sweep.space import corner_params, lookup, objectives, search_space, trial_config
 from pipeline.tracking import Run, Store
 
@@ -165,6 +165,11 @@ def load_settings(study: optuna.Study) -> Settings:
     raw = study.user_attrs.get(SETTINGS_ATTR)
     if raw is None:
         raise ConfigError(f"study '{study.study_name}' was not created by `make sweep`")
+    if raw.get("unit") != SCORE_UNIT:
+        raise ConfigError(
+            f"study '{study.study_name}' records its scores as fractions (an older version made "
+            "it): run the sweep again under a new name, STUDY=<name>"
+        )
     known = {f.name for f in fields(Settings)}
     return Settings(**{k: v for k, v in raw.items() if k in known})
 

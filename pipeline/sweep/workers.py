@@ -211,11 +211,11 @@ def run_trial(
     def on_task(index: int, rows: dict[str, np.ndarray]) -> None:
         if sweep.objective != "accuracy":
             return  # multi-objective studies cannot prune (Optuna raises NotImplementedError)
-        value = metrics.average_accuracy(rows["val"], index)
+        value = metrics.percent(metrics.average_accuracy(rows["val"], index))
         trial.report(value, index)
         if index < len(rows["val"][0]) - 1 and trial.should_prune():
             raise Pruned(
-                f"val average accuracy {value * 100:.1f}% after task {index} is below "
+                f"val average accuracy {value:.1f}% after task {index} is below "
                 f"the {sweep.pruner} pruner's threshold"
             )
 
@@ -233,7 +233,8 @@ def run_trial(
         trial.set_user_attr("fail_reason", reason)
         open_run.tag({"optuna.state": "FAIL"})
         return Outcome(TrialState.FAIL, None, time.perf_counter() - started, reason)
-    summary = result.summary["val"]
+    # In percent, as MLflow shows them: the dashboard and `make best` read these.
+    summary = {k: metrics.percent(v) for k, v in result.summary["val"].items()}
     for key, value in summary.items():
         trial.set_user_attr(key, value)
     values = [summary[n] for n in settings.names]
@@ -362,7 +363,7 @@ def _tell(
 
 
 def _pct(v: float) -> str:
-    return f"{v * 100:.1f}"
+    return f"{v:.1f}"
 
 
 def progress_line(

@@ -23,7 +23,8 @@ STUDY ?=
 RULE ?= knee
 RESUME ?=
 TEST_WORKERS ?= 2
-# Team mode: the tracking server and the study storage every command uses (see README).
+DOCS_PORT ?= 8000
+# Team mode: the tracking server and the study storage every command uses (see docs/team-mode.md).
 TRACKING ?=
 STORAGE ?=
 ifneq ($(TRACKING),)
@@ -44,8 +45,13 @@ AUTH =
 # A value as one shell word, whatever it holds: '...' with each ' inside written '\''.
 q = '$(subst ','\'',$(1))'
 
+# The one rule every pipeline command runs by: `$(call pipeline,<command and its options>)`
+# gives it the data folder (DATA=) and the overrides (ARGS=) the same way; TRACKING= and STORAGE=
+# reach it as MLFLOW_TRACKING_URI and OPTUNA_STORAGE (exported above).
+pipeline = $(PY) -m pipeline $(1) $(call q,paths.data=$(DATA)) $(ARGS)
+
 .PHONY: help install data forget run runs compare erase landscape sweep best dashboard test test-slow lint format bench ui clean
-.PHONY: server server-stop test-ui
+.PHONY: server server-stop test-ui docs docs-serve
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,46 +84,53 @@ data: install ## provision MNIST and Fashion-MNIST into data/ (verified by MD5)
 	$(PY) -m pipeline data --root $(call q,$(DATA))
 
 forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain fine-tuning
-	$(PY) -m pipeline run seed_forgetting --landscape $(call q,paths.data=$(DATA)) $(ARGS)
+	$(call pipeline,run seed_forgetting --landscape)
 
 run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..." (RESUME=<run id>: carry it on)
-	$(PY) -m pipeline run $(if $(RESUME),--resume $(call q,$(RESUME)),$(call q,$(EXP))) $(call q,paths.data=$(DATA)) $(ARGS)
+	$(call pipeline,run $(if $(RESUME),--resume $(call q,$(RESUME)),$(call q,$(EXP))))
 
 runs: install ## the newest runs, what became of them, which can be resumed [EXP=<MLflow experiment>]
-	$(PY) -m pipeline runs $(if $(filter command line,$(origin EXP)),$(call q,$(EXP)))
+	$(call pipeline,runs $(if $(filter command line,$(origin EXP)),$(call q,$(EXP))))
 
 compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run (RESUME=<its id>)
-	$(PY) -m pipeline compare $(call q,$(EXP)) --strategies $(call q,$(STRATEGIES)) --seeds $(call q,$(SEEDS)) $(if $(RESUME),--resume $(call q,$(RESUME))) $(call q,paths.data=$(DATA)) $(ARGS)
+	$(call pipeline,compare $(call q,$(EXP)) --strategies $(call q,$(STRATEGIES)) --seeds $(call q,$(SEEDS)) $(if $(RESUME),--resume $(call q,$(RESUME))))
 
 landscape: install ## forgetting in weight space: make landscape RUN=<run id> [VS=<run id>]
-	$(PY) -m pipeline landscape $(call q,$(RUN)) $(if $(VS),--vs $(call q,$(VS))) $(call q,paths.data=$(DATA)) $(ARGS)
+	$(call pipeline,landscape $(call q,$(RUN)) $(if $(VS),--vs $(call q,$(VS))))
 
 sweep: install data ## Optuna study: make sweep [EXP=..] STRATEGY=ewc [TRIALS=30] [WORKERS=2] [SWEEP=default|accuracy|prefix] (resumes)
-	$(PY) -m pipeline sweep $(call q,$(EXP)) --strategy $(call q,$(STRATEGY)) --sweep $(call q,$(SWEEP)) $(if $(TRIALS),--trials $(call q,$(TRIALS))) --workers $(call q,$(WORKERS)) $(if $(STUDY),--study $(call q,$(STUDY))) $(call q,paths.data=$(DATA)) $(ARGS)
+	$(call pipeline,sweep $(call q,$(EXP)) --strategy $(call q,$(STRATEGY)) --sweep $(call q,$(SWEEP)) $(if $(TRIALS),--trials $(call q,$(TRIALS))) --workers $(call q,$(WORKERS)) $(if $(STUDY),--study $(call q,$(STUDY))))
 
 best: install ## choose from a study, write conf/experiment/best/<study>.yaml (git-ignored), test once: make best STUDY=<name> [RULE=knee]
-	$(PY) -m pipeline best $(call q,$(STUDY)) --rule $(call q,$(RULE))
+	$(call pipeline,best $(call q,$(STUDY)) --rule $(call q,$(RULE)))
 
 dashboard: install ## optuna-dashboard over the study storage (STORAGE=) [PORT=8080 HOST=127.0.0.1]
-	$(PY) -m pipeline dashboard --port $(call q,$(if $(filter command line environment,$(origin PORT)),$(PORT),8080)) --host $(call q,$(HOST))
+	$(call pipeline,dashboard --port $(call q,$(if $(filter command line environment,$(origin PORT)),$(PORT),8080)) --host $(call q,$(HOST)))
 
 erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...> (ids: index in the dataset's training file; LIST=1: the ids each checkpoint holds)
-	$(PY) -m pipeline erase $(call q,$(RUN)) --task $(call q,$(TASK)) $(if $(LIST),--list,--ids $(call q,$(IDS)))
+	$(call pipeline,erase $(call q,$(RUN)) --task $(call q,$(TASK)) $(if $(LIST),--list,--ids $(call q,$(IDS))))
 
-test: lint ## lint, then the test suite on synthetic data, 2 processes, about 10 min from a clone (real data: `make test-slow`)
+test: install ## the test suite on synthetic data, 2 processes (real data: `make test-slow`; the linters: `make lint`)
 	$(PY) -m pytest -m "not slow and not browser" -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install data ## the tests that need the real datasets
 	$(PY) -m pytest -m slow -q
 
 test-ui: install data ## the MLflow UI in headless Chromium (Debian's chromium); screenshots to docs/img/
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y --no-install-recommends chromium >/dev/null; } || { echo "error: no chromium: apt-get install chromium" >&2; exit 2; }
+	@command -v chromium >/dev/null || { echo "error: no chromium on PATH: install Debian's package first (as root: apt-get install -y chromium)" >&2; exit 2; }
 	UI_SCREENSHOTS=docs/img $(PY) -m pytest -m browser -q tests/test_ui_browser.py
 
-lint: install ## ruff and mypy
+docs: install ## build the docs site strictly into .site/ (a broken link or reference fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: install ## serve the docs on http://127.0.0.1:8000 [DOCS_PORT=8000]
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr $(call q,127.0.0.1:$(DOCS_PORT))
+
+lint: install ## ruff, mypy and the import contracts (CI runs it beside make test)
 	$(VENV)/bin/ruff check pipeline tests benchmarks
 	$(VENV)/bin/ruff format --check pipeline tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache --no-logo pyproject.toml
 
 format: install ## apply ruff's formatting and import order
 	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
@@ -131,7 +144,7 @@ bench: install data ## pipeline vs a bare PyTorch loop: whole-process wall and m
 	$(PY) benchmarks/contention.py --root $(call q,$(DATA))
 
 ui: install ## the MLflow UI over mlruns/ (TRACKING=), opening on the training view [PORT=5000 HOST=127.0.0.1]
-	$(PY) -m pipeline ui --port $(call q,$(PORT)) --host $(call q,$(HOST))
+	$(call pipeline,ui --port $(call q,$(PORT)) --host $(call q,$(HOST)))
 
 server: install ## team mode: PostgreSQL + MLflow server in .server/ [HOST= PORT= PG_PORT= PG_DATA=<folder for PostgreSQL's files> DB=postgresql://... AUTH=1]
 	$(PY) -m pipeline.server start --host $(call q,$(HOST)) --port $(call q,$(PORT)) --pg-port $(call q,$(PG_PORT)) $(if $(PG_DATA),--pg-data $(call q,$(PG_DATA))) $(if $(DB),--db $(call q,$(DB))) $(if $(filter 1 yes true,$(AUTH)),--auth)

@@ -19,8 +19,9 @@ else the pipeline's default (PASSIVE, pipeline/__init__.py). ``--active`` also m
 OMP_WAIT_POLICY=ACTIVE (threads spin while they wait: the old behaviour at its worst; unset,
 libgomp spins a shorter while) for the record.
 
-The result is printed and written to ``--out`` (JSON) and beside it as Markdown (``.md``):
-the command, date, machine (cores, load at start), commit, every time and the medians.
+The result is printed, written to ``--out`` (JSON: every time and the medians) and as
+``docs/measured/contention.md`` (``--measured``), the table the docs include; both carry the
+command, date, machine and commit (``benchmarks/record.py``).
 
     make bench                                   # part of it
     .venv/bin/python benchmarks/contention.py --root data [--burners 2] [--repeats 3] [--active]
@@ -36,9 +37,6 @@ import os
 USER_ENV = dict(os.environ)
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -47,9 +45,8 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import record  # noqa: E402
 from overhead import measure  # noqa: E402
-
-from pipeline.provenance import git_commit  # noqa: E402
 
 #: A burner: one Python thread, busy until killed.
 BURNER = "while True: pass"
@@ -70,38 +67,28 @@ def timed_run(cmd: list[str], env: dict[str, str], burners: int) -> float:
     return wall
 
 
-def cpu_model() -> str:
-    """The CPU's model name, from /proc/cpuinfo where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def markdown(report: dict[str, Any]) -> str:
-    """The report as a short Markdown section (the docs include it)."""
-    m = report["machine"]
+    """The report's Markdown (the docs include it; record.py puts the header on top)."""
     lines = [
-        f"Contention: `{report['experiment']} {' '.join(report['overrides'])}` alone and beside "
+        f"`{report['experiment']} {' '.join(report['overrides'])}` alone and beside "
         f"{report['burners']} CPU-bound processes, {report['threads']} torch threads, "
         f"median of {report['repeats']}.",
         "",
-        f"Measured {report['date']} at commit `{report['commit']}` on {m['cores']} usable cores "
-        f"({m['cpu']}), load {m['load_at_start'][0]:.2f} at the start, with "
-        f"`{report['benchmark']}`.",
-        "",
-        "| OMP_WAIT_POLICY | alone | beside burners | slowdown | fair share | ratio |",
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in report["results"]:
-        lines.append(
-            f"| {r['policy']} | {r['alone_s']:.1f} s | {r['contended_s']:.1f} s | "
-            f"{r['contended_s'] / r['alone_s']:.2f}x | {r['fair_share_s']:.1f} s | "
-            f"{r['ratio']:.2f}x |"
+        rows.append(
+            [
+                r["policy"],
+                record.spread(r["alone_all_s"], "s"),
+                record.spread(r["contended_all_s"], "s"),
+                f"{r['contended_s'] / r['alone_s']:.2f}x",
+                f"{r['fair_share_s']:.1f} s",
+                f"{r['ratio']:.2f}x",
+            ]
         )
+    head = ["OMP_WAIT_POLICY", "alone", "beside burners", "slowdown", "fair share", "ratio"]
+    lines.append(record.table(head, rows))
     return "\n".join(lines) + "\n"
 
 
@@ -126,6 +113,7 @@ def main() -> None:
         "--active", action="store_true", help="also measure with OMP_WAIT_POLICY=ACTIVE"
     )
     parser.add_argument("--out", default="reports/contention.json", help="the JSON report")
+    record.add_argument(parser)
     args = parser.parse_args()
     root = str(Path(args.root).resolve())
     store = tempfile.mkdtemp(prefix="bench-mlruns-")
@@ -143,7 +131,7 @@ def main() -> None:
         modes["ACTIVE"] = {**env, "OMP_WAIT_POLICY": "ACTIVE"}
 
     cores = len(os.sched_getaffinity(0))
-    load = os.getloadavg()
+    load = record.LOAD_AT_START
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("trainer.threads=")]
     threads = int(given[-1]) if given and int(given[-1]) else 0
     if not threads:  # torch's default in a pipeline process, as the run will see it
@@ -192,28 +180,16 @@ def main() -> None:
     report = {
         "experiment": args.experiment,
         "overrides": overrides,
-        "command": shlex.join(run),
-        "benchmark": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "machine": {
-            "cores": cores,
-            "cpu_count": os.cpu_count(),
-            "cpu": cpu_model(),
-            "platform": platform.platform(),
-            "load_at_start": list(load),
-        },
+        "run": shlex.join(run),
         "burners": args.burners,
         "threads": threads,
         "repeats": args.repeats,
         "fair_share_slowdown": slowdown,
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(f"\nwritten: {out} and {out.with_suffix('.md')}")
+    print()
+    record.write_json(args.out, report)
+    record.write("contention", markdown(report), args.measured)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ opened is left RUNNING in the scratch store the caller passes). It prints three 
   small synthetic sequence first, into the same store): what each trial after the first costs
   a sweep worker, which runs its trials one after another in one process.
 
-``benchmarks/overhead.py`` calls it; by hand:
+It writes them as ``docs/measured/first_step.md`` (``--warm``: ``first_step-warm.md``;
+``--measured DIR``: elsewhere; ``benchmarks/record.py``). ``benchmarks/overhead.py`` calls it
+(its files into a scratch folder); by hand, from the repository root:
 
-    .venv/bin/python benchmarks/first_step.py seed_forgetting paths.store=/tmp/scratch
-    .venv/bin/python benchmarks/first_step.py --warm seed_forgetting paths.store=/tmp/scratch
+    .venv/bin/python benchmarks/first_step.py lenet_forgetting paths.store=/tmp/scratch
+    .venv/bin/python benchmarks/first_step.py --warm lenet_forgetting paths.store=/tmp/scratch
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+
+import record
 
 START = time.perf_counter()
 import torch  # noqa: E402  (timed: the start-up is counted from here on)
@@ -37,8 +41,9 @@ IMPORTS = time.perf_counter()
 WARM_UP = ["synthetic_forgetting", "trainer.epochs=1", "trainer.max_batches=2"]
 
 
-def first_step(since: float, what: str) -> None:
-    """Make the next training step print the seconds since ``since`` and end the process."""
+def first_step(since: float, what: str, name: str, measured: str) -> None:
+    """Make the next training step print the seconds since ``since``, write them as
+    ``<measured>/<name>.md`` and end the process."""
 
     def step(*_: object) -> None:
         now = time.perf_counter()
@@ -46,6 +51,12 @@ def first_step(since: float, what: str) -> None:
             f"import torch {TORCH - START:.2f} s; imports {IMPORTS - TORCH:.2f} s after it; "
             f"first training step {now - since:.2f} s after {what}"
         )
+        rows = [
+            ["`import torch`", f"{TORCH - START:.2f}"],
+            ["the pipeline's modules, Lightning and MLflow, after it", f"{IMPORTS - TORCH:.2f}"],
+            [f"the first training step, after {what}", f"{now - since:.2f}"],
+        ]
+        record.write(name, record.table(["what", "seconds"], rows), measured)
         sys.stdout.flush()
         os._exit(0)
 
@@ -59,13 +70,17 @@ def run(args: list[str]) -> int:
 
 if __name__ == "__main__":
     assert torch.__version__  # imported for its time, above
-    argv = sys.argv[1:]
-    if argv[:1] == ["--warm"]:
-        argv = argv[1:]
+    argv, warm, measured = sys.argv[1:], False, str(record.MEASURED)
+    while argv[:1] in (["--warm"], ["--measured"]):
+        if argv[0] == "--warm":
+            warm, argv = True, argv[1:]
+        else:
+            measured, argv = argv[1], argv[2:]
+    if warm:
         store = [a for a in argv if a.startswith("paths.store=")]
         if run([*WARM_UP, *store, "trainer.progress_bar=false"]):
             sys.exit("the warm-up sequence failed")
-        first_step(time.perf_counter(), "the second sequence started")
+        first_step(time.perf_counter(), "the second sequence started", "first_step-warm", measured)
     else:
-        first_step(TORCH, "import torch")
+        first_step(TORCH, "import torch", "first_step", measured)
     sys.exit(run(argv))

@@ -11,6 +11,9 @@ each N it prints, against the estimate on every training sample:
 - the time of the by-layer path and of the ``torch.func`` (vmap) path, and the cost as a
   fraction of one training epoch of the task.
 
+It prints the tables and writes them as ``docs/measured/importance.md`` (``--measured``;
+``benchmarks/record.py``), which the docs include.
+
     .venv/bin/python benchmarks/importance.py                  # founding CNN, 2 threads
     .venv/bin/python benchmarks/importance.py --experiment quick_forgetting
 """
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import record
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -81,6 +85,7 @@ def main() -> None:
     parser.add_argument("--root", default="data")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", default="500,1000,2000,4000,8000")
+    record.add_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = compose(args.experiment, [f"paths.data={Path(args.root).resolve()}"])
@@ -103,17 +108,22 @@ def main() -> None:
     anchor = total({n: p.detach().clone() for n, p in model.named_parameters()})
     train_epoch(model, data.tasks[1], cfg.data.batch_size, cfg.optim.lr)
     d = total({n: p.detach() for n, p in model.named_parameters()}) - anchor
-    print(
+    intro = (
         f"{args.experiment}: {cfg.model.channels} CNN, {args.threads} threads; one training epoch "
         f"of {data.tasks[0].display} ({everything:,} samples) took {epoch:.1f} s"
     )
+    print(intro)
+    body = [f"`{args.experiment}`{intro.removeprefix(args.experiment)}."]
+    head = ["samples", "L1 err", "penalty err", "grad err", "by layer s", "vmap s", "x epoch"]
     for label, (full, full_s, rows) in results.items():
         f_all = total(full)
-        print(f"\n{label}: reference on all {everything:,} samples ({full_s:.1f} s by layer)")
+        reference = f"reference on all {everything:,} samples ({full_s:.1f} s by layer)"
+        print(f"\n{label}: {reference}")
         print(
             f"{'samples':>8} {'L1 err':>7} {'penalty err':>11} {'grad err':>8} "
             f"{'by layer s':>10} {'vmap s':>7} {'x epoch':>7}"
         )
+        cells = []
         for n, est, seconds, vmap_s in rows:
             f_n = total(est)
             l1 = float((f_n - f_all).abs().sum() / f_all.abs().sum())
@@ -123,6 +133,20 @@ def main() -> None:
                 f"{n:8,} {l1:7.3f} {pen:+11.3f} {grad:8.3f} {seconds:10.2f} {vmap_s:7.2f} "
                 f"{seconds / epoch:7.2f}"
             )
+            cells.append(
+                [
+                    f"{n:,}",
+                    f"{l1:.3f}",
+                    f"{pen:+.3f}",
+                    f"{grad:.3f}",
+                    f"{seconds:.2f}",
+                    f"{vmap_s:.2f}",
+                    f"{seconds / epoch:.2f}",
+                ]
+            )
+        body += [f"**{label}**: {reference}.", record.table(head, cells)]
+    print()
+    record.write("importance", "\n\n".join(body), args.measured)
 
 
 if __name__ == "__main__":

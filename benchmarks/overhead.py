@@ -14,8 +14,11 @@
 
 Where the start-up and the exit go, step by step: ``benchmarks/timeline.py``.
 
+It prints every repeat and the medians, and writes them as ``docs/measured/overhead.md``
+(``--measured``; ``benchmarks/record.py``), which the docs include.
+
     make bench                                   # part of it
-    .venv/bin/python benchmarks/overhead.py --epochs 1 --repeats 3
+    .venv/bin/python benchmarks/overhead.py --root data --epochs 1 --repeats 3
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import record
 
 from pipeline.experiment import compose
 
@@ -68,10 +73,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    record.add_argument(parser)
     args = parser.parse_args()
     root = str(Path(args.root).resolve())
     cfg = compose(args.experiment, [f"paths.data={root}"])
     store = tempfile.mkdtemp(prefix="bench-mlruns-")
+    scratch = tempfile.mkdtemp(prefix="bench-first-step-")  # first_step.py's files: not the docs'
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     common = [
         f"paths.data={root}",
@@ -104,10 +111,8 @@ def main() -> None:
             peaks[name].append(peak)
             print(f"repeat {r + 1} {name:>8}: {wall:6.1f} s, peak {peak:.2f} GiB", flush=True)
         for kind, flag in (("cold", []), ("warm", ["--warm"])):
-            _, _, out = measure(
-                [sys.executable, str(HERE / "first_step.py"), *flag, args.experiment, *common],
-                env,
-            )
+            step = [sys.executable, str(HERE / "first_step.py"), "--measured", scratch, *flag]
+            _, _, out = measure([*step, args.experiment, *common], env)
             starts[kind].append(float(re.findall(r"first training step ([\d.]+) s", out)[-1]))
         _, peak, out = measure([sys.executable, "-c", FLOOR], env)
         floors["seconds"].append(float(out.split()[-1]))
@@ -142,6 +147,69 @@ def main() -> None:
     print(
         f"  --help {statistics.median(helps):.2f} s, "
         f"a config error {statistics.median(errors):.2f} s"
+    )
+    print()
+    record.write(
+        "overhead", markdown(args, walls, peaks, starts, floors, helps, errors), args.measured
+    )
+
+
+def markdown(
+    args: argparse.Namespace,
+    walls: dict[str, list[float]],
+    peaks: dict[str, list[float]],
+    starts: dict[str, list[float]],
+    floors: dict[str, list[float]],
+    helps: list[float],
+    errors: list[float],
+) -> str:
+    """The result as the docs include it: medians, and the range of the repeats."""
+    ratio = statistics.median(walls["pipeline"]) / statistics.median(walls["bare"])
+    mem = statistics.median(peaks["pipeline"]) / statistics.median(peaks["bare"])
+    whole = record.table(
+        ["whole process", "bare PyTorch script", "pipeline", "pipeline / bare"],
+        [
+            [
+                "wall time",
+                record.spread(walls["bare"], "s"),
+                record.spread(walls["pipeline"], "s"),
+                f"{ratio:.2f}x",
+            ],
+            [
+                "peak memory",
+                record.spread(peaks["bare"], "GiB", 2),
+                record.spread(peaks["pipeline"], "GiB", 2),
+                f"{mem:.2f}x",
+            ],
+        ],
+    )
+    floor = "the floor: a process that imports torch, Lightning and MLflow's SQL store"
+    start = record.table(
+        ["start-up", "time", "peak memory"],
+        [
+            [
+                "first training step, after `import torch` in a new process",
+                record.spread(starts["cold"], "s", 2),
+                "",
+            ],
+            [
+                "first training step of a second sequence in the same process",
+                record.spread(starts["warm"], "s", 2),
+                "",
+            ],
+            [
+                f"{floor}: its imports after `import torch`",
+                record.spread(floors["seconds"], "s", 2),
+                record.spread(floors["peak"], "GiB", 2),
+            ],
+            ["`python -m pipeline --help`", record.spread(helps, "s", 2), ""],
+            ["a config error", record.spread(errors, "s", 2), ""],
+        ],
+    )
+    return (
+        f"`{args.experiment}`, {args.epochs} epoch(s) per task, {args.threads} threads; the bare "
+        f"script and the pipeline in turn, {args.repeats} repeat(s): medians (range).\n\n"
+        f"{whole}\n\n{start}\n"
     )
 
 

@@ -6,7 +6,9 @@ and the best validation accuracy each found.
     .venv/bin/python benchmarks/pruning.py                       # quick_forgetting, ewc, 1 epoch
     .venv/bin/python benchmarks/pruning.py --trials 20 --epochs 5 --strategy lwf
 
-Both studies live in a temporary store (nothing is added to mlruns/).
+Both studies live in a temporary store (nothing is added to mlruns/). The table is printed and
+written as ``docs/measured/pruning.md`` (``--measured``; ``benchmarks/record.py``), which the
+docs include.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import record
 from optuna.trial import TrialState
 
 from pipeline.sweep import sweep
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    record.add_argument(parser)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-pruning-"))
     overrides = [
@@ -71,6 +75,20 @@ def main() -> None:
         print(f"{pruner:<8}{seconds:>10.0f}{pruned:>8}{tasks:>15}{best:>18.1f}")
     saved = 1 - results["median"][2] / results["none"][2]
     print(f"pruning saved {saved * 100:.0f}% of the tasks trained (wall time: see above)")
+    rows = [
+        [pruner, f"{seconds:.0f}", pruned, tasks, f"{best:.1f}"]
+        for pruner, (seconds, pruned, tasks, best) in results.items()
+    ]
+    head = ["pruner", "wall s", "trials pruned", "tasks trained", "best val acc (%)"]
+    body = (
+        f"`{args.experiment}`, {args.strategy}, {args.trials} trials, {args.epochs} epoch(s) per "
+        f"task, {args.threads} threads, the same sampler seed; the study with the median pruner, "
+        "then the one without:\n\n"
+        + record.table(head, rows)
+        + f"\n\nPruning saved {saved * 100:.0f}% of the tasks trained.\n"
+    )
+    print()
+    record.write("pruning", body, args.measured)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ the storage lock is timed in each worker.
 PostgreSQL is a cluster of its own in a temporary folder (:mod:`pipeline.server.postgres`);
 without the PostgreSQL binaries only the journal is measured.
 
+It prints the table and writes it as ``docs/measured/storages.md`` (``--measured``;
+``benchmarks/record.py``), which the docs include.
+
+    make bench                                   # part of it
     .venv/bin/python benchmarks/storages.py [--trials 24] [--work 0.2] [--workers 1,2,4]
 """
 
@@ -28,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import record
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
@@ -132,8 +137,9 @@ def measure(paths: PathsConfig, name: str, trials: int, workers: int, work: floa
 
 
 @contextmanager
-def postgres() -> Any:
-    """A cluster of its own: its ``optuna`` URL (``None`` without PostgreSQL binaries)."""
+def postgres(why: list[str]) -> Any:
+    """A cluster of its own: its ``optuna`` URL (``None`` without PostgreSQL binaries, and
+    the reason appended to ``why``)."""
     from pipeline.server.common import SettingsError
     from pipeline.server.postgres import throwaway_cluster
 
@@ -141,7 +147,8 @@ def postgres() -> Any:
         with throwaway_cluster() as url:
             yield f"{url}/optuna"
     except SettingsError as e:
-        print(f"PostgreSQL not measured: {e}")
+        why.append(f"PostgreSQL not measured: {e}")
+        print(why[-1])
         yield None
 
 
@@ -152,12 +159,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24, help="trials per study")
     parser.add_argument("--work", type=float, default=0.2, help="seconds of work per trial")
     parser.add_argument("--workers", default="1,2,4")
+    record.add_argument(parser)
     args = parser.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
     root = Path(tempfile.mkdtemp(prefix="bench-storages-", dir="/tmp"))
     rows = []
+    skipped: list[str] = []
     try:
-        with postgres() as pg_url:
+        with postgres(skipped) as pg_url:
             storages: list[tuple[str, str]] = [("journal", str(root / "journal.log"))]
             if pg_url:
                 storages.append(("postgresql", pg_url))
@@ -190,6 +199,30 @@ def main() -> None:
         "trial.\nshares: of the workers' time from start to exit; 'in lock' includes the storage "
         "calls made under it; the rest is start-up and waiting for the last trials"
     )
+    head = ["storage", "workers", "complete", "wall s", "trials/min", "coordination ms/trial"]
+    head += ["in storage", "in lock", "in work"]
+    cells = [
+        [
+            label,
+            n,
+            r["trials"],
+            f"{r['wall']:.1f}",
+            f"{r['per_min']:.1f}",
+            f"{r['per_trial'] * 1000:.0f}",
+            f"{r['storage'] * 100:.0f}%",
+            f"{r['lock'] * 100:.0f}%",
+            f"{r['work'] * 100:.0f}%",
+        ]
+        for label, n, r in rows
+    ]
+    body = (
+        f"{args.trials} synthetic trials per study, {args.work} s of work each.\n\n"
+        + record.table(head, cells)
+        + "".join(f"\n\n{line}" for line in skipped)
+        + "\n"
+    )
+    print()
+    record.write("storages", body, args.measured)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ the medians per task of:
 - the end-of-task work (EWC's Fisher, MAS's importance, GPM's bases...): the strategy's wall
   time beyond its training time, less naive's, as a fraction of one training epoch of naive.
 
+It prints them and writes them as ``docs/measured/strategy_cost.md`` (``--measured``;
+``benchmarks/record.py``), which the docs include.
+
     make bench                                  # naive, ewc, mas, gpm: 1 epoch, 3 repeats
     .venv/bin/python benchmarks/strategy_cost.py --strategies naive,ewc,si,replay --repeats 1
 """
@@ -19,6 +22,8 @@ import argparse
 import statistics
 import tempfile
 from pathlib import Path
+
+import record
 
 from pipeline.experiment import compose
 from pipeline.runner import run_sequence
@@ -35,6 +40,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    record.add_argument(parser)
     args = parser.parse_args()
     names = args.strategies.split(",")
     if names[0] != "naive":
@@ -72,6 +78,7 @@ def main() -> None:
         f"{'strategy':>12}  {'train s/task':>12}  {'vs naive':>8}  {'wall s/task':>11}  "
         f"{'vs naive':>8}  {'end-of-task x epoch':>19}"
     )
+    rows = []
     for name in names:
         t, w = statistics.median(train[name]), statistics.median(wall[name])
         extra = max(0.0, (w - t) - (base_wall - base)) / epoch
@@ -79,6 +86,30 @@ def main() -> None:
             f"{name:>12}  {t:12.1f}  {t / base:7.2f}x  {w:11.1f}  {w / base_wall:7.2f}x  "
             f"{extra:19.2f}"
         )
+        rows.append(
+            [
+                name,
+                f"{t:.1f}",
+                f"{t / base:.2f}x",
+                f"{w:.1f}",
+                f"{w / base_wall:.2f}x",
+                f"{extra:.2f}",
+            ]
+        )
+    head = [
+        "strategy",
+        "train s/task",
+        "vs naive",
+        "wall s/task",
+        "vs naive",
+        "end-of-task x epoch",
+    ]
+    body = (
+        f"`{args.experiment}`, {args.epochs} epoch(s) per task, {args.threads} threads, the "
+        f"strategies in turn, median of {args.repeats}:\n\n" + record.table(head, rows) + "\n"
+    )
+    print()
+    record.write("strategy_cost", body, args.measured)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ same optimizer, batch size and thread count.
 The pipeline side is the real thing: ``run_sequence`` with its Lightning Trainer, strategy hooks,
 MLflow logging and progress bar; its time is the TrainTimer's (validation excluded). The two are
 run alternately, ``--repeats`` times each, and the medians compared, so that machine noise hits
-both alike.
+both alike. It prints every repeat and the medians, and writes them as
+``docs/measured/throughput.md`` (``--measured``; ``benchmarks/record.py``), which the docs
+include.
 
     make bench                       # MNIST, 1 epoch, 3 repeats
     .venv/bin/python benchmarks/throughput.py --dataset synthetic --repeats 1
@@ -20,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import record
 import torch
 import torch.nn.functional as F
 
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if present"
     )
+    record.add_argument(parser)
     args = parser.parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -107,14 +111,28 @@ def main() -> None:
         pipe.append(n / s)
         print(f"repeat {r + 1}: bare {bare[-1]:,.0f} samples/s, pipeline {pipe[-1]:,.0f} samples/s")
     b, p = statistics.median(bare), statistics.median(pipe)
-    print(
-        f"\n{args.dataset}, CNN {cfg.model.channels} ({args.experiment}), batch "
+    what = (
+        f"{args.dataset}, CNN {cfg.model.channels} ({args.experiment}), batch "
         f"{cfg.data.batch_size}, {args.epochs} epoch(s), on {args.device}, "
-        f"{args.threads} threads, median of {args.repeats}:"
+        f"{args.threads} threads"
     )
+    print(f"\n{what}, median of {args.repeats}:")
     print(f"  bare PyTorch loop  {b:10,.0f} training samples/s")
     print(f"  pipeline           {p:10,.0f} training samples/s")
     print(f"  ratio pipeline/bare  {p / b:.3f}")
+    rows = [
+        [str(i + 1), f"{x:,.0f}", f"{y:,.0f}"]
+        for i, (x, y) in enumerate(zip(bare, pipe, strict=True))
+    ]
+    rows.append(["**median**", f"**{b:,.0f}**", f"**{p:,.0f}**"])
+    body = (
+        f"{what}; the bare loop and the pipeline in turn, {args.repeats} repeat(s). Training "
+        "samples per second:\n\n"
+        + record.table(["repeat", "bare PyTorch loop", "pipeline"], rows)
+        + f"\n\nRatio of the medians, pipeline / bare: {p / b:.3f}.\n"
+    )
+    print()
+    record.write("throughput", body, args.measured)
 
 
 if __name__ == "__main__":

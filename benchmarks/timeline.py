@@ -10,10 +10,15 @@ and the peak VmHWM, in MiB):
 3. the exit: a child process that imports torch (then torch, Lightning and MLflow) and ends
    normally, timed from its last statement to its end as its parent sees it: the
    interpreter's teardown of the modules, which ``python -m pipeline`` skips
-   (:func:`pipeline.processes.exit_now`).
+   (:func:`pipeline.exiting.exit_now`).
+
+It prints each step as it ends and writes the three as tables, ``docs/measured/timeline.md``
+(``--measured DIR`` before the run's arguments: elsewhere; ``benchmarks/record.py``), which the
+docs include. From the repository root, into a store that exists (a new one adds MLflow's schema
+migrations to the opening of the store):
 
     .venv/bin/python benchmarks/timeline.py lenet_forgetting trainer.epochs=1 \\
-        paths.store=/tmp/scratch trainer.progress_bar=false
+        trainer.threads=2 paths.store=/tmp/scratch trainer.progress_bar=false
 """
 
 from __future__ import annotations
@@ -25,35 +30,47 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import record
+
 START = time.perf_counter()
-#: The imports of part 1, in the order they are pulled in.
-IMPORTS = [
-    "torch",
-    "torch._dynamo",
-    "torchvision",
-    "torchmetrics",
-    "lightning.pytorch",
-    "mlflow",
-    "mlflow.store.tracking.sqlalchemy_store",
-    "pipeline.runner",
-]
+#: The imports of part 1, in the order they are pulled in, and what each is.
+IMPORTS = {
+    "torch": "libtorch and, in the CUDA build, the CUDA libraries, loaded even without a GPU",
+    "torch._dynamo": "Lightning's wrappers and torchvision's ops import it",
+    "torchvision": "",
+    "torchmetrics": "Lightning imports it; it imports torchvision's model zoo, scipy, matplotlib",
+    "lightning.pytorch": "Lightning itself",
+    "mlflow": "its GenAI modules, pandas",
+    "mlflow.store.tracking.sqlalchemy_store": "MLflow's SQL store: SQLAlchemy's models",
+    "pipeline.runner": "the pipeline's modules",
+}
 #: What part 3 times: a process that imports these and ends.
 EXITS = ["torch", "torch, lightning.pytorch, mlflow"]
 
 
-def memory() -> str:
+#: Each mark: (part, what, seconds since the previous mark, rss, file, peak in MiB).
+MARKS: list[tuple[int, str, float, int, int, int]] = []
+
+
+def memory() -> dict[str, int]:
+    """VmRSS, RssFile and VmHWM of this process, in MiB."""
     fields = {}
     with open("/proc/self/status") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "RssFile", "VmHWM"):
                 fields[key] = int(value.split()[0]) // 1024
-    return f"rss {fields['VmRSS']:5d} (file {fields['RssFile']:4d}) peak {fields['VmHWM']:5d} MiB"
+    return fields
 
 
-def mark(what: str, since: list[float]) -> None:
-    now = time.perf_counter()
-    print(f"{now - START:7.2f} s  +{now - since[0]:6.2f} s  {memory()}  {what}", flush=True)
+def mark(what: str, since: list[float], part: int) -> None:
+    now, m = time.perf_counter(), memory()
+    print(
+        f"{now - START:7.2f} s  +{now - since[0]:6.2f} s  rss {m['VmRSS']:5d} "
+        f"(file {m['RssFile']:4d}) peak {m['VmHWM']:5d} MiB  {what}",
+        flush=True,
+    )
+    MARKS.append((part, what, now - since[0], m["VmRSS"], m["RssFile"], m["VmHWM"]))
     since[0] = now
 
 
@@ -62,9 +79,9 @@ def wrap(owner: Any, name: str, since: list[float]) -> None:
     real: Callable[..., Any] = getattr(owner, name)
 
     def timed(*args: Any, **kwargs: Any) -> Any:
-        mark(f"(before {name})", since)
+        mark(f"(before {name})", since, 2)
         out = real(*args, **kwargs)
-        mark(name, since)
+        mark(name, since, 2)
         return out
 
     setattr(owner, name, timed)
@@ -77,12 +94,45 @@ def exit_seconds(modules: str) -> float:
     return time.time() - float(out.stdout.split()[-1])
 
 
+def markdown(args: list[str], exits: dict[str, float]) -> str:
+    """The three parts as the docs include them."""
+    head = ["step", "seconds", "resident MiB after it", "of it file pages", "peak MiB"]
+
+    def rows(part: int) -> list[list[object]]:
+        out: list[list[object]] = []
+        for p, what, seconds, rss, file, peak in MARKS:
+            if p == part:
+                name = what.removeprefix("import ")
+                note = IMPORTS.get(name, "") if part == 1 else ""
+                label = f"`{what}`" + (f" ({note})" if note else "")
+                out.append([label, f"{seconds:.2f}", f"{rss:,}", f"{file:,}", f"{peak:,}"])
+        return out
+
+    exit_rows = [[f"`import {m}`", f"{s:.2f}"] for m, s in exits.items()]
+    return "\n\n".join(
+        [
+            "**The imports**, one library at a time, in the order Lightning and MLflow pull them "
+            "in:",
+            record.table(head, rows(1)),
+            f"**The run**, `python -m pipeline run {' '.join(args)}` in the same process, its "
+            "phases (a `(before ...)` row: the time from the previous mark to that call):",
+            record.table(head, rows(2)),
+            "**The exit**: a child process that imports these and ends, timed from its last "
+            "statement to its end as its parent sees it (median of 3):",
+            record.table(["child process", "seconds"], exit_rows),
+        ]
+    )
+
+
 def main() -> None:
+    argv, measured = sys.argv[1:], str(record.MEASURED)
+    if argv[:1] == ["--measured"]:
+        measured, argv = argv[1], argv[2:]
     since = [START]
     print("1. imports")
     for name in IMPORTS:
         importlib.import_module(name)
-        mark(f"import {name}", since)
+        mark(f"import {name}", since, 1)
 
     import lightning.pytorch as pl
 
@@ -95,13 +145,16 @@ def main() -> None:
         wrap(runner, name, since)
     wrap(runfiles, "write_results", since)
     wrap(pl.Trainer, "fit", since)
-    code = cli.main(["run", *sys.argv[1:]])
-    mark(f"main returned {code}", since)
+    code = cli.main(["run", *argv])
+    mark(f"main returned {code}", since, 2)
 
     print("\n3. the exit (a child process, median of 3)")
+    exits = {}
     for modules in EXITS:
-        seconds = sorted(exit_seconds(modules) for _ in range(3))[1]
-        print(f"  import {modules}: {seconds:.2f} s from the last statement to the end")
+        exits[modules] = sorted(exit_seconds(modules) for _ in range(3))[1]
+        print(f"  import {modules}: {exits[modules]:.2f} s from the last statement to the end")
+    print()
+    record.write("timeline", markdown(argv, exits), measured)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import numpy as np
 import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
+from typing_extensions import override
 
 from pipeline import conf
 from pipeline.conf import split_overrides
@@ -60,6 +61,7 @@ class Rule:
     metric: str = ""
     constraints: tuple[tuple[str, str, float], ...] = ()
 
+    @override
     def __str__(self) -> str:
         if self.kind != "max":
             return self.kind

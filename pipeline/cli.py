@@ -17,7 +17,6 @@ used (nothing was run, no MLflow run was created); 130 interrupted (Ctrl-C); 143
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pipeline.conf import available, compose_paths
 from pipeline.errors import ConfigError, RunFailed
 from pipeline.ids_help import ERASE_IDS, RUN_ID
-from pipeline.paths import PathsConfig, redact
+from pipeline.paths import PathsConfig
 
 if TYPE_CHECKING:
     from pipeline.results import SequenceResult
@@ -257,28 +256,9 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from pipeline.paths import uri_scheme
-    from pipeline.server.common import require_port, url_host
+    from pipeline.viewers import serve_dashboard
 
-    storage = compose_paths(args.overrides).studies_uri()
-    # optuna-dashboard finds a busy port only after we printed its address, then exits
-    require_port(args.host, args.port, "make dashboard PORT=<port>")
-    cmd = ["optuna-dashboard", "--host", args.host, "--port", str(args.port)]
-    if not uri_scheme(storage):
-        if not Path(storage).is_file():
-            raise ConfigError(f"{storage}: no study storage yet (run `make sweep` first)")
-        from pipeline.journal import repair
-
-        repair(Path(storage))  # optuna-dashboard reads it with Optuna's plain backend
-        cmd += ["--storage-class", "JournalFileStorage"]
-    print(
-        f"optuna-dashboard on http://{url_host(args.host)}:{args.port}/ over {redact(storage)}; "
-        "Ctrl-C stops it",
-        flush=True,
-    )
-    exe = os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
-    os.execv(exe, [*cmd, storage])
-    return 0  # pragma: no cover  (execv does not return)
+    return serve_dashboard(compose_paths(args.overrides), args.host, args.port)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -290,36 +270,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from pipeline.provenance import ui_link
-    from pipeline.server.common import require_port, url_host
-    from pipeline.server.tracking_server import security_flags
-    from pipeline.tracking import Store
+    from pipeline.viewers import serve_ui
 
-    paths = compose_paths(args.overrides)
-    if not Store.of(paths).server:  # a tracking server serves its own UI: no port of ours
-        # Before the store is created and the address printed: `mlflow ui` on a busy port
-        # prints uvicorn's error after our address line, and exits 0.
-        require_port(args.host, args.port, "make ui PORT=<port>")
-    store = _store(paths)  # creates the database under the store's lock
-    if store.server:
-        print(f"the store is a tracking server: open {ui_link(store.uri)}")
-        return 0
-    assert store.artifact_root is not None
-    cmd = ["mlflow", "ui", "--backend-store-uri", store.uri]
-    cmd += ["--default-artifact-root", str(store.artifact_root)]
-    cmd += ["--host", args.host, "--port", str(args.port), "--workers", "1"]
-    # Our plugin of MLflow's app: the model-training view and the columns by default.
-    cmd += ["--app-name", "pipeline", *security_flags(args.host, args.port)]
-    host = url_host(args.host)  # a wildcard is printed as this machine's name
-    print(
-        f"MLflow UI on {ui_link(f'http://{host}:{args.port}')} (store: {store}); Ctrl-C stops it",
-        flush=True,
-    )
-    # No job consumers: they serve MLflow's GenAI features and would add 8 processes.
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    os.execv(exe, cmd)
-    return 0  # pragma: no cover  (execv does not return)
+    return serve_ui(compose_paths(args.overrides), args.host, args.port)
 
 
 def _count(value: int | None, option: str, make: str) -> None:
@@ -335,7 +288,7 @@ def _experiment_command(
     help_: str,
     optional: bool = False,
 ) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_)
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_)
     p.add_argument(
         "experiment",
         nargs="?" if optional else None,
@@ -359,7 +312,7 @@ def _paths_command(
     positionals: Sequence[tuple[str, str]] = (),
 ) -> argparse.ArgumentParser:
     """A command that takes no experiment: its positional arguments, then ``paths.*``."""
-    p = sub.add_parser(name, help=help_)
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_)
     for arg, arg_help in positionals:
         p.add_argument(arg, help=arg_help)
     p.add_argument("overrides", nargs="*", metavar="paths.<key>=value", help="where things are")
@@ -374,6 +327,27 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _experiment_commands(sub)
+    _run_commands(sub)
+    _study_commands(sub)
+    p = sub.add_parser("runs", help="the newest runs, what became of them, which can resume")
+    p.add_argument("experiment", nargs="?", default="", help="MLflow experiment (default: all)")
+    p.add_argument("overrides", nargs="*", metavar="paths.<key>=value", help="where things are")
+    p.set_defaults(fn=cmd_runs)
+    p = _paths_command(sub, "dashboard", cmd_dashboard, "optuna-dashboard over the studies")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    p = _paths_command(sub, "ui", cmd_ui, "serve the MLflow UI over the project's store")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    # handed whole to their own CLIs (their own --help), see main()
+    sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
+    sub.add_parser("server", help="team mode: PostgreSQL + MLflow server (`server --help`)")
+    return parser
+
+
+def _experiment_commands(sub: Any) -> None:
+    """The commands that take an experiment: run, config, compare."""
     p = _experiment_command(sub, "run", cmd_run, "run an experiment, tracked in MLflow", True)
     p.add_argument(
         "--resume",
@@ -402,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="parent run of a comparison that was cut off (same arguments): its finished runs "
         "are kept, the others run",
     )
+
+
+def _run_commands(sub: Any) -> None:
+    """The commands that take a finished run: landscape, erase."""
     run_help = f"{RUN_ID}: theta_A, theta_B = its checkpoints after tasks 0, 1"
     p = _paths_command(
         sub, "landscape", cmd_landscape, "loss along a line / over a plane", [("run", run_help)]
@@ -419,21 +397,6 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--ids", help="comma-separated sample ids (see the note below)")
     what.add_argument("--list", action="store_true", help="print the ids each checkpoint holds")
     p.epilog = ERASE_IDS
-    _study_commands(sub)
-    p = sub.add_parser("runs", help="the newest runs, what became of them, which can resume")
-    p.add_argument("experiment", nargs="?", default="", help="MLflow experiment (default: all)")
-    p.add_argument("overrides", nargs="*", metavar="paths.<key>=value", help="where things are")
-    p.set_defaults(fn=cmd_runs)
-    p = _paths_command(sub, "dashboard", cmd_dashboard, "optuna-dashboard over the studies")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
-    p = _paths_command(sub, "ui", cmd_ui, "serve the MLflow UI over the project's store")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
-    # handed whole to their own CLIs (their own --help), see main()
-    sub.add_parser("data", help="provision MNIST and Fashion-MNIST (see `data --help`)")
-    sub.add_parser("server", help="team mode: PostgreSQL + MLflow server (`server --help`)")
-    return parser
 
 
 def _study_commands(sub: Any) -> None:
@@ -529,8 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> NoReturn:
     """The ``pipeline`` command and ``python -m pipeline``: :func:`main`, then an exit that
-    skips the interpreter's teardown (:func:`pipeline.processes.exit_now`)."""
-    from pipeline.processes import exit_now
+    skips the interpreter's teardown (:func:`pipeline.exiting.exit_now`)."""
+    from pipeline.exiting import exit_now
 
     exit_now(main())
 

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from typing_extensions import override
+
 from pipeline.errors import RunFailed, causes
 
 #: What the writers of our stack say when a disk or quota is full (OSError's text, SQLite's).
@@ -39,6 +41,7 @@ class DiskFull(RunFailed):
 
     run_id: str | None = None
 
+    @override
     def __str__(self) -> str:
         text = super().__str__()
         if self.run_id is None:

@@ -218,7 +218,7 @@ def check_replicas(named: Mapping[str, Sequence[Tensor]], device: torch.device) 
     ref = mine.clone()
     dist.broadcast(ref, src=0)
     same = torch.isclose(mine, ref, rtol=0.0, atol=0.0, equal_nan=True)
-    flags = torch.stack([~part.all() for part in same.split(sizes)]).to(torch.int32)
+    flags = torch.stack([~part.all() for part in torch.split(same, sizes)]).to(torch.int32)
     table = gather_rows(flags.unsqueeze(0))  # ranks x names
     if bool(table.any()):
         drifted = [

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from typing_extensions import override
 
 from pipeline.errors import ConfigError
 
@@ -201,6 +202,7 @@ class GuardedJournal(JournalFileBackend):
         self._guard = JournalFileSymlinkLock(path)
         super().__init__(path, self._guard)
 
+    @override
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         try:
             yield from super().read_logs(log_number_from)
@@ -210,6 +212,7 @@ class GuardedJournal(JournalFileBackend):
                 raise _damaged(self._path, found.damaged_line) from None
             raise StorageError(f"study journal {self._path} cannot be read: {e}") from None
 
+    @override
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         self._guard.acquire()
         try:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
@@ -34,6 +35,7 @@ class Head(nn.Module):
     def start_task(self, index: int) -> None:
         """Called when task ``index`` starts (before its optimizer is built)."""
 
+    @override
     def forward(self, features: Tensor, task: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
@@ -47,8 +49,10 @@ class SharedHead(Head):
         self.num_classes = num_classes
         self.linear = nn.Linear(in_features, num_classes)
 
+    @override
     def forward(self, features: Tensor, task: Tensor | None = None) -> Tensor:
-        return self.linear(features)
+        logits: Tensor = self.linear(features)
+        return logits
 
 
 class MultiHead(Head):
@@ -67,6 +71,7 @@ class MultiHead(Head):
         self.widths = list(classes_per_task)
         self.heads = nn.ModuleList(nn.Linear(in_features, k) for k in classes_per_task)
 
+    @override
     def forward(self, features: Tensor, task: Tensor | None = None) -> Tensor:
         if task is None:
             raise ValueError("a task-incremental head needs the task id of every sample")
@@ -98,14 +103,18 @@ class IncrementalHead(Head):
         self.register_buffer("active", torch.tensor(self.ends[0]))
 
     @property
+    @override
     def num_active(self) -> int:
         return int(self.active)
 
+    @override
     def start_task(self, index: int) -> None:
         self.active.fill_(max(int(self.active), self.ends[index]))
 
+    @override
     def forward(self, features: Tensor, task: Tensor | None = None) -> Tensor:
-        return self.linear(features)[:, : self.num_active]
+        logits: Tensor = self.linear(features)
+        return logits[:, : self.num_active]
 
 
 def build_head(scenario: str, in_features: int, classes_per_task: list[int]) -> Head:
@@ -131,8 +140,10 @@ class Classifier(nn.Module):
         self.feature_dim = feature_dim
         self.head = head
 
+    @override
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
-        return self.head(self.backbone(x), task)
+        logits: Tensor = self.head(self.backbone(x), task)
+        return logits
 
 
 def _fc_stack(in_features: int, hidden: Sequence[int], dropout: float) -> list[nn.Module]:

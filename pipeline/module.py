@@ -45,7 +45,7 @@ class ContinualModule(pl.LightningModule):
     def __init__(
         self,
         model: Classifier,
-        strategies: Sequence[Strategy],
+        strategies: Sequence[Strategy[Any]],
         optim: OptimConfig,
         check_finite_every: int = 10,
         log_every: int = 50,
@@ -65,8 +65,10 @@ class ContinualModule(pl.LightningModule):
         self._correct, self._counted = torch.zeros((), dtype=torch.long), 0
         self._val_correct, self._val_counted = torch.zeros((), dtype=torch.long), 0
 
+    @override
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
-        return self.model(x, task)
+        logits: Tensor = self.model(x, task)
+        return logits
 
     # -- task boundaries (called by the runner) ---------------------------------------------
     def start_task(self, ctx: TaskContext) -> None:
@@ -95,6 +97,7 @@ class ContinualModule(pl.LightningModule):
             s.on_task_end(ctx)
 
     # -- training -----------------------------------------------------------------------------
+    @override
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         assert self.ctx is not None, "start_task() must be called before fit()"
         for s in self.strategies:
@@ -165,10 +168,12 @@ class ContinualModule(pl.LightningModule):
             return Batch(*(t.to(device, non_blocking=True) for t in batch))
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
+    @override
     def on_after_backward(self) -> None:
         for s in self.strategies:
             s.after_backward(self.model)
 
+    @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Lightning calls this after the optimizer step of the batch.
         for s in self.strategies:
@@ -198,6 +203,7 @@ class ContinualModule(pl.LightningModule):
         acc = self._epoch_percent(self._val_correct, self._val_counted)
         self.log("val/acc", acc, on_epoch=True, prog_bar=True, sync_dist=self.sync)
 
+    @override
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         o = self.optim

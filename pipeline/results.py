@@ -46,7 +46,7 @@ class SequenceResult:
     Attributes:
         run_id, experiment_id: the MLflow run.
         tasks, displays: task keys and display names, in sequence order.
-        matrix: per split, the accuracy matrix R[i][j] (after task i, on task j).
+        matrix: per split, the accuracy matrix ``R[i][j]`` (after task i, on task j).
         init: per split, the untrained model's accuracy on each task (for FWT).
         summary: per split, the summary metrics of :func:`pipeline.metrics.summarize`.
         records: per task, its cost and retention ledger.
@@ -143,7 +143,7 @@ class AccuracyAlong:
         split: the split evaluated (``test`` or ``val``).
         tasks: the task keys, in sequence order: the rows' labels (the task just trained) and
             the columns' (the task evaluated).
-        rows: ``rows[i][j]``, the accuracy on task j after training task i (R[i][j]).
+        rows: ``rows[i][j]``, the accuracy on task j after training task i (``R[i][j]``).
         init: the untrained model's accuracy on each task.
     """
 
@@ -167,7 +167,7 @@ def accuracy_along(result: SequenceResult) -> list[AccuracyAlong]:
     ]
 
 
-def ledger(strategies: Sequence[Strategy]) -> dict[str, Any]:
+def ledger(strategies: Sequence[Strategy[Any]]) -> dict[str, Any]:
     """The retention ledger: raw samples kept (per task), their bytes, derived-state bytes."""
     raw: dict[str, int] = {}
     raw_bytes = state_bytes = 0

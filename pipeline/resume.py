@@ -6,7 +6,7 @@ The checkpoint after each task holds what carrying on needs (:class:`pipeline.re
 the weights, every strategy's state and the head's width, the random number generators, the
 rows evaluated so far and the last task's metrics (logged only where the cut-off process had
 not logged them). A task cut off mid-way restarts from its start: its training curves are
-logged at its end only (:class:`pipeline.runner.TaskLogger`), so nothing of it was logged. The
+logged at its end only (:class:`pipeline.trainer.TaskLogger`), so nothing of it was logged. The
 data samplers need no state: each task's order is a function of the seed and the task.
 
 The config is the run's own; an override may change only where it runs (threads, device,

@@ -1,7 +1,9 @@
 """The task-sequence runner: train on each task in turn, evaluate every task after each one.
 
-:func:`run_sequence` is the outer loop of the whole project and reads top to bottom. Everything
-a strategy does happens through the module's hooks; the caller owns the MLflow run (it passes a
+:func:`run_sequence` is the outer loop of the whole project and reads top to bottom, in named
+phases: prepare, begin, then per task train, advance and record, then finish. The phases read
+one state, :class:`Loop`. Everything a strategy does happens through the module's hooks; each
+task's Trainer is built by :mod:`pipeline.trainer`; the caller owns the MLflow run (it passes a
 factory that opens it), and everything recorded goes through :mod:`pipeline.runfiles` and
 :class:`pipeline.tracking.Run`.
 """
@@ -9,32 +11,24 @@ factory that opens it), and everything recorded goes through :mod:`pipeline.runf
 from __future__ import annotations
 
 import gc
-import logging
 import random
-import sys
 import time
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
-from lightning.pytorch.loggers.logger import Logger
-from lightning.pytorch.strategies import DDPStrategy, Strategy
-from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric
 
 from pipeline import OMP_WAIT_POLICY, distributed, runfiles
-from pipeline.config import ExperimentConfig, TrainerConfig, to_dict
+from pipeline.config import ExperimentConfig, to_dict
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Task
 from pipeline.keys import SPLITS, table_columns
-from pipeline.metrics import PERCENT_DECIMALS
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.provenance import git_commit, package_versions
@@ -49,141 +43,18 @@ from pipeline.tracking import (
     rows_of,
     scratch_dir,
 )
+from pipeline.trainer import (
+    TaskLogger,
+    TrainTimer,
+    make_trainer,
+    quiet_lightning,
+    resolve_device,
+)
 
 TASKS_DONE_TAG = "pipeline.tasks_done"  # on a run: tasks finished so far (make runs)
 # Called after each task with its index and the accuracy rows so far (per evaluated split);
 # sweeps report to their pruner here and may raise (a StopRun) to stop the sequence.
 TaskCallback = Callable[[int, dict[str, np.ndarray]], None]
-
-
-class TaskLogger(Logger):
-    """Lightning logger that collects one task's training curves for an MLflow run.
-
-    Metric names get a task prefix (``t0/train/loss``) because each task's fresh Trainer starts
-    its ``global_step`` at 0 again. The curves are held (:attr:`curves`) and written by the
-    runner once the task's checkpoint is saved: a task cut off by a crash has logged nothing,
-    so a resumed run logs each step once. Lightning never ends the run either (its MLFlowLogger
-    would mark it FINISHED after the first task's ``fit``).
-    """
-
-    def __init__(self, run: Run | None, task_index: int) -> None:
-        super().__init__()
-        self.run = run  # None in the processes of a distributed run other than the main one
-        self.prefix = f"t{task_index}/"
-        self.curves: list[Metric] = []
-
-    @property
-    def name(self) -> str:
-        return "mlflow-task"
-
-    @property
-    def version(self) -> str:
-        return self.run.run_id if self.run is not None else ""
-
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """Hyperparameters are logged once per run by the runner, not per task."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        # Lightning hands values over as float32 (99.67 arrives as 99.66999816894531): the
-        # accuracies, logged in percent, are rounded again as pipeline.metrics.percent rounds.
-        named = {
-            self.prefix + k: round(v, PERCENT_DECIMALS) if k.endswith("/acc") else v
-            for k, v in metrics.items()
-            if k != "epoch"
-        }
-        self.curves += metric_records(named, step or 0)
-
-
-class TrainTimer(Callback):
-    """Training wall time of one ``fit``, with the validation passes left out."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._start = self._val_start = 0.0
-        self._val = 0.0
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start, self._val = time.perf_counter(), 0.0
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._val_start = time.perf_counter()
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._val += time.perf_counter() - self._val_start
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if pl_module.device.type == "cuda":  # kernels still queued belong to the training
-            torch.cuda.synchronize(pl_module.device)
-        self.seconds = time.perf_counter() - self._start - self._val
-
-
-def resolve_device(accelerator: str) -> torch.device:
-    """The device that ``trainer.accelerator`` names (``auto``: CUDA when there is one); in a
-    distributed run, this process's GPU (Lightning's launch selected it)."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", torch.cuda.current_device())
-    if accelerator == "mps":
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def quiet_lightning() -> None:
-    """Drop Lightning's per-Trainer banner lines and warnings that do not apply here."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
-    # In-memory batches: worker processes would only add copies.
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")  # inside Lightning 2.6
-    # The module's transfer_batch_to_device is meant to win over the datamodule's default.
-    warnings.filterwarnings("ignore", ".*overridden `transfer_batch_to_device`.*")
-    # DDP: a 1-channel convolution's channels-last gradient is laid out as a contiguous one;
-    # the copy into DDP's bucket costs nothing worth a warning at every task.
-    warnings.filterwarnings("ignore", ".*Grad strides do not match bucket view strides.*")
-
-
-def make_trainer(
-    cfg: TrainerConfig,
-    device: torch.device,
-    logger: TaskLogger,
-    timer: TrainTimer,
-    root_dir: str,
-) -> pl.Trainer:
-    """A fresh Trainer for one task (a reused Trainer would carry epochs and callbacks over)."""
-    # Bars only on a terminal: redirected to a file or CI log they are megabytes of redraws.
-    bars = cfg.progress_bar and sys.stderr.isatty()
-    callbacks: list[Callback] = [timer]
-    if bars:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
-    strategy: str | Strategy = "auto"
-    if distributed.world_size_of(cfg) > 1:
-        # Our loaders slice each global batch per rank themselves (use_distributed_sampler is
-        # off below). Every parameter takes part in every step (a multi-head network runs all
-        # its heads), so DDP need not search the graph for unused ones.
-        strategy = DDPStrategy(find_unused_parameters=False)
-    return pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else device.type,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
-        use_distributed_sampler=False,
-        max_epochs=cfg.epochs,
-        precision=cfg.precision,  # type: ignore[arg-type]
-        deterministic=cfg.deterministic,
-        logger=logger,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=bars,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=cfg.log_every_n_steps,
-        limit_val_batches=1.0 if cfg.validate_every_epoch else 0,
-        gradient_clip_val=cfg.gradient_clip_val or None,
-        default_root_dir=root_dir,
-        enable_autolog_hparams=False,
-    )
 
 
 def evaluate(
@@ -243,6 +114,44 @@ class Resume:
             module.load_strategy_states(self.checkpoint["strategies"])
 
 
+@dataclass
+class Loop:
+    """What every phase of the outer loop reads: one state, where nanoGPT's loop reads its
+    globals (the phases take it and the task, not seven arguments each).
+
+    Attributes:
+        cfg: the experiment.
+        run: the MLflow run (None in the other processes of a distributed run).
+        data, module, device: the tasks, the network with its strategies, where they train.
+        splits: the splits evaluated after each task.
+        scratch: a folder for the Trainers' files.
+        resumed: whether the run carries on one that was cut off.
+        progress: where the sequence stands (:class:`pipeline.results.Progress`).
+    """
+
+    cfg: ExperimentConfig
+    run: Run | None
+    data: ContinualDataModule
+    module: ContinualModule
+    device: torch.device
+    splits: tuple[str, ...]
+    scratch: Path
+    resumed: bool
+    progress: Progress = field(init=False)
+
+
+@dataclass
+class Trained:
+    """What training one task gave: every task's accuracies (per split), the task's record,
+    its training curves (held, see :class:`TaskLogger`) and its optimizers (for the
+    checkpoint)."""
+
+    acc: dict[str, list[float]]
+    record: TaskRecord
+    curves: list[Metric]
+    optimizers: list[torch.optim.Optimizer]
+
+
 def run_sequence(
     cfg: ExperimentConfig,
     open_run: RunFactory,
@@ -275,141 +184,139 @@ def run_sequence(
     """
     if not splits or not set(splits) <= set(SPLITS):
         raise ValueError(f"splits: expected a non-empty subset of {SPLITS}, got {splits}")
+    # 1. prepare: the tasks in memory, the seeded network and its strategies
     data, module, device = prepare(cfg)
     if resume is not None:
         resume.restore(module)
-    # In a distributed run only the main process opens and writes the run (pipeline.distributed);
-    # every process trains and evaluates its share.
+    # only the main process of a distributed run opens and writes the run; all train and evaluate
     opened = open_run() if distributed.is_main() else nullcontext(None)
     with opened as run, scratch_dir() as tmp:
         run_id, experiment_id = distributed.broadcast_object(
             (run.run_id, run.experiment_id) if run is not None else None
         )
-        progress = begin(run, cfg, data, module, device, splits, resume)
-        for task in data.tasks[progress.next_task :]:
-            acc, record, curves, optimizers = train_task(
-                cfg, run, task, data, module, device, splits, tmp
-            )
-            for s in splits:
-                progress.rows[s].append(acc[s])
-            progress.records.append(record)
-            values = task_metrics(task, data.tasks, progress.rows, record)
-            logged = [*metric_records(values, task.index), *curves]
-            progress.next_task, progress.rng = task.index + 1, rng_state()
-            progress.logged = rows_of(logged)
+        loop = Loop(cfg, run, data, module, device, splits, tmp, resume is not None)
+        # 2. begin: task 0 of a new run, or the task after a resumed run's last checkpoint
+        loop.progress = begin(loop, resume)
+        for task in data.tasks[loop.progress.next_task :]:
+            # 3. train the task with a fresh Trainer, then evaluate every task
+            trained = train_task(loop, task)
+            # 4. record: the progress, then the checkpoint and the metrics in the run
+            logged = advance(loop, task, trained)
             if run is not None:
-                record_task(
-                    run, cfg, task, data, module, optimizers, progress, logged, resume is not None
-                )
+                record_task(loop, task, trained.optimizers, logged)
             if on_task is not None:
-                on_task(task.index, {s: np.array(progress.rows[s]) for s in splits})
-        names, displays = [t.name for t in data.tasks], [t.display for t in data.tasks]
-        result = SequenceResult(
-            run_id, experiment_id, names, displays, {}, progress.init, {}, progress.records
-        )
-        result.finish(progress.rows)
-        if run is not None:
-            final = metric_records(result.final_metrics())
-            if resume is not None:  # the cut-off process may have logged some of them
-                run.log_missing(final)
-            else:
-                run.log_records(final)
-            runfiles.write_results(run, cfg, result)
-    # Trainers and module refer to each other, and to the tasks: free them now, not at a later
-    # collection, before a landscape or a comparison's next run loads its own data.
-    del data, module
+                on_task(task.index, {s: np.array(loop.progress.rows[s]) for s in splits})
+        # 5. finish: the accuracy matrices, their summaries, the results files
+        result = finish(loop, run_id, experiment_id)
+    del data, module, loop  # they refer to each other: freed now, before a next run loads data
     gc.collect()
     return result
 
 
-def record_task(
-    run: Run,
-    cfg: ExperimentConfig,
-    task: Task,
-    data: ContinualDataModule,
-    module: ContinualModule,
-    optimizers: list[torch.optim.Optimizer],
-    progress: Progress,
-    logged: list[Metric],
-    resumed: bool = False,
-) -> None:
-    """Write what a finished task leaves in the run: its checkpoint first (with the progress
-    a resume needs), then its metrics and curves, then the count of tasks done. A resumed run
-    logs only the metric steps it lacks: a task trained again because its checkpoint did not
-    load (:mod:`pipeline.resume`) had logged them."""
-    if cfg.tracking.log_checkpoints:
-        meta = runfiles.CheckpointMeta(
-            run.run_id,
-            task.index,
-            task.name,
-            data.classes_per_task,
-            to_dict(cfg),
-            progress.to_record(),
-        )
-        runfiles.save_checkpoint(run, module, optimizers, meta)
-    if resumed:
-        run.log_missing(logged)
-    else:
-        run.log_records(logged)
-    run.set_tags({TASKS_DONE_TAG: progress.next_task})
-
-
-def begin(
-    run: Run | None,
-    cfg: ExperimentConfig,
-    data: ContinualDataModule,
-    module: ContinualModule,
-    device: torch.device,
-    splits: tuple[str, ...],
-    resume: Resume | None,
-) -> Progress:
+def begin(loop: Loop, resume: Resume | None) -> Progress:
     """Where the sequence starts: task 0 of a new run (its info logged, the untrained model
     evaluated for FWT); or the task after a resumed run's last checkpoint, the random number
     generators as they were, and the last task's metrics logged where the cut-off process had
     not logged them."""
     progress = resume.progress if resume is not None else None
     if progress is None:
-        if resume is None and run is not None:  # a resumed run has its config, params, tags
-            log_run_info(run, cfg, data.tasks, device)
-        return Progress(0, {s: [] for s in splits}, evaluate(module, data, device, splits))
+        if resume is None and loop.run is not None:  # a resumed run has its config and tags
+            log_run_info(loop.run, loop.cfg, loop.data.tasks, loop.device)
+        init = evaluate(loop.module, loop.data, loop.device, loop.splits)
+        return Progress(0, {s: [] for s in loop.splits}, init)
     restore_rng(progress.rng)
-    if run is not None:
-        run.log_missing(records_of(progress.logged))
+    if loop.run is not None:
+        loop.run.log_missing(records_of(progress.logged))
     return progress
 
 
-def train_task(
-    cfg: ExperimentConfig,
-    run: Run | None,
-    task: Task,
-    data: ContinualDataModule,
-    module: ContinualModule,
-    device: torch.device,
-    splits: tuple[str, ...],
-    tmp: Path,
-) -> tuple[dict[str, list[float]], TaskRecord, list[Metric], list[torch.optim.Optimizer]]:
-    """Train ``task`` with a fresh Trainer, then evaluate every task: the accuracies, the
-    task's record, its training curves (held, see :class:`TaskLogger`) and its optimizers (for
-    the checkpoint)."""
+def train_task(loop: Loop, task: Task) -> Trained:
+    """Train ``task`` with a fresh Trainer, then evaluate every task."""
     started = time.perf_counter()
-    data.set_task(task.index)
-    ctx = TaskContext(task.index, task, data, module.model, device)
+    module, device = loop.module, loop.device
+    loop.data.set_task(task.index)
+    ctx = TaskContext(task.index, task, loop.data, module.model, device)
     module.to(device)
     module.start_task(ctx)
-    timer, logger = TrainTimer(), TaskLogger(run, task.index)
-    trainer = make_trainer(cfg.trainer, device, logger, timer, str(tmp))
-    trainer.fit(module, datamodule=data)
+    timer, logger = TrainTimer(), TaskLogger(loop.run, task.index)
+    trainer = make_trainer(loop.cfg.trainer, device, logger, timer, str(loop.scratch))
+    trainer.fit(module, datamodule=loop.data)
     module.to(device)  # fit's teardown moved it to the CPU
     module.end_task(ctx)
     distributed.check_replicas(module.replica_state(), device)
-    acc = evaluate(module, data, device, splits)
+    acc = evaluate(module, loop.data, device, loop.splits)
     record = TaskRecord(
         timer.seconds,
         distributed.sum_int(module.samples_trained, device),
         time.perf_counter() - started,  # training, validation, hooks and the evaluation
         ledger(module.strategies),
     )
-    return acc, record, logger.curves, list(trainer.optimizers)
+    return Trained(acc, record, logger.curves, list(trainer.optimizers))
+
+
+def advance(loop: Loop, task: Task, trained: Trained) -> list[Metric]:
+    """Move the progress past ``task``: its accuracy rows, record and generator states, and
+    the metric records it logs (kept in the progress too: a resume logs those missing)."""
+    progress = loop.progress
+    for s in loop.splits:
+        progress.rows[s].append(trained.acc[s])
+    progress.records.append(trained.record)
+    values = task_metrics(task, loop.data.tasks, progress.rows, trained.record)
+    logged = [*metric_records(values, task.index), *trained.curves]
+    progress.next_task, progress.rng = task.index + 1, rng_state()
+    progress.logged = rows_of(logged)
+    return logged
+
+
+def record_task(
+    loop: Loop, task: Task, optimizers: list[torch.optim.Optimizer], logged: list[Metric]
+) -> None:
+    """Write what a finished task leaves in the run: its checkpoint first (with the progress
+    a resume needs), then its metrics and curves, then the count of tasks done. A resumed run
+    logs only the metric steps it lacks: a task trained again because its checkpoint did not
+    load (:mod:`pipeline.resume`) had logged them."""
+    run, cfg, progress = loop.run, loop.cfg, loop.progress
+    assert run is not None, "only the process that writes the run records a task"
+    if cfg.tracking.log_checkpoints:
+        meta = runfiles.CheckpointMeta(
+            run.run_id,
+            task.index,
+            task.name,
+            loop.data.classes_per_task,
+            to_dict(cfg),
+            progress.to_record(),
+        )
+        runfiles.save_checkpoint(run, loop.module, optimizers, meta)
+    if loop.resumed:
+        run.log_missing(logged)
+    else:
+        run.log_records(logged)
+    run.set_tags({TASKS_DONE_TAG: progress.next_task})
+
+
+def finish(loop: Loop, run_id: str, experiment_id: str) -> SequenceResult:
+    """The sequence's result (matrices and summaries); in the run, its closing metrics (only
+    those missing, for a resumed run: the cut-off process may have logged some) and files."""
+    tasks = loop.data.tasks
+    result = SequenceResult(
+        run_id,
+        experiment_id,
+        [t.name for t in tasks],
+        [t.display for t in tasks],
+        {},
+        loop.progress.init,
+        {},
+        loop.progress.records,
+    )
+    result.finish(loop.progress.rows)
+    if loop.run is not None:
+        final = metric_records(result.final_metrics())
+        if loop.resumed:
+            loop.run.log_missing(final)
+        else:
+            loop.run.log_records(final)
+        runfiles.write_results(loop.run, loop.cfg, result)
+    return result
 
 
 def rng_state() -> dict[str, Any]:

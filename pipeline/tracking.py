@@ -37,6 +37,7 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from typing_extensions import override
 
 from pipeline.config import ExperimentConfig
 from pipeline.disk import DiskFull, room_for
@@ -112,6 +113,7 @@ class Store:
         """Whether this is a tracking server (http/https)."""
         return uri_scheme(self.uri) in ("http", "https")
 
+    @override
     def __str__(self) -> str:
         """What the user is shown: the folder of an embedded store, else the URI without its
         password."""

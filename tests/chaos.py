@@ -5,7 +5,7 @@ the evaluation, while a checkpoint uploads, in the final write).
     python tests/chaos.py <module>:<function or Class.method> <n> <before|after> <pipeline argv>
 
 ``--real N`` instead kills a real-data run (a 3-task sequence) at N random moments and resumes
-it after each, then compares its matrix with an uninterrupted run's (the README reports it):
+it after each, then compares its matrix with an uninterrupted run's (docs/resuming.md reports it):
 
     .venv/bin/python tests/chaos.py --real 10 [--seed 0]
 """

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import client as client_for
+from helpers.stores import client as client_for
 
 from pipeline.compare import compare, configs_of
 from pipeline.compare.table import format_markdown, table

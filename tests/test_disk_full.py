@@ -10,7 +10,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import SmallDisk, client, run, small_synthetic
+from helpers.disks import SmallDisk
+from helpers.runs import run, small_synthetic
+from helpers.stores import client
 
 from pipeline import runfiles
 from pipeline.cli import main

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import checkpoint, client, small_synthetic
 from ddp_sequences import overrides
+from helpers.runs import small_synthetic
+from helpers.stores import checkpoint, client
 
 from pipeline import runfiles
 from pipeline.data.tasks import BatchIndices

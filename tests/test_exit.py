@@ -12,7 +12,7 @@ SCRIPT = r"""
 import atexit, ctypes, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from pipeline.processes import exit_now
+from pipeline.exiting import exit_now
 
 out = Path(sys.argv[1])
 atexit.register(lambda: (out / "atexit").write_text("ran"))

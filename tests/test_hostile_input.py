@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import client, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import client
 
 from pipeline.cli import main
 from pipeline.server.common import free_port

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import client as client_for
+from helpers.stores import client as client_for
 from torch import nn
 
 from pipeline.cli import main

@@ -1,5 +1,6 @@
-"""The Makefile passes what users type through whole (quoted), and the README's `make run`
-examples compose as written. `make -n` prints a target's command without running it."""
+"""The Makefile passes what users type through whole (quoted), and the `make run` examples of
+the README and the docs compose as written. `make -n` prints a target's command without
+running it."""
 
 from __future__ import annotations
 
@@ -26,14 +27,17 @@ def test_values_with_spaces_and_quotes_reach_the_command_whole() -> None:
     argv = dry_run("run", "EXP=seed_forgetting", "DATA=my data/it's here")
     assert "paths.data=my data/it's here" in argv
     argv = dry_run("erase", "RUN=abc def", "TASK=mnist", "IDS=1, 2")
-    assert argv[-6:-2] == ["erase", "abc def", "--task", "mnist"] and "1, 2" in argv
+    at = argv.index("erase")
+    assert argv[at : at + 6] == ["erase", "abc def", "--task", "mnist", "--ids", "1, 2"]
     argv = dry_run("sweep", "STUDY=a b", "STRATEGY=ewc")
     assert argv[argv.index("--study") + 1] == "a b"
 
 
 def readme_examples() -> list[str]:
-    """`make run` lines of the README's bash blocks (placeholders like <a> left out)."""
-    text = (REPO_ROOT / "README.md").read_text()
+    """`make run` lines of the bash blocks of the README and the docs' pages (placeholders like
+    <a> left out)."""
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     lines = [line.split("  #")[0].strip() for b in blocks for line in b.splitlines()]
     # environment assignments before the command (MASTER_ADDR=... NODE_RANK=1 make run ...)
@@ -90,3 +94,39 @@ def test_install_is_quiet_and_ends_with_a_one_line_summary() -> None:
     (summary,) = [line for line in lines if line.startswith("echo ")]
     said = subprocess.run(["bash", "-c", summary], cwd=REPO_ROOT, capture_output=True, text=True)
     assert re.fullmatch(r"installed \d+ packages into \.venv/ \(\S+\) from uv\.lock\n", said.stdout)
+
+
+# Every target that runs a pipeline command, with the variables it needs to run.
+TARGETS = {
+    "forget": [],
+    "run": ["EXP=seed_forgetting"],
+    "runs": [],
+    "compare": ["STRATEGIES=naive"],
+    "landscape": ["RUN=abcdefgh"],
+    "sweep": [],
+    "best": ["STUDY=s"],
+    "erase": ["RUN=abcdefgh", "TASK=mnist", "IDS=1"],
+    "dashboard": [],
+    "ui": [],
+}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_every_target_honours_data_args_tracking_and_storage(target: str, tmp_path: Path) -> None:
+    """One rule gives every command DATA=, ARGS=, TRACKING= and STORAGE= (`make best DATA=/x`
+    read data/ before it)."""
+    fake = tmp_path / "python"  # stands in for .venv/bin/python: prints what it was given
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$MLFLOW_TRACKING_URI|$OPTUNA_STORAGE|$*"\n')
+    fake.chmod(0o755)
+    given = ["DATA=/x y", "ARGS=paths.reports=/r", "TRACKING=http://t:1", "STORAGE=postgresql://s"]
+    out = subprocess.run(
+        ["make", "-s", "-o", ".venv/.installed", target, f"PY={fake}", *given, *TARGETS[target]],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    tracking, storage, argv = out.strip().splitlines()[-1].split("|")
+    assert (tracking, storage) == ("http://t:1", "postgresql://s")
+    assert argv.startswith(f"-m pipeline {target if target != 'forget' else 'run'}")
+    assert argv.endswith("paths.data=/x y paths.reports=/r"), argv

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import checkpoint, client, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import checkpoint, client
 
 from pipeline.module import ContinualModule, DivergenceError
 from pipeline.runfiles import load_checkpoint

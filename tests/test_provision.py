@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SmallDisk
+from helpers.disks import SmallDisk
 
 from pipeline.data import provision as prov
 from pipeline.data import registry as reg

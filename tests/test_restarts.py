@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run, small_synthetic
-from servers import Team, team_server
+from helpers.runs import run, small_synthetic
+from helpers.servers import Team, team_server
 
 from pipeline import runfiles, server
 from pipeline.cli import main

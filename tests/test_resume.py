@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import client, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import client
 
 from pipeline import runfiles
 from pipeline.cli import main

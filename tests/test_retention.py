@@ -4,7 +4,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import artifacts, checkpoint, client, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import artifacts, checkpoint, client
 
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError

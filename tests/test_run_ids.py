@@ -6,7 +6,8 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from conftest import checkpoint, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import checkpoint
 
 from pipeline.cli import main
 from pipeline.data.datamodule import ContinualDataModule

@@ -12,7 +12,8 @@ from importlib import metadata
 import numpy as np
 import pytest
 import torch
-from conftest import checkpoint, client, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import checkpoint, client
 
 from pipeline import OMP_WAIT_POLICY, runfiles
 from pipeline.metrics import percent

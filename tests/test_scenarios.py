@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import client, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import client
 
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import (
+from helpers.servers import (
     ADMIN_PASSWORD,
+    FAKE_MLFLOW,
     Team,
     database,
     free_port,
@@ -170,7 +171,8 @@ def test_a_sequence_on_the_server_reads_back_draws_and_erases(
     team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Part a: everything a run stores goes through the server's proxied artifact store."""
-    from conftest import checkpoint, client, run, small_synthetic
+    from helpers.runs import run, small_synthetic
+    from helpers.stores import checkpoint, client
 
     from pipeline import runfiles
     from pipeline.cli import main
@@ -366,17 +368,6 @@ def test_no_postgres_binaries_is_bad_input(
     monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(()))
     assert server.main(["start", "--folder", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err.startswith("error: no PostgreSQL binaries")
-
-
-# A stand-in for `mlflow server`: answers /health; "mlflow" in its command line, as pid_of asks.
-FAKE_MLFLOW = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.end_headers()
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
 
 
 @pytest.mark.parametrize("deaths", [1, 2])

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import require_postgres
-from test_server import FAKE_MLFLOW
+from helpers.servers import FAKE_MLFLOW, require_postgres
 
 from pipeline import server
 from pipeline.server import postgres, tracking_server

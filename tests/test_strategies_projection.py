@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import run, small_synthetic
+from helpers.runs import run, small_synthetic
 from torch import nn
 
 from pipeline.errors import ConfigError

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import checkpoint, client, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import checkpoint, client
 from torch import Tensor, nn
 
 import pipeline.strategies._per_sample as per_sample

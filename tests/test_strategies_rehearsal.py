@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import checkpoint, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import checkpoint
 
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Batch, TaskDataset

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import checkpoint, run, small_synthetic
+from helpers.runs import run, small_synthetic
+from helpers.stores import checkpoint
 
 from pipeline.config import SCENARIOS
 from pipeline.errors import ConfigError

@@ -3,18 +3,22 @@ in the YAML, name, role and raw-data use on the class. Checked over every regist
 and a new strategy shown to be one file and one YAML."""
 
 import dataclasses
+import inspect
 import shutil
 import subprocess
 import sys
 import textwrap
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.conf import CONF_DIR, STRATEGY_FILE_KEYS, available, strategy_file
 from pipeline.experiment import compose
 from pipeline.paths import REPO_ROOT
-from pipeline.strategies import REGISTRY, Role, default_order, with_role
+from pipeline.strategies import REGISTRY, Role, Strategy, default_order, with_role
 from pipeline.sweep.config import strategy_search
 
 
@@ -53,10 +57,106 @@ def test_roles_order_the_default_comparison() -> None:
     assert compose("synthetic_forgetting", ["strategy=[]"]).strategy == [baseline]
 
 
+def _functions(cls: type) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """The functions a class defines itself (those behind its static and class methods and
+    properties included), by name; dunder methods left out (``__init__`` overrides nothing)."""
+    for name, attr in vars(cls).items():
+        if name.startswith("__"):
+            continue
+        if isinstance(attr, staticmethod | classmethod):
+            yield name, attr.__func__
+        elif isinstance(attr, property) and attr.fget is not None:
+            yield name, attr.fget
+        elif inspect.isfunction(attr):
+            yield name, attr
+
+
+def _strategy_classes(cls: type) -> list[type]:
+    """A registered strategy and its strategy bases, up to (not including) ``Strategy``."""
+    return [c for c in cls.__mro__ if issubclass(c, Strategy) and c is not Strategy]
+
+
+def _params_type(cls: type) -> object:
+    """The type argument of the nearest parametrised strategy base (``Strategy[X]``,
+    ``AnchorStrategy[X]``, ``Rehearsal[X]``) that is a class, else ``None``."""
+    for c in cls.__mro__:
+        for base in vars(c).get("__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Strategy):
+                (arg,) = typing.get_args(base)
+                if isinstance(arg, type):
+                    return arg
+    return None
+
+
+def test_every_hook_a_strategy_overrides_says_so() -> None:
+    """``@override`` (typing_extensions: ``__override__ = True``) on every method a strategy or
+    its strategy base defines that a base class already has; mypy's explicit-override check
+    holds the same rule statically."""
+    missing, checked = [], set()
+    for cls in REGISTRY.values():
+        for c in _strategy_classes(cls):
+            bases = c.__mro__[1:]
+            for name, fn in _functions(c):
+                if any(hasattr(b, name) for b in bases):
+                    checked.add(f"{c.__name__}.{name}")
+                    if not getattr(fn, "__override__", False):
+                        missing.append(f"{c.__module__}.{c.__qualname__}.{name}")
+    assert not missing, f"overrides without @override: {sorted(set(missing))}"
+    hooks = {n for n, _ in _functions(Strategy)}
+    assert {"penalty", "on_task_end", "check_config", "state_dict"} <= hooks
+    assert len(checked) >= 40  # the check sees the hooks (not vacuously true)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_params_are_typed_by_the_generic_base(name: str) -> None:
+    """Each strategy names its hyperparameter dataclass as the type argument of its base, that
+    class is its ``Params``, and no ``params`` of a method of its hierarchy is ``Any``."""
+    cls = REGISTRY[name]
+    params = _params_type(cls)
+    assert params is not None and params is not Any, f"{name}: Strategy[...] has no concrete type"
+    assert isinstance(params, type) and dataclasses.is_dataclass(params)
+    assert cls.Params is params
+    for c in [*_strategy_classes(cls), Strategy]:
+        for fname, fn in _functions(c):
+            annotation = fn.__annotations__.get("params")
+            if "params" in inspect.signature(fn).parameters:
+                assert annotation not in (None, "Any", Any), f"{c.__name__}.{fname}: {annotation}"
+        init = vars(c).get("__init__")
+        if init is not None:
+            assert init.__annotations__.get("params") not in (None, "Any", Any), c.__name__
+
+
+def test_params_must_be_the_dataclass_the_base_names() -> None:
+    @dataclasses.dataclass
+    class A:
+        x: int = 0
+
+    @dataclasses.dataclass
+    class B:
+        y: int = 0
+
+    class Derived(Strategy[A]):
+        pass
+
+    assert Derived.Params is A
+    with pytest.raises(TypeError, match="Params = B"):
+
+        class Disagrees(Strategy[A]):
+            Params = B
+
+    with pytest.raises(TypeError, match="not a dataclass"):
+
+        class NotADataclass(Strategy[int]):
+            pass
+
+
 NEW_STRATEGY = '''
 """A throw-away strategy: a pull of every weight towards zero."""
 
 from dataclasses import dataclass
+
+from typing_extensions import override
 
 from pipeline.strategies.base import Strategy, register
 
@@ -73,21 +173,23 @@ class ShrinkParams:
 
 
 @register
-class Shrink(Strategy):
+class Shrink(Strategy[ShrinkParams]):
     name = "shrink"
-    Params = ShrinkParams
 
     def __init__(self, params: ShrinkParams) -> None:
         super().__init__(params)
         self.steps = 0
 
+    @override
     def penalty(self, model, batch, logits):
         self.steps += 1
         return self.params.scale * sum((p**2).sum() for p in model.parameters())
 
+    @override
     def state_dict(self):
         return {"steps": self.steps}
 
+    @override
     def load_state_dict(self, state):
         self.steps = state["steps"]
 '''

@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import client as client_for
+from helpers.stores import client as client_for
 from optuna.trial import TrialState
 
 from pipeline import conf
@@ -32,7 +32,8 @@ from pipeline.sweep import sweep
 from pipeline.sweep.config import compose_sweep
 from pipeline.sweep.report import closing_hint
 from pipeline.sweep.space import search_space
-from pipeline.sweep.study import PARENT_ATTR, counted, create_or_resume, load_study
+from pipeline.sweep.study import PARENT_ATTR, create_or_resume, load_study
+from pipeline.sweep.trials import counted
 from pipeline.sweep.workers import Liveness, run_worker
 
 # Each trial: two synthetic tasks, 2 batches of one epoch (about a second).

@@ -15,14 +15,14 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import empty_store
+from helpers.stores import empty_store
 
 from pipeline import runfiles
 from pipeline.cli import main
 from pipeline.erasure import ErasureError, erase
 from pipeline.journal import TORN_SUFFIX, StorageError
 from pipeline.paths import REPO_ROOT
-from pipeline.sweep.study import open_storage
+from pipeline.sweep.storage import open_storage
 from pipeline.tracking import DB_FILE, Run, Store
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -10,7 +10,7 @@ then the links the pipeline prints, each loaded in a fresh browser profile, as a
 - the run link: its metrics and source;
 - the run's artifacts: the accuracy-along-the-sequence figure and the heatmap.
 Assertions read the DOM after the page's scripts ran. ``UI_SCREENSHOTS=<folder>`` also saves
-the screenshots there (`make test-ui` writes docs/img/, which the README shows).
+the screenshots there (`make test-ui` writes docs/img/, which docs/tracking.md shows).
 
 Marked ``browser``: not part of `make test` (it takes about 4 minutes).
 """

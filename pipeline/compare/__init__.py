@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from pipeline import runfiles
@@ -147,26 +148,9 @@ def compare(
     store = Store.of(base.paths)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = out_dir or base.paths.reports_dir() / f"compare-{experiment}-{stamp}"
-    params = {
-        "experiment": experiment,
-        "strategies": ",".join(configs),
-        "seeds": ",".join(map(str, seeds)),
-        "scenario": base.scenario,
-        "overrides": " ".join(overrides),
-        "tasks": " -> ".join(t.name for t in base.data.tasks),
-    }
+    params = _params(experiment, list(configs), seeds, overrides, base)
     done = finished_children(store, resume, params) if resume else {}
-    parent_run = (
-        Run.reopen(store, resume)
-        if resume
-        else Run.start(
-            store,
-            base.tracking.experiment or base.name,
-            f"compare-{experiment}",
-            tags={"kind": "comparison", "scenario": base.scenario},
-        )
-    )
-    with parent_run as parent:
+    with _parent_run(store, base, experiment, resume) as parent:
         if not resume:
             parent.log_params(params)
         log(f"parent run {parent.run_id} (if cut off, resume it: RESUME={parent.run_id})")
@@ -186,6 +170,36 @@ def compare(
         plane = comparison_plane(c, store, base.paths.data_dir(), landscape, log)
         write_report(c, out_dir, parent, plane)
     return c
+
+
+def _params(
+    experiment: str,
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    base: ExperimentConfig,
+) -> dict[str, str]:
+    """The parent run's params: what a resumed comparison must match."""
+    return {
+        "experiment": experiment,
+        "strategies": ",".join(strategies),
+        "seeds": ",".join(map(str, seeds)),
+        "scenario": base.scenario,
+        "overrides": " ".join(overrides),
+        "tasks": " -> ".join(t.name for t in base.data.tasks),
+    }
+
+
+def _parent_run(
+    store: Store, base: ExperimentConfig, experiment: str, resume: str | None
+) -> AbstractContextManager[Run]:
+    """The comparison's parent run: the one cut off, reopened; or a new one."""
+    if resume:
+        return Run.reopen(store, resume)
+    tags = {"kind": "comparison", "scenario": base.scenario}
+    return Run.start(
+        store, base.tracking.experiment or base.name, f"compare-{experiment}", tags=tags
+    )
 
 
 def run_all(

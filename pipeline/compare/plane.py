@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import runfiles
-from pipeline.compare.table import Comparison, keeps_raw_data, role_of
+from pipeline.compare.table import Comparison, Row, keeps_raw_data, role_of
 from pipeline.landscape import LandscapeError, Options, draw
 from pipeline.strategies import REGISTRY, Role
 from pipeline.tracking import Store
@@ -82,30 +82,43 @@ def comparison_plane(
         "",
     ]
     for other in others:
-        row = c.row(other)
-        assert row is not None
-        name = runfiles.plane_name(other)
-        log(f"\nlandscape: {baseline.strategy} against {other}, the runs of seed {seed}")
-        try:
-            drawn = draw(
-                store,
-                baseline.results[0].run_id,
-                row.results[0].run_id,
-                options=options,
-                out_dir=c.report_dir / runfiles.LANDSCAPE_DIR,
-                data_dir=data_dir,
-                line=False,
-                log_to=[c.parent_run_id],
-                plane_name=name,
-                log=log,
-            )
-        except LandscapeError as e:
-            log(f"landscape of {baseline.strategy} against {other} not drawn: {e}")
-            lines += [f"Plane of {baseline.strategy} against {other} not drawn: {e}.", ""]
-        else:
-            lines += [
-                f"![loss landscape: {baseline.strategy} vs {other}]"
-                f"({runfiles.LANDSCAPE_DIR}/{drawn.files[0].name})",  # with its settings
-                "",
-            ]
+        lines += _plane_against(c, baseline, other, store, data_dir, options, log)
     return lines
+
+
+def _plane_against(
+    c: Comparison,
+    baseline: Row,
+    other: str,
+    store: Store,
+    data_dir: Path,
+    options: Options | None,
+    log: Callable[[str], None],
+) -> list[str]:
+    """The plane of the baseline against ``other`` (first seed's runs), drawn and logged; its
+    report lines (the figure, or why it is not drawn)."""
+    row = c.row(other)
+    assert row is not None
+    seed = c.seeds[0]
+    log(f"\nlandscape: {baseline.strategy} against {other}, the runs of seed {seed}")
+    try:
+        drawn = draw(
+            store,
+            baseline.results[0].run_id,
+            row.results[0].run_id,
+            options=options,
+            out_dir=c.report_dir / runfiles.LANDSCAPE_DIR,
+            data_dir=data_dir,
+            line=False,
+            log_to=[c.parent_run_id],
+            plane_name=runfiles.plane_name(other),
+            log=log,
+        )
+    except LandscapeError as e:
+        log(f"landscape of {baseline.strategy} against {other} not drawn: {e}")
+        return [f"Plane of {baseline.strategy} against {other} not drawn: {e}.", ""]
+    return [
+        f"![loss landscape: {baseline.strategy} vs {other}]"
+        f"({runfiles.LANDSCAPE_DIR}/{drawn.files[0].name})",  # with its settings
+        "",
+    ]

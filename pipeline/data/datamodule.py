@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from pipeline import distributed
 from pipeline.config import DataConfig
@@ -62,6 +63,7 @@ class ContinualDataModule(pl.LightningDataModule):
         self.train_tasks: list[int] = [0]
         self._samplers: dict[tuple[int, ...], BatchIndices] = {}
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         """Load every task into memory (once; later calls are no-ops)."""
         if self.tasks:
@@ -98,6 +100,7 @@ class ContinualDataModule(pl.LightningDataModule):
         self.current = index
         self.train_tasks = [index]
 
+    @override
     def train_dataloader(self) -> DataLoader[Batch]:
         parts = [(self.tasks[i].train, self.tasks[i]) for i in self.train_tasks]
         dataset = TaskDataset(parts, self.tasks)
@@ -118,6 +121,7 @@ class ContinualDataModule(pl.LightningDataModule):
         )
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
+    @override
     def val_dataloader(self) -> DataLoader[Batch]:
         return self.loader(self.tasks[self.current], "val")
 

@@ -199,6 +199,40 @@ def _hand_hint(spec: DatasetSpec, raw: Path) -> str:
     )
 
 
+def _disabled_sources(
+    from_dir: Path | None, allow_download: bool, allow_registry: bool
+) -> dict[str, str | None]:
+    """Per source, why it is not tried (``None``: it is)."""
+    return {
+        "torchvision": None if allow_download else "disabled (allow_download=False, --no-download)",
+        "registry": None if allow_registry else "disabled (allow_registry=False, --no-registry)",
+        "from_dir": None if from_dir is not None else "no directory given (--from DIR)",
+    }
+
+
+def _unverified(
+    spec: DatasetSpec, raw: Path, log: Callable[[str], None]
+) -> tuple[list[str], list[str]]:
+    """The files of ``spec`` that are missing or fail their MD5 (needed), and those of them
+    that are there but corrupt (each said in a line: kept until a verified one replaces it)."""
+    needed: list[str] = []
+    corrupt: list[str] = []
+    for name, want in spec.md5.items():
+        path = raw / name
+        if not path.is_file():
+            needed.append(name)
+            continue
+        got = md5_file(path)
+        if got != want:
+            needed.append(name)
+            corrupt.append(name)
+            log(
+                f"{spec.display}: {path} fails its MD5 check (got {got}, want {want}); "
+                "it is kept until a verified replacement exists"
+            )
+    return needed, corrupt
+
+
 def _provision_one(
     spec: DatasetSpec,
     root: Path,
@@ -215,21 +249,7 @@ def _provision_one(
     """
     raw = spec.raw_dir(root)
     started = time.monotonic()
-    needed: list[str] = []
-    corrupt: list[str] = []
-    for name, want in spec.md5.items():
-        path = raw / name
-        if not path.is_file():
-            needed.append(name)
-            continue
-        got = md5_file(path)
-        if got != want:
-            needed.append(name)
-            corrupt.append(name)
-            log(
-                f"{spec.display}: {path} fails its MD5 check (got {got}, want {want}); "
-                "it is kept until a verified replacement exists"
-            )
+    needed, corrupt = _unverified(spec, raw, log)
     if not needed:
         log(f"{spec.display}: all {len(spec.md5)} files present in {raw}, verified (MD5)")
         return "present"
@@ -238,11 +258,7 @@ def _provision_one(
     except OSError as e:
         raise ProvisionError(f"cannot create {raw} for {spec.display}: {e}") from e
 
-    disabled = {
-        "torchvision": None if allow_download else "disabled (allow_download=False, --no-download)",
-        "registry": None if allow_registry else "disabled (allow_registry=False, --no-registry)",
-        "from_dir": None if from_dir is not None else "no directory given (--from DIR)",
-    }
+    disabled = _disabled_sources(from_dir, allow_download, allow_registry)
     tried: list[str] = []
     delivered: list[str] = []  # "<n> from <source>": the sources that gave files
     for source in SOURCES:

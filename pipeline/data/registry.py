@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from typing_extensions import override
 
 from pipeline.data.sources import (
     UNPACK_ERRORS,
@@ -123,6 +124,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         }
     )
 
+    @override
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
@@ -140,7 +142,7 @@ def _pixels_to_uint8(images: np.ndarray) -> np.ndarray:
     """Turn mnist.pkl.gz's float images (pixel / 256) back into the original bytes."""
     # Scaling by a power of two is exact in float32, so every valid value lands on an integer.
     scaled = images.astype(np.float32) * np.float32(256)
-    rounded = np.rint(scaled)
+    rounded: np.ndarray = np.rint(scaled)
     if not np.array_equal(rounded, scaled) or rounded.min() < 0 or rounded.max() > 255:
         raise SourceUnavailable("mnist.pkl.gz: pixel values are not multiples of 1/256 in [0, 1)")
     return rounded.astype(np.uint8).reshape(-1, 28, 28)
@@ -201,6 +203,52 @@ DEBIAN_FASHION_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+def _unpacked_debian_package(req: Request) -> Path:
+    """Debian's Fashion-MNIST package fetched with ``apt-get download`` into scratch and
+    unpacked there with ``dpkg-deb -x``: the folder it unpacked into."""
+    apt_get, dpkg_deb = shutil.which("apt-get"), shutil.which("dpkg-deb")
+    if apt_get is None or dpkg_deb is None:
+        raise SourceUnavailable(
+            f"{DEBIAN_FASHION_DIR} not present and apt-get/dpkg-deb not found "
+            "(not a Debian-based system)"
+        )
+    download = req.scratch / "deb"
+    download.mkdir()
+    cmd = [apt_get, "download", DEBIAN_FASHION_PACKAGE]
+    req.log(f"  $ {' '.join(cmd)}")
+    try:
+        result = subprocess.run(
+            cmd,
+            cwd=download,
+            capture_output=True,
+            text=True,
+            timeout=REGISTRY_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SourceUnavailable(f"`apt-get download` failed: {one_line(str(e))}") from e
+    debs = sorted(download.glob("*.deb"))
+    if result.returncode != 0 or not debs:
+        errors = [ln for ln in result.stderr.splitlines() if ln.startswith("E:")]
+        detail = one_line(" ".join(errors) or result.stderr or "no .deb downloaded")
+        raise SourceUnavailable(
+            f"`apt-get download {DEBIAN_FASHION_PACKAGE}` failed: {detail} "
+            "(if the package is unknown, the package lists may need `apt-get update`)"
+        )
+    unpacked = req.scratch / "pkg"
+    try:
+        subprocess.run(
+            [dpkg_deb, "-x", str(debs[0]), str(unpacked)],
+            capture_output=True,
+            text=True,
+            timeout=REGISTRY_TIMEOUT_S,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SourceUnavailable(f"`dpkg-deb -x {debs[0].name}` failed: {e}") from e
+    return unpacked
+
+
 def fetch_debian_fashion_mnist(req: Request) -> None:
     """Registry source for Fashion-MNIST: the ``.gz`` files of Debian's dataset-fashion-mnist.
 
@@ -209,47 +257,7 @@ def fetch_debian_fashion_mnist(req: Request) -> None:
     """
     source_dir = DEBIAN_FASHION_DIR
     if not all((source_dir / f"{name}.gz").is_file() for name in req.needed):
-        apt_get, dpkg_deb = shutil.which("apt-get"), shutil.which("dpkg-deb")
-        if apt_get is None or dpkg_deb is None:
-            raise SourceUnavailable(
-                f"{DEBIAN_FASHION_DIR} not present and apt-get/dpkg-deb not found "
-                "(not a Debian-based system)"
-            )
-        download = req.scratch / "deb"
-        download.mkdir()
-        cmd = [apt_get, "download", DEBIAN_FASHION_PACKAGE]
-        req.log(f"  $ {' '.join(cmd)}")
-        try:
-            result = subprocess.run(
-                cmd,
-                cwd=download,
-                capture_output=True,
-                text=True,
-                timeout=REGISTRY_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise SourceUnavailable(f"`apt-get download` failed: {one_line(str(e))}") from e
-        debs = sorted(download.glob("*.deb"))
-        if result.returncode != 0 or not debs:
-            errors = [ln for ln in result.stderr.splitlines() if ln.startswith("E:")]
-            detail = one_line(" ".join(errors) or result.stderr or "no .deb downloaded")
-            raise SourceUnavailable(
-                f"`apt-get download {DEBIAN_FASHION_PACKAGE}` failed: {detail} "
-                "(if the package is unknown, the package lists may need `apt-get update`)"
-            )
-        unpacked = req.scratch / "pkg"
-        try:
-            subprocess.run(
-                [dpkg_deb, "-x", str(debs[0]), str(unpacked)],
-                capture_output=True,
-                text=True,
-                timeout=REGISTRY_TIMEOUT_S,
-                check=True,
-            )
-        except (OSError, subprocess.SubprocessError) as e:
-            raise SourceUnavailable(f"`dpkg-deb -x {debs[0].name}` failed: {e}") from e
-        source_dir = unpacked / DEBIAN_FASHION_DIR.relative_to("/")
+        source_dir = _unpacked_debian_package(req) / DEBIAN_FASHION_DIR.relative_to("/")
 
     missing: list[str] = []
     for name in req.needed:

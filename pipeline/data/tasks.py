@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
+from typing_extensions import override
 
 from pipeline.config import DataConfig, SyntheticConfig, TaskConfig
 from pipeline.data.datasets import DATASETS
@@ -143,6 +144,7 @@ class TaskDataset(Dataset[Batch]):
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @override
     def __getitem__(self, index: Tensor) -> Batch:
         index = index.to(self.images.device, non_blocking=True)
         task = self.task[index]
@@ -197,6 +199,7 @@ class BatchIndices(Sampler[Tensor]):
             full -= 1
         return min(full, self.max_batches) if self.max_batches else full
 
+    @override
     def __iter__(self) -> Iterator[Tensor]:
         order = (
             torch.randperm(self.n, generator=self.generator)
@@ -205,7 +208,7 @@ class BatchIndices(Sampler[Tensor]):
         )
         if self.rows is not None:
             order = self.rows[order]
-        for batch in order.split(self.batch_size)[: len(self)]:
+        for batch in torch.split(order, self.batch_size)[: len(self)]:
             yield batch if self.world == 1 else batch.tensor_split(self.world)[self.rank]
 
 

@@ -1,8 +1,8 @@
 """Forgetting in weight space: two tasks' losses along a line and over a plane of weights.
 
-The README explains forgetting with two bowls: task A's loss is low around theta_A (the weights
-after task A), task B's around theta_B (after task B), and training on B walks the weights out
-of A's bowl. This module draws that picture from a run's checkpoints:
+docs/landscapes.md explains forgetting with two bowls: task A's loss is low around theta_A (the
+weights after task A), task B's around theta_B (after task B), and training on B walks the
+weights out of A's bowl. This module draws that picture from a run's checkpoints:
 
 - **line**: loss and accuracy of both tasks at ``theta(a) = (1 - a) theta_A + a theta_B`` for
   ``a`` in [-0.25, 1.25] (:func:`line_values`);
@@ -46,7 +46,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
@@ -69,6 +69,9 @@ from pipeline.landscape.figures import plot_line, plot_plane, theta_label
 from pipeline.landscape.geometry import LandscapeError, gram_schmidt
 from pipeline.tracking import Run, Store, scratch_dir
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 __all__ = ["Landscape", "LandscapeError", "Options", "draw", "load_run"]
 
 
@@ -80,7 +83,7 @@ class Landscape:
         out_dir: the folder the files were written to.
         files: the files written (PNG and JSON).
         seconds: evaluation time of each figure drawn (``line``, ``plane``).
-        summary: values at the marked points, for printing and the README.
+        summary: values at the marked points, for printing and the docs.
     """
 
     out_dir: Path
@@ -163,45 +166,91 @@ def draw(
     options.check()
     if not line and vs is None:
         raise LandscapeError("nothing to draw: the plane needs a second run (--vs)")
-    ck_a, ck_b = load_run(store, run_id, (0, 1))
-    ck_s = load_run(store, vs, (1,))[0] if vs else None
+    (ck_a, ck_b, ck_s), thetas = _thetas(store, run_id, vs)
     run_id = ck_a.run_id  # the full id of a prefix
-    thetas = {"A": flat_parameters(ck_a.model), "B": flat_parameters(ck_b.model)}
-    if ck_s is not None:
-        check_comparable(ck_b, ck_s)
-        thetas["S"] = flat_parameters(ck_s.model)
-        gram_schmidt(thetas["A"], thetas["B"], thetas["S"])  # no plane (S on the line): fail now
     runs = [Run.get(store, rid) for rid in (log_to or [run_id])]
     ev = prepare(ck_b.model, ck_b.cfg, options, data_dir)
     common = _record(run_id, ev, options, int(thetas["A"].numel()), (ck_a, ck_b))
     result = Landscape(out_dir)
     if line:
-        curve = compute_line(thetas["A"], thetas["B"], ev, options)
-        result.seconds["line"], result.summary["line"] = curve.seconds, curve.at_ends()
-        log(f"line: {len(curve.alphas)} points x 2 tasks x {_samples(ev)} in {_took(curve, ev)}")
-        title = (
-            f"{ck_b.cfg.name}, {ck_b.strategy}, run {run_id[:8]}: {ev.tasks[0]} then "
-            f"{ev.tasks[1]}, {_samples(ev)} per task"
-        )
-        fig = plot_line(curve.alphas, curve.values, ev.tasks, title, curve.distance)
-        stem = runfiles.landscape_stem("line", _changed(options, _LINE_SETTINGS))
-        result.files += _save(fig, common | curve.record(), stem, out_dir, runs, log)
+        _draw_line(result, thetas, ev, options, (ck_a, ck_b), common, runs, log)
     if ck_s is not None:
-        surface = compute_plane(thetas, ev, options)
-        result.seconds["plane"], result.summary["plane"] = surface.seconds, surface.at
-        grid = f"{options.grid}x{options.grid}"
-        log(f"plane: {grid} points x 2 tasks x {_samples(ev)} in {_took(surface, ev)}")
-        fig = _plane_figure(surface, ev, (ck_a, ck_b, ck_s))
-        vs_info = {"vs_run_id": ck_s.run_id, "vs_checkpoint": ck_s.file}
-        obj = common | vs_info | {"vs_strategy": ck_s.strategy} | surface.record()
-        vs_stem = runfiles.vs_plane_name(ck_s.run_id)  # a comparison's folder is its own
-        stem = plane_name or runfiles.landscape_stem(vs_stem, _changed(options, _PLANE_SETTINGS))
-        result.files += _save(fig, obj, stem, out_dir, runs, log)
+        cks = (ck_a, ck_b, ck_s)
+        _draw_plane(result, thetas, ev, options, cks, common, runs, plane_name, log)
     log(
         f"wrote {', '.join(p.name for p in result.files)} to {out_dir}/ and logged them to run(s) "
         f"{', '.join(r.run_id[:8] for r in runs)} under {runfiles.LANDSCAPE_DIR}/"
     )
     return result
+
+
+def _thetas(
+    store: Store, run_id: str, vs: str | None
+) -> tuple[tuple[Checkpoint, Checkpoint, Checkpoint | None], dict[str, Tensor]]:
+    """The checkpoints of theta_A and theta_B (and theta_S with ``vs``), checked, and their
+    weights flattened.
+
+    Raises:
+        LandscapeError: a run or checkpoint missing; ``vs`` from another sequence; theta_S on
+            the line through theta_A and theta_B (no plane).
+    """
+    ck_a, ck_b = load_run(store, run_id, (0, 1))
+    ck_s = load_run(store, vs, (1,))[0] if vs else None
+    thetas = {"A": flat_parameters(ck_a.model), "B": flat_parameters(ck_b.model)}
+    if ck_s is not None:
+        check_comparable(ck_b, ck_s)
+        thetas["S"] = flat_parameters(ck_s.model)
+        gram_schmidt(thetas["A"], thetas["B"], thetas["S"])  # no plane (S on the line): fail now
+    return (ck_a, ck_b, ck_s), thetas
+
+
+def _draw_line(
+    result: Landscape,
+    thetas: dict[str, Tensor],
+    ev: Evaluation,
+    options: Options,
+    cks: tuple[Checkpoint, Checkpoint],
+    common: dict[str, Any],
+    runs: list[Run],
+    log: Callable[[str], None],
+) -> None:
+    """The line from theta_A to theta_B: computed, drawn, saved and logged into ``result``."""
+    ck_a, ck_b = cks
+    curve = compute_line(thetas["A"], thetas["B"], ev, options)
+    result.seconds["line"], result.summary["line"] = curve.seconds, curve.at_ends()
+    log(f"line: {len(curve.alphas)} points x 2 tasks x {_samples(ev)} in {_took(curve, ev)}")
+    title = (
+        f"{ck_b.cfg.name}, {ck_b.strategy}, run {ck_a.run_id[:8]}: {ev.tasks[0]} then "
+        f"{ev.tasks[1]}, {_samples(ev)} per task"
+    )
+    fig = plot_line(curve.alphas, curve.values, ev.tasks, title, curve.distance)
+    stem = runfiles.landscape_stem("line", _changed(options, _LINE_SETTINGS))
+    result.files += _save(fig, common | curve.record(), stem, result.out_dir, runs, log)
+
+
+def _draw_plane(
+    result: Landscape,
+    thetas: dict[str, Tensor],
+    ev: Evaluation,
+    options: Options,
+    cks: tuple[Checkpoint, Checkpoint, Checkpoint],
+    common: dict[str, Any],
+    runs: list[Run],
+    plane_name: str,
+    log: Callable[[str], None],
+) -> None:
+    """The plane through theta_A, theta_B and theta_S: computed, drawn, saved and logged."""
+    ck_s = cks[2]
+    surface = compute_plane(thetas, ev, options)
+    result.seconds["plane"], result.summary["plane"] = surface.seconds, surface.at
+    grid = f"{options.grid}x{options.grid}"
+    log(f"plane: {grid} points x 2 tasks x {_samples(ev)} in {_took(surface, ev)}")
+    fig = _plane_figure(surface, ev, cks)
+    vs_info = {"vs_run_id": ck_s.run_id, "vs_checkpoint": ck_s.file}
+    obj = common | vs_info | {"vs_strategy": ck_s.strategy} | surface.record()
+    vs_stem = runfiles.vs_plane_name(ck_s.run_id)  # a comparison's folder is its own
+    stem = plane_name or runfiles.landscape_stem(vs_stem, _changed(options, _PLANE_SETTINGS))
+    result.files += _save(fig, obj, stem, result.out_dir, runs, log)
 
 
 def _record(

@@ -119,7 +119,7 @@ def load_parameters(model: nn.Module, theta: Tensor) -> None:
     if theta.numel() != sum(sizes):
         raise ValueError(f"theta has {theta.numel()} entries, the model {sum(sizes)} parameters")
     with torch.no_grad():
-        for p, chunk in zip(params, theta.split(sizes), strict=True):
+        for p, chunk in zip(params, torch.split(theta, sizes), strict=True):
             p.copy_(chunk.view(p.shape))
 
 

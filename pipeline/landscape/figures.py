@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patheffects import withStroke
@@ -98,7 +99,6 @@ def plot_plane(plane: Plane, tasks: Sequence[str], labels: dict[str, str], title
         (f"task B loss: {tasks[1]}", loss[..., 1]),
         ("sum of both losses", loss.sum(axis=-1)),
     )
-    styles = {"A": ("o", "white"), "B": ("s", "white"), "S": ("*", "gold")}
     for ax, (name, z) in zip(axes, surfaces, strict=True):
         # Losses span orders of magnitude (0.01 at a bowl's bottom, 10+ far out): log levels.
         low = max(float(np.nanmin(z)), 1e-4)
@@ -111,27 +111,7 @@ def plot_plane(plane: Plane, tasks: Sequence[str], labels: dict[str, str], title
         cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
         cbar.ax.minorticks_off()
         cbar.set_label(f"{name.split(':')[0]} (log scale)")
-        for key, (x, y) in plane.points.items():
-            marker, colour = styles[key]
-            ax.plot(
-                x,
-                y,
-                marker,
-                ms=15 if key == "S" else 10,
-                mfc=colour,
-                mec="black",
-                label=labels[key],
-            )
-            ax.annotate(
-                theta_label(key),
-                (x, y),
-                xytext=(7, 7),
-                textcoords="offset points",
-                fontsize=12,
-                color="white",
-                fontweight="bold",
-                path_effects=[withStroke(linewidth=2.5, foreground="black")],  # light areas too
-            )
+        _mark_points(ax, plane.points, labels)
         ax.set_title(name)
         ax.set_aspect("equal")
         ax.set_xlabel(r"$u = (\theta_B - \theta_A)/\|\theta_B - \theta_A\|$  (L2 distance)")
@@ -144,3 +124,24 @@ def plot_plane(plane: Plane, tasks: Sequence[str], labels: dict[str, str], title
         r"$\theta_A$, $\theta_B$, $\theta_S$; axis units: Euclidean distance in weight space"
     )
     return fig
+
+
+_POINT_STYLES = {"A": ("o", "white"), "B": ("s", "white"), "S": ("*", "gold")}
+
+
+def _mark_points(ax: Axes, points: dict[str, tuple[float, float]], labels: dict[str, str]) -> None:
+    """theta_A, theta_B and theta_S on a contour plot: a marker each, labelled."""
+    for key, (x, y) in points.items():
+        marker, colour = _POINT_STYLES[key]
+        ms = 15 if key == "S" else 10
+        ax.plot(x, y, marker, ms=ms, mfc=colour, mec="black", label=labels[key])
+        ax.annotate(
+            theta_label(key),
+            (x, y),
+            xytext=(7, 7),
+            textcoords="offset points",
+            fontsize=12,
+            color="white",
+            fontweight="bold",
+            path_effects=[withStroke(linewidth=2.5, foreground="black")],  # light areas too
+        )

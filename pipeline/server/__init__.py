@@ -50,6 +50,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from typing_extensions import override
+
 from pipeline.server.common import (
     ServerError,
     Settings,
@@ -233,6 +235,7 @@ def stop(folder: Path) -> list[str]:
 
 
 class _Parser(argparse.ArgumentParser):
+    @override
     def error(self, message: str) -> NoReturn:  # one line, like the other bad input
         self.exit(2, f"error: {message} (see --help)\n")
 

@@ -103,8 +103,10 @@ def create_app() -> Any:
             try:
                 page = seeded_page(index.read_text(), experiment_views())
             except Exception:  # the store unreadable now: MLflow's page, unseeded
-                return await mlflow_app(scope, receive, send)
-            return await HTMLResponse(page)(scope, receive, send)
-        return await mlflow_app(scope, receive, send)
+                await mlflow_app(scope, receive, send)
+                return
+            await HTMLResponse(page)(scope, receive, send)
+            return
+        await mlflow_app(scope, receive, send)
 
     return app

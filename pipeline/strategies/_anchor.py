@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from pipeline.data.tasks import Batch
 from pipeline.errors import ConfigError
 from pipeline.strategies._per_sample import PER_SAMPLE_CHUNK
-from pipeline.strategies.base import Strategy, TaskContext
+from pipeline.strategies.base import P, Strategy, TaskContext
 
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -59,6 +60,7 @@ class _Quadratic(torch.autograd.Function):
     """
 
     @staticmethod
+    @override
     def forward(
         ctx: Any,
         scale: float,
@@ -75,6 +77,7 @@ class _Quadratic(torch.autograd.Function):
         return value * scale
 
     @staticmethod
+    @override
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         grads = torch._foreach_mul(ctx.weighted, grad_output * (2.0 * ctx.scale))
         return (None, None, None, *grads)
@@ -176,7 +179,7 @@ class QuadraticAnchor:
         """``scale * (sum_i Omega_i (theta_i - theta*_i)^2 + offset)``, differentiable in the
         model's parameters (one fused computation; see the module docstring)."""
         params, imp, anchor = self._prepared(model)
-        value = _Quadratic.apply(scale, imp, anchor, *params)
+        value: Tensor = _Quadratic.apply(scale, imp, anchor, *params)
         if self.offset.item() != 0.0:  # only the summed EWC form has one (a CPU scalar)
             value = value + scale * float(self.offset)
         return value
@@ -218,7 +221,7 @@ def task_batches(
     return ctx.datamodule.loader(ctx.task, "train", batch_size, limit)
 
 
-class AnchorStrategy(Strategy):
+class AnchorStrategy(Strategy[P]):
     """Base of the strategies whose penalty is ``scale * sum Omega (theta - theta*)^2``.
 
     Subclasses set :attr:`scale` (from their hyperparameters) and fill :attr:`quad` in
@@ -227,7 +230,7 @@ class AnchorStrategy(Strategy):
 
     keeps_raw_data = False
 
-    def __init__(self, params: Any) -> None:
+    def __init__(self, params: P) -> None:
         super().__init__(params)
         self.quad = QuadraticAnchor()
         self.tasks_seen = 0
@@ -237,15 +240,18 @@ class AnchorStrategy(Strategy):
         """The factor in front of ``sum Omega (theta - theta*)^2``."""
         raise NotImplementedError
 
+    @override
     def penalty(self, model: nn.Module, batch: Batch, logits: Tensor) -> Tensor | None:
         """The quadratic pull to the anchor; ``None`` before the first task has ended."""
         if self.quad.empty:
             return None
         return self.quad.penalty(model, self.scale)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"tasks_seen": self.tasks_seen, **self.quad.state_dict()}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tasks_seen = int(state.get("tasks_seen", 0))
         if state.get("anchor"):

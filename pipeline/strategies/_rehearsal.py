@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from pipeline import distributed
 from pipeline.config import ExperimentConfig
@@ -84,7 +85,11 @@ class RehearsalParams:
     size: int = 500
 
 
-class Rehearsal(Strategy):
+#: The hyperparameters of a rehearsal strategy.
+RP = TypeVar("RP", bound=RehearsalParams)
+
+
+class Rehearsal(Strategy[RP]):
     """Base of the strategies that keep raw samples in a :class:`ReservoirBuffer`.
 
     It owns the buffer (on the model's device), a CPU generator for drawing replay samples,
@@ -98,7 +103,7 @@ class Rehearsal(Strategy):
 
     keeps_raw_data = True
 
-    def __init__(self, params: Any) -> None:
+    def __init__(self, params: RP) -> None:
         super().__init__(params)
         seed = (torch.initial_seed() + zlib.crc32(self.name.encode())) % (1 << 62)
         self.buffer = ReservoirBuffer(
@@ -110,7 +115,8 @@ class Rehearsal(Strategy):
         self.ctx: TaskContext | None = None
 
     @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+    @override
+    def check_config(cls, params: RP, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         if params.size < 1:
             raise ConfigError(f"strategies.{cls.name}.size: must be >= 1, got {params.size}")
@@ -131,12 +137,14 @@ class Rehearsal(Strategy):
                 )
 
     # -- hooks ------------------------------------------------------------------------------
+    @override
     def on_task_start(self, ctx: TaskContext) -> None:
         self.ctx = ctx
         self.buffer.to(ctx.device)
         self.current = TaskSamples(ctx.task, ctx.device)
         self.task_names = [t.name for t in ctx.datamodule.tasks]
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         self.current = None  # the id table of a finished task is not kept
 
@@ -213,17 +221,21 @@ class Rehearsal(Strategy):
         )
 
     # -- ledger, erasure, checkpoints ---------------------------------------------------------
+    @override
     def retention(self) -> Retention:
         r = self.buffer.retention(self.task_names)
         r.state_bytes += int(self.generator.get_state().numel())
         return r
 
+    @override
     def erase(self, task: int, ids: Tensor) -> int:
         return self.buffer.erase(task, ids)
 
+    @override
     def stored_ids(self, task: int) -> Tensor | None:
         return self.buffer.stored_ids(task)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "buffer": self.buffer.state_dict(),
@@ -231,6 +243,7 @@ class Rehearsal(Strategy):
             "task_names": list(self.task_names),
         }
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"].cpu())

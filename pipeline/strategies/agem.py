@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from pipeline import distributed
 from pipeline.data.tasks import Batch
@@ -45,7 +46,7 @@ def project(grad: Tensor, ref: Tensor) -> Tensor:
 
 
 @register
-class AGEM(Rehearsal):
+class AGEM(Rehearsal[AGEMParams]):
     """A-GEM: project each gradient so that the loss on an episodic-memory batch does not grow.
 
     After the backward pass of each step of task ``t >= 1``, the reference gradient
@@ -59,13 +60,14 @@ class AGEM(Rehearsal):
     """
 
     name = "agem"
-    Params = AGEMParams
 
+    @override
     def transform_batch(self, batch: Batch, ctx: TaskContext) -> Batch:
         assert self.current is not None
         self.current.first_sight(batch)
         return batch
 
+    @override
     def after_backward(self, model: nn.Module) -> None:
         if self.buffer.empty:
             return
@@ -96,6 +98,7 @@ class AGEM(Rehearsal):
                 p.grad.copy_(value)
             offset += n
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         self.insert_seen()
         super().on_task_end(ctx)

@@ -15,7 +15,7 @@ hook                          when / what it returns
                               or ``None``
 ``after_backward(model)``     after the backward pass, before the optimizer step (gradient
                               projection, importance accumulation)
-``after_optimizer_step()``    after the optimizer step (path integrals need the update)
+``after_optimizer_step(m)``   after the optimizer step (path integrals need the update)
 ``on_task_end(ctx)``          after the task's training, model on the evaluation device
                               (Fisher information, anchors, buffer updates)
 ``state_dict()`` / ``load_state_dict(s)``  saved into and restored from every checkpoint
@@ -26,23 +26,27 @@ the retention ledger), its :class:`Role` in a comparison, and refuses a setting 
 in before anything trains (:meth:`check_config` raises :class:`StrategyRefused`: a scenario,
 streaming, ``retention: none``).
 
-A strategy's metadata lives once: its defaults in its ``Params`` dataclass, its description and
-search ranges in ``conf/strategy/<name>.yaml``, its name, role and raw-data use as class
-attributes. :func:`resolve` parses an experiment's strategy hyperparameters once, against
+A strategy's metadata lives once: its defaults in its ``Params`` dataclass (named once, as the
+type argument of its base: ``class EWC(AnchorStrategy[EWCParams])``, which types
+``self.params``), its description and search ranges in ``conf/strategy/<name>.yaml``, its name,
+role and raw-data use as class attributes. Each hook an implementation overrides is marked
+with ``typing_extensions.override``; the hooks' docstrings below say when each is called and
+what it may return. :func:`resolve` parses an experiment's strategy hyperparameters once, against
 ``Params``, and every other module reads the parsed objects.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import Field, dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
 
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
+from typing_extensions import override
 
 from pipeline.data.tasks import Batch, Task
 from pipeline.errors import ConfigError
@@ -51,6 +55,13 @@ if TYPE_CHECKING:
     from pipeline.config import ExperimentConfig
     from pipeline.data.datamodule import ContinualDataModule
     from pipeline.models import Classifier
+
+
+class DataclassInstance(Protocol):
+    """Any dataclass instance: what a strategy's hyperparameters are (typeshed's
+    ``_typeshed.DataclassInstance``, which exists only for type checkers)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
 
 @dataclass
@@ -129,16 +140,36 @@ class TaskContext:
     device: torch.device
 
 
-class Strategy:
-    """Base class of every strategy plugin. Subclasses override the hooks they need.
+#: A strategy's hyperparameters: an instance of its ``Params`` dataclass.
+P = TypeVar("P", bound=DataclassInstance)
+
+
+class Strategy(Generic[P]):
+    """Base class of every strategy plugin, generic over its hyperparameters ``P``.
+
+    A strategy names its hyperparameter dataclass once, as the type argument of its base:
+    ``class EWC(AnchorStrategy[EWCParams])`` sets ``EWC.Params`` to ``EWCParams`` and types
+    ``self.params`` and :meth:`check_config`'s ``params`` as ``EWCParams``; a strategy without
+    hyperparameters subclasses ``Strategy[NoParams]``. Subclasses override the hooks they need,
+    each marked with ``typing_extensions.override`` (mypy checks it). Every hook has a default
+    (most do nothing), so a strategy that overrides none is plain fine-tuning.
 
     Class attributes:
-        name: registry name (``conf/strategy/<name>.yaml`` holds its defaults).
-        Params: dataclass of its hyperparameters; ``params`` is an instance of it.
+        name: registry name (``conf/strategy/<name>.yaml`` holds its description and search
+            ranges).
+        Params: dataclass of its hyperparameters, taken from the type argument (a subclass of
+            the unparametrised ``Strategy`` may set it itself; set both and they must agree).
+        keeps_raw_data: True when it keeps raw training samples across task boundaries.
+        scenarios: the scenarios it can work in.
+        role: what it stands for in a comparison.
+        landmark: a landmark of the field (a comparison draws its loss-landscape plane).
+
+    Attributes:
+        params: its hyperparameters, an instance of ``Params`` (:func:`parse_params`).
     """
 
     name: ClassVar[str] = ""
-    Params: ClassVar[type] = NoParams
+    Params: ClassVar[type[DataclassInstance]] = NoParams
     #: True when the strategy keeps raw training samples across task boundaries.
     keeps_raw_data: ClassVar[bool] = False
     #: Scenarios the strategy can work in.
@@ -148,12 +179,41 @@ class Strategy:
     #: method's, so readers see where a classic lands.
     landmark: ClassVar[bool] = False
 
-    def __init__(self, params: Any) -> None:
-        self.params = params
+    @override
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Take ``Params`` from the type argument of the strategy base (``Strategy[X]``, or an
+        intermediate base such as ``AnchorStrategy[X]``).
+
+        Raises:
+            TypeError: the type argument is not a dataclass, or ``Params`` set on the class
+                disagrees with it.
+        """
+        super().__init_subclass__(**kwargs)
+        given = params_argument(cls)
+        if given is None:
+            return
+        declared = cls.__dict__.get("Params")
+        if declared is not None and declared is not given:
+            raise TypeError(
+                f"{cls.__name__}: Params = {declared.__name__} but its base says {given.__name__}"
+            )
+        cls.Params = given
+
+    def __init__(self, params: P) -> None:
+        self.params: P = params
 
     @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+    def check_config(cls, params: P, cfg: ExperimentConfig) -> None:
         """Refuse, before training, a setting this strategy cannot work in.
+
+        Called by :func:`resolve`, once per composed experiment, before any strategy is built
+        or anything trains (so a comparison skips the strategy with the reason, and a single
+        run stops with exit 2). An override calls ``super().check_config(params, cfg)`` first
+        (the scenario and retention rules), then checks its own values.
+
+        Args:
+            params: its hyperparameters, parsed (defaults filled in, types checked).
+            cfg: the whole experiment.
 
         Raises:
             StrategyRefused: the setting (scenario, streaming, retention) rules it out.
@@ -170,49 +230,167 @@ class Strategy:
             )
 
     def retention(self) -> Retention:
-        """What this strategy keeps now (default: no raw samples; its state's tensors)."""
+        """What this strategy keeps now: one entry of the retention ledger.
+
+        Called after each task's training and evaluation, for the task's record.
+
+        Returns:
+            The raw samples it holds (per task name) and their bytes, and the bytes of its
+            derived state. The default counts no raw samples and every tensor of
+            :meth:`state_dict` as derived state; a strategy that keeps raw samples overrides it.
+        """
         return Retention(state_bytes=tensor_bytes(self.state_dict()))
 
     def erase(self, task: int, ids: torch.Tensor) -> int:
-        """Forget the stored samples of task ``task`` with these sample ids (the right to
-        erasure). Returns how many were removed; a strategy that keeps none removes none."""
+        """Forget stored samples (the right to erasure).
+
+        Called by ``make erase`` on the strategies of each of the run's checkpoints.
+
+        Args:
+            task: index of the task the samples belong to.
+            ids: their sample ids (1-D, int64).
+
+        Returns:
+            How many samples were removed (ids it does not hold are ignored). The default, for
+            a strategy that keeps none, removes none: 0.
+        """
         return 0
 
     def stored_ids(self, task: int) -> torch.Tensor | None:
-        """The ids of task ``task``'s samples this strategy holds now (what :meth:`erase` can
-        remove); ``None`` for a strategy that keeps no samples in its state."""
+        """The ids of a task's samples this strategy holds now (what :meth:`erase` can remove).
+
+        Called by ``make erase`` to count and list what each of the run's checkpoints holds.
+
+        Returns:
+            The ids (1-D, int64; empty when it holds none of that task's), or ``None`` (the
+            default) for a strategy that keeps no samples in its state at all.
+        """
         return None
 
     def on_task_start(self, ctx: TaskContext) -> None:
-        """Called before training on ``ctx.task``."""
+        """Enter task ``ctx.index``.
+
+        Called before the task's Trainer is built, after the head has made room for the task:
+        add parameters or hooks here (the optimizer is created afterwards), move state to
+        ``ctx.device``, or change what the task trains on (``ctx.datamodule``).
+
+        Returns:
+            Nothing: it acts on its own state or on ``ctx``.
+        """
 
     def transform_batch(self, batch: Batch, ctx: TaskContext) -> Batch:
-        """Return the batch to train on (default: unchanged)."""
+        """Choose the batch a training step trains on.
+
+        Called on every training batch, before the forward pass, in list order (each strategy
+        gets the previous one's result).
+
+        Args:
+            batch: the training batch, on the training device.
+            ctx: the current task.
+
+        Returns:
+            The batch to train on: ``batch`` itself (the default), or a new one (replay appends
+            stored samples). Never ``None``.
+        """
         return batch
 
     def penalty(self, model: nn.Module, batch: Batch, logits: Tensor) -> Tensor | None:
-        """Return a term added to the loss, or ``None`` for no penalty."""
+        """A term to add to the training loss of this step.
+
+        Called on every training step, after the forward pass and before the backward one.
+
+        Args:
+            model: the network being trained.
+            batch: the batch the step trains on (after every :meth:`transform_batch`).
+            logits: ``model``'s output on ``batch.x`` (part of the autograd graph).
+
+        Returns:
+            A differentiable scalar added to the task loss (and logged as
+            ``train/penalty_<name>``), or ``None`` (the default) for no penalty this step
+            (e.g. before the first task has ended).
+        """
         return None
 
     def after_backward(self, model: nn.Module) -> None:
-        """Called after ``loss.backward()``, before the optimizer step."""
+        """Act on the gradients of this step.
+
+        Called after ``loss.backward()``, before the optimizer step: the ``.grad`` of
+        ``model``'s parameters hold the gradient of the task loss plus every penalty, and may
+        be changed in place (gradient projection) or read (importance accumulation).
+
+        Returns:
+            Nothing: it acts on the gradients or its own state.
+        """
 
     def after_optimizer_step(self, model: nn.Module) -> None:
-        """Called after the optimizer step."""
+        """Act on the update of this step.
+
+        Called after the optimizer step of each training batch: ``model``'s parameters hold
+        the updated weights (path integrals need the update; a projection may correct it).
+
+        Returns:
+            Nothing: it acts on the weights or its own state.
+        """
 
     def on_task_end(self, ctx: TaskContext) -> None:
-        """Called after training on ``ctx.task``, before the evaluation of every task."""
+        """Leave task ``ctx.index``.
+
+        Called after the task's training, once the weights are checked finite, with the model
+        on the evaluation device and before any task is evaluated: compute importances,
+        anchors, old-model copies, buffer insertions here.
+
+        Returns:
+            Nothing: it acts on its own state.
+        """
 
     def state_dict(self) -> dict[str, Any]:
-        """State to store in each checkpoint (tensors, numbers, lists, dicts)."""
+        """The state to store in each checkpoint.
+
+        Called when a task's checkpoint is written (and rewritten by ``make erase``), and
+        after each task of a distributed run to check that the processes hold the same state.
+
+        Returns:
+            Tensors, numbers, strings, lists and dicts of them (what ``torch.save`` writes
+            with ``weights_only`` loading); ``{}`` (the default) for a strategy with no state.
+            Its tensors also count as derived state in :meth:`retention`'s default.
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned.
+
+        Called on a freshly built strategy (a resumed run, a checkpoint reloaded), before any
+        other hook; the tensors are on the CPU whatever device they were saved from.
+
+        Returns:
+            Nothing: it replaces its own state.
+        """
 
 
-REGISTRY: dict[str, type[Strategy]] = {}
-S = TypeVar("S", bound=type[Strategy])
+def params_argument(cls: type) -> type[DataclassInstance] | None:
+    """The hyperparameter dataclass a strategy class names as the type argument of its strategy
+    base (``class EWC(AnchorStrategy[EWCParams])`` -> ``EWCParams``); ``None`` when its bases
+    are unparametrised or parametrised by a type variable (an intermediate generic base).
+
+    Raises:
+        TypeError: the type argument is a class that is not a dataclass.
+    """
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        origin = get_origin(base)
+        if not (isinstance(origin, type) and issubclass(origin, Strategy)):
+            continue
+        for arg in get_args(base):
+            if isinstance(arg, type):
+                if not is_dataclass(arg):
+                    raise TypeError(f"{cls.__name__}: {arg.__name__} is not a dataclass")
+                return arg
+    return None
+
+
+#: Every strategy by name. Each holds its own ``Params`` type (``Strategy[Any]``: the registry is
+#: where the types meet the YAML; :func:`parse_params` checks each value against ``Params``).
+REGISTRY: dict[str, type[Strategy[Any]]] = {}
+S = TypeVar("S", bound=type[Strategy[Any]])
 
 
 def register(cls: S) -> S:
@@ -223,9 +401,14 @@ def register(cls: S) -> S:
     return cls
 
 
-def parse_params(name: str, raw: Any) -> Any:
+def parse_params(name: str, raw: Any) -> DataclassInstance:
     """Validate a strategy's hyperparameters against its ``Params`` dataclass, whose defaults
     fill what ``raw`` leaves out (already parsed params are returned as they are).
+
+    Args:
+        name: a registered strategy.
+        raw: its hyperparameters as composed (a mapping, ``None`` for the defaults), or an
+            instance of its ``Params``.
 
     Raises:
         ConfigError: unknown strategy, unknown key, wrong type or bad value.
@@ -247,7 +430,7 @@ def parse_params(name: str, raw: Any) -> Any:
         raise ConfigError(f"strategies.{name}.{key}: {str(e).splitlines()[0]}") from e
     except ConfigError as e:
         raise ConfigError(f"strategies.{name}.{e}") from e
-    assert is_dataclass(params)
+    assert is_dataclass(params) and not isinstance(params, type)
     for f in fields(params):
         value = getattr(params, f.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -293,6 +476,6 @@ def resolve(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg
 
 
-def build_strategies(cfg: ExperimentConfig) -> list[Strategy]:
+def build_strategies(cfg: ExperimentConfig) -> list[Strategy[Any]]:
     """Instantiate the strategies of a resolved config (:func:`resolve`), in order."""
     return [REGISTRY[n](parse_params(n, cfg.strategies.get(n))) for n in cfg.strategy]

@@ -248,12 +248,7 @@ class ReservoirBuffer:
         self.seen += n
         dev = self.device
         labels, tasks, ids = labels.to(dev), tasks.to(dev), ids.to(dev)
-        new_keys = torch.rand(n, generator=self.generator, dtype=torch.float64).to(dev)
-        who = pair_key(tasks, ids)
-        refused = torch.isin(who, self.erased)
-        if not self.empty:
-            refused |= torch.isin(who, pair_key(self.tasks, self.ids)[self.slots()])
-        new_keys = new_keys.masked_fill(refused, _NEVER)
+        new_keys = self._draw_keys(tasks, ids)
 
         keep = self._select(
             torch.cat([self.keys.masked_fill(~self.valid, _NEVER), new_keys]),
@@ -264,13 +259,8 @@ class ReservoirBuffer:
         enter = keep_new.nonzero().squeeze(1)
         slots = free[: enter.numel()]  # free >= enter: the selection keeps <= capacity
 
-        images = source[rows[enter.to(rows.device)].to(source.device)].to(dev)
-        if self.images is None:
-            self.images = torch.zeros(
-                (self.capacity, *images.shape[1:]), dtype=images.dtype, device=dev
-            )
         evicted = self.valid & ~keep_old
-        self.images[slots] = images  # a copy: later changes to `source` do not reach it
+        self._store_images(slots, source, rows[enter.to(rows.device)])
         self.labels[slots], self.tasks[slots], self.ids[slots] = (
             labels[enter],
             tasks[enter],
@@ -278,19 +268,50 @@ class ReservoirBuffer:
         )
         self.keys[slots] = new_keys[enter]
         if logits is not None:
-            logits = logits.detach().to(dev, torch.float32)
-            self._fit_logits(logits.shape[1])
-            assert self.logits is not None
-            row = torch.zeros((enter.numel(), self.logits.shape[1]), device=dev)
-            row[:, : logits.shape[1]] = logits[enter]
-            self.logits[slots] = row
-            w = widths.to(dev) if widths is not None else torch.full_like(ids, logits.shape[1])
-            self.widths[slots] = w[enter]
+            self._store_logits(slots, logits[enter.to(logits.device)], widths, enter)
         self.valid = keep_old.clone()  # a view would pin the whole pool
         self.valid[slots] = True
         self._wipe(evicted & ~self.valid)  # evicted and not refilled: hold no stale copy
         self._slots = None
         return int(enter.numel())
+
+    def _draw_keys(self, tasks: Tensor, ids: Tensor) -> Tensor:
+        """A reservoir priority per candidate; a candidate already stored or erased gets one
+        that never wins (it still draws, so the stream of draws does not depend on erasures)."""
+        n, dev = int(ids.shape[0]), self.device
+        keys = torch.rand(n, generator=self.generator, dtype=torch.float64).to(dev)
+        who = pair_key(tasks, ids)
+        refused = torch.isin(who, self.erased)
+        if not self.empty:
+            refused |= torch.isin(who, pair_key(self.tasks, self.ids)[self.slots()])
+        return keys.masked_fill(refused, _NEVER)
+
+    def _store_images(self, slots: Tensor, source: Tensor, rows: Tensor) -> None:
+        """Copy ``source[rows]`` into ``slots`` (a copy: later changes to ``source`` do not
+        reach it); the pool is allocated at the first images, in their shape and type."""
+        images = source[rows.to(source.device)].to(self.device)
+        if self.images is None:
+            self.images = torch.zeros(
+                (self.capacity, *images.shape[1:]), dtype=images.dtype, device=self.device
+            )
+        self.images[slots] = images
+
+    def _store_logits(
+        self, slots: Tensor, logits: Tensor, widths: Tensor | None, enter: Tensor
+    ) -> None:
+        """Store the entering candidates' ``logits`` (DER++) in ``slots``; ``widths``: how many
+        of each candidate's logits are real (default: all), indexed by ``enter``."""
+        dev = self.device
+        logits = logits.detach().to(dev, torch.float32)
+        self._fit_logits(logits.shape[1])
+        assert self.logits is not None
+        row = torch.zeros((logits.shape[0], self.logits.shape[1]), device=dev)
+        row[:, : logits.shape[1]] = logits
+        self.logits[slots] = row
+        if widths is not None:
+            self.widths[slots] = widths.to(dev)[enter]
+        else:
+            self.widths[slots] = torch.full_like(slots, logits.shape[1], dtype=self.widths.dtype)
 
     def erase(self, task: int, ids: Tensor) -> int:
         """Remove the stored samples of task ``task`` with these ids, now and for good.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.tasks import Batch
@@ -62,7 +63,7 @@ def logit_widths(model: nn.Module, task: Tensor, logits: Tensor) -> Tensor:
 
 
 @register
-class DERPP(Rehearsal):
+class DERPP(Rehearsal[DERPPParams]):
     """DER++: rehearsal with logit matching plus label replay.
 
     With ``(x', z')`` and ``(x'', y'')`` two independent uniform draws of ``batch_size``
@@ -82,9 +83,9 @@ class DERPP(Rehearsal):
     """
 
     name = "derpp"
-    Params = DERPPParams
 
     @classmethod
+    @override
     def check_config(cls, params: DERPPParams, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         for key in ("alpha", "beta"):
@@ -93,6 +94,7 @@ class DERPP(Rehearsal):
                     f"strategies.derpp.{key}: must be >= 0, got {getattr(params, key)}"
                 )
 
+    @override
     def penalty(self, model: nn.Module, batch: Batch, logits: Tensor) -> Tensor | None:
         p = self.params
         total: Tensor | None = None

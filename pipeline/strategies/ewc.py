@@ -4,10 +4,11 @@ neural networks", PNAS 114(13))."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from pipeline.strategies._anchor import (
     AnchorStrategy,
@@ -67,7 +68,15 @@ class EWCParams:
     fisher_samples: int = 4000
 
 
-def check_fisher_params(name: str, params: Any) -> None:
+class FisherParams(Protocol):
+    """The hyperparameters EWC and online EWC share (:class:`EWCParams`,
+    :class:`~pipeline.strategies.online_ewc.OnlineEWCParams`)."""
+
+    lam: float
+    fisher_samples: int
+
+
+def check_fisher_params(name: str, params: FisherParams) -> None:
     """Value rules shared by EWC and online EWC (one-line ``ConfigError`` naming the key)."""
     require(params.lam >= 0, name, "lam", f"must be >= 0, got {params.lam}")
     require(
@@ -79,7 +88,7 @@ def check_fisher_params(name: str, params: Any) -> None:
 
 
 @register
-class EWC(AnchorStrategy):
+class EWC(AnchorStrategy[EWCParams]):
     """Elastic Weight Consolidation, multi-penalty form (Kirkpatrick et al. 2017).
 
     After each task ``t`` the diagonal empirical Fisher ``F_t`` is computed once, on the task's
@@ -96,17 +105,19 @@ class EWC(AnchorStrategy):
 
     name = "ewc"
     landmark = True  # the reference regulariser of the field
-    Params = EWCParams
 
     @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+    @override
+    def check_config(cls, params: EWCParams, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         check_fisher_params(cls.name, params)
 
     @property
+    @override
     def scale(self) -> float:
         return self.params.lam / 2.0
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         """Fisher of the task just learned, anchored at the weights it ended with."""
         model = ctx.model
@@ -115,4 +126,4 @@ class EWC(AnchorStrategy):
         self.tasks_seen += 1
 
 
-__all__ = ["EWC", "EWCParams", "check_fisher_params", "empirical_fisher"]
+__all__ = ["EWC", "EWCParams", "FisherParams", "check_fisher_params", "empirical_fisher"]

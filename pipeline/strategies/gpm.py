@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
 from pipeline import distributed
 from pipeline.config import ExperimentConfig
@@ -110,7 +111,7 @@ def grow_basis(basis: Tensor | None, gram: Tensor, threshold: float) -> Tensor:
     # never past the residual's rank (its null directions are M's own) or the dimension
     k = min(k, int((values > values[0] * 1e-10).sum()), gram.shape[0] - m.shape[1])
     # Re-orthonormalise: the eigenvectors are orthogonal to M only up to rounding.
-    q, _ = torch.linalg.qr(torch.cat([m, vectors[:, :k]], dim=1))
+    q: Tensor = torch.linalg.qr(torch.cat([m, vectors[:, :k]], dim=1)).Q
     return q.float()
 
 
@@ -158,7 +159,7 @@ def project_out(update: Tensor, basis: Tensor) -> Tensor:
 
 
 @register
-class GPM(Strategy):
+class GPM(Strategy[GPMParams]):
     """GPM: project each update of a layer onto the orthogonal complement of the input space
     of the tasks learnt before.
 
@@ -175,11 +176,11 @@ class GPM(Strategy):
     """
 
     name = "gpm"
-    Params = GPMParams
     keeps_raw_data = False
 
     @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+    @override
+    def check_config(cls, params: GPMParams, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         require(
             0 < params.threshold <= 1,
@@ -203,6 +204,7 @@ class GPM(Strategy):
             self.bases[name] = self.bases[name].to(device)
         return self.bases[name]
 
+    @override
     def after_backward(self, model: nn.Module) -> None:
         self._before = {}
         for name, layer in self._layers(model).items():
@@ -213,6 +215,7 @@ class GPM(Strategy):
                 _write(layer, g, grad=True)
             self._before[name] = flat_update(layer, layer.weight, layer.bias).detach().clone()
 
+    @override
     def after_optimizer_step(self, model: nn.Module) -> None:
         with torch.no_grad():
             for name, layer in self._layers(model).items():
@@ -224,6 +227,7 @@ class GPM(Strategy):
                 _write(layer, before + project_out(step, basis), grad=False)
         self._before = {}
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         def first_samples() -> Iterator[tuple[Tensor, Tensor]]:
             # The training split's first samples in its fixed order (this process's share).
@@ -244,9 +248,11 @@ class GPM(Strategy):
         for name, basis in distributed.broadcast_object(bases).items():
             self.bases[name] = basis.to(ctx.device)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"bases": {k: v.cpu().clone() for k, v in self.bases.items()}}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bases = {k: v.clone() for k, v in state["bases"].items()}
 

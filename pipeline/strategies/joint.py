@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from typing_extensions import override
+
 from pipeline.config import ExperimentConfig
 from pipeline.strategies.base import (
+    NoParams,
     Retention,
     Role,
     Strategy,
@@ -17,7 +20,7 @@ from pipeline.strategies.base import (
 
 
 @register
-class Joint(Strategy):
+class Joint(Strategy[NoParams]):
     """At task ``k``, train on the union of the training sets of tasks ``0..k``.
 
     It keeps every raw sample of every earlier task, which is exactly what privacy law may
@@ -28,34 +31,40 @@ class Joint(Strategy):
     keeps_raw_data = True
     role = Role.REFERENCE
 
-    def __init__(self, params: Any) -> None:
+    def __init__(self, params: NoParams) -> None:
         super().__init__(params)
         self.kept: dict[str, tuple[int, int]] = {}  # task name -> (samples, bytes)
 
     @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+    @override
+    def check_config(cls, params: NoParams, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         if cfg.data.stream:
             raise StrategyRefused(
                 f"strategy: '{cls.name}' re-reads earlier tasks, a stream is seen once"
             )
 
+    @override
     def on_task_start(self, ctx: TaskContext) -> None:
         ctx.datamodule.train_tasks = list(range(ctx.index + 1))
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         split = ctx.task.train
         nbytes = sum(t.numel() * t.element_size() for t in (split.images, split.labels, split.ids))
         self.kept[ctx.task.name] = (len(split), nbytes)
 
+    @override
     def retention(self) -> Retention:
         return Retention(
             raw_samples={k: n for k, (n, _) in self.kept.items()},
             raw_bytes=sum(b for _, b in self.kept.values()),
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"kept": {k: list(v) for k, v in self.kept.items()}}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.kept = {k: (int(v[0]), int(v[1])) for k, v in state["kept"].items()}

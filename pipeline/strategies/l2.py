@@ -4,7 +4,9 @@ Kirkpatrick et al. 2017, Fig. 2A)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from typing_extensions import override
 
 from pipeline.strategies._anchor import AnchorStrategy, require, snapshot, trainable
 from pipeline.strategies.base import TaskContext, register
@@ -27,7 +29,7 @@ class L2Params:
 
 
 @register
-class L2(AnchorStrategy):
+class L2(AnchorStrategy[L2Params]):
     """Pull every weight to its value after the previous task with the same strength:
 
         penalty = lam * sum_i (theta_i - theta*_i)^2,
@@ -38,17 +40,19 @@ class L2(AnchorStrategy):
     """
 
     name = "l2"
-    Params = L2Params
 
     @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+    @override
+    def check_config(cls, params: L2Params, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         require(params.lam >= 0, cls.name, "lam", f"must be >= 0, got {params.lam}")
 
     @property
+    @override
     def scale(self) -> float:
         return float(self.params.lam)
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         """Anchor at the weights the task ended with."""
         self.quad.set(None, snapshot(trainable(ctx.model)))

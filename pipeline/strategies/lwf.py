@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.tasks import Batch
@@ -74,7 +75,7 @@ def frozen_copy(model: M) -> M:
 
 
 @register
-class LwF(Strategy):
+class LwF(Strategy[LwFParams]):
     """LwF: keep a frozen copy of the model from the end of the previous task and penalise the
     current model for moving away from its outputs on the current batch::
 
@@ -97,7 +98,6 @@ class LwF(Strategy):
     """
 
     name = "lwf"
-    Params = LwFParams
 
     def __init__(self, params: LwFParams) -> None:
         super().__init__(params)
@@ -109,6 +109,7 @@ class LwF(Strategy):
         self._features: tuple[Tensor, Tensor] | None = None  # (backbone input, output)
 
     @classmethod
+    @override
     def check_config(cls, params: LwFParams, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         if params.alpha < 0:
@@ -116,6 +117,7 @@ class LwF(Strategy):
         if params.temperature <= 0:
             raise ConfigError(f"strategies.lwf.temperature: must be > 0, got {params.temperature}")
 
+    @override
     def on_task_start(self, ctx: TaskContext) -> None:
         model = ctx.model
         if self.old is None and self.old_state is not None:
@@ -132,6 +134,7 @@ class LwF(Strategy):
     def _catch_features(self, module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
         self._features = (inputs[0], output)
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         if self._hook is not None:
             self._hook.remove()
@@ -141,6 +144,7 @@ class LwF(Strategy):
         self.old_tasks = ctx.index + 1
         self.old_active = model.head.num_active
 
+    @override
     def penalty(self, model: nn.Module, batch: Batch, logits: Tensor) -> Tensor | None:
         if self.old is None:
             return None
@@ -169,10 +173,12 @@ class LwF(Strategy):
             loss = distillation(new, target, t)
         return self.params.alpha * loss
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         weights = self.old.state_dict() if self.old is not None else self.old_state
         return {"old": weights, "old_tasks": self.old_tasks, "old_active": self.old_active}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.old, self.old_state = None, state["old"]
         self.old_tasks = int(state["old_tasks"])

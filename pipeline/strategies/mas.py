@@ -4,9 +4,10 @@ forget", ECCV)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
+from typing_extensions import override
 
 from pipeline.strategies._anchor import (
     AnchorStrategy,
@@ -57,7 +58,7 @@ class MASParams:
 
 
 @register
-class MAS(AnchorStrategy):
+class MAS(AnchorStrategy[MASParams]):
     """Memory Aware Synapses.
 
     At the end of each task the sensitivity of the squared L2 norm of the output to each weight,
@@ -69,18 +70,20 @@ class MAS(AnchorStrategy):
     """
 
     name = "mas"
-    Params = MASParams
 
     @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+    @override
+    def check_config(cls, params: MASParams, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         require(params.lam >= 0, cls.name, "lam", f"must be >= 0, got {params.lam}")
         require(params.samples >= 1, cls.name, "samples", f"must be >= 1, got {params.samples}")
 
     @property
+    @override
     def scale(self) -> float:
         return float(self.params.lam)
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         """Add this task's importance; re-anchor at the current weights."""
         model = ctx.model

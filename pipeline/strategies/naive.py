@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pipeline.strategies.base import Role, Strategy, register
+from pipeline.strategies.base import NoParams, Role, Strategy, register
 
 
 @register
-class Naive(Strategy):
+class Naive(Strategy[NoParams]):
     """Plain fine-tuning (the lower bound). Every hook is the base class's no-op."""
 
     name = "naive"

@@ -4,7 +4,9 @@ learning", ICML)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from typing_extensions import override
 
 from pipeline.strategies._anchor import AnchorStrategy, require, snapshot, trainable
 from pipeline.strategies.base import TaskContext, register
@@ -31,7 +33,7 @@ class OnlineEWCParams:
 
 
 @register
-class OnlineEWC(AnchorStrategy):
+class OnlineEWC(AnchorStrategy[OnlineEWCParams]):
     """Online EWC: one running Fisher and one anchor, whatever the number of tasks.
 
     At the end of task ``t``: ``F <- gamma * F + F_t`` (``F_t`` the empirical Fisher of the task,
@@ -45,18 +47,20 @@ class OnlineEWC(AnchorStrategy):
     """
 
     name = "online_ewc"
-    Params = OnlineEWCParams
 
     @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+    @override
+    def check_config(cls, params: OnlineEWCParams, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         check_fisher_params(cls.name, params)
         require(0 < params.gamma <= 1, cls.name, "gamma", f"must be in (0, 1], got {params.gamma}")
 
     @property
+    @override
     def scale(self) -> float:
         return self.params.lam / 2.0
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         """Decay the running Fisher, add this task's, re-anchor at the current weights."""
         model = ctx.model

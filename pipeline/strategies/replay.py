@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from typing_extensions import override
 
 from pipeline.data.tasks import Batch
 from pipeline.strategies._rehearsal import Rehearsal, RehearsalParams
@@ -33,7 +34,7 @@ class ReplayParams(RehearsalParams):
 
 
 @register
-class Replay(Rehearsal):
+class Replay(Rehearsal[ReplayParams]):
     """Experience replay with a reservoir buffer of raw samples.
 
     Each training batch ``B`` of task ``t >= 1`` is extended with ``M``, ``batch_size``
@@ -53,8 +54,8 @@ class Replay(Rehearsal):
     """
 
     name = "replay"
-    Params = ReplayParams
 
+    @override
     def transform_batch(self, batch: Batch, ctx: TaskContext) -> Batch:
         assert self.current is not None
         self.current.first_sight(batch)  # remember what training showed, for on_task_end
@@ -63,6 +64,7 @@ class Replay(Rehearsal):
         memory = self.memory_batch(self.draw_size(self.params.batch_size, batch))
         return Batch(*(torch.cat([new, old]) for new, old in zip(batch, memory, strict=True)))
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         self.insert_seen()
         super().on_task_end(ctx)

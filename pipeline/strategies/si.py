@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from pipeline.strategies._anchor import AnchorStrategy, require, snapshot, trainable
 from pipeline.strategies.base import TaskContext, register
@@ -33,7 +34,7 @@ class SIParams:
 
 
 @register
-class SI(AnchorStrategy):
+class SI(AnchorStrategy[SIParams]):
     """Synaptic Intelligence: importance from each weight's contribution to the drop in loss
     along the training trajectory, computed online while the task trains.
 
@@ -57,7 +58,6 @@ class SI(AnchorStrategy):
     """
 
     name = "si"
-    Params = SIParams
 
     def __init__(self, params: SIParams) -> None:
         super().__init__(params)
@@ -69,12 +69,14 @@ class SI(AnchorStrategy):
         self._grad: list[Tensor] | None = None
 
     @classmethod
-    def check_config(cls, params: Any, cfg: ExperimentConfig) -> None:
+    @override
+    def check_config(cls, params: SIParams, cfg: ExperimentConfig) -> None:
         super().check_config(params, cfg)
         require(params.c >= 0, cls.name, "c", f"must be >= 0, got {params.c}")
         require(params.xi > 0, cls.name, "xi", f"must be > 0, got {params.xi}")
 
     @property
+    @override
     def scale(self) -> float:
         return float(self.params.c)
 
@@ -90,6 +92,7 @@ class SI(AnchorStrategy):
                     acc[:] = [t.to(device) for t in acc]
         return params
 
+    @override
     def on_task_start(self, ctx: TaskContext) -> None:
         """Start a new path integral at the current weights."""
         params = trainable(ctx.model)
@@ -104,6 +107,7 @@ class SI(AnchorStrategy):
         self._omega = [torch.zeros_like(t) for t in self._start]
         self._grad = None
 
+    @override
     def after_backward(self, model: nn.Module) -> None:
         """Keep this step's task-loss gradient (total gradient minus SI's own penalty's)."""
         if self._omega is None:
@@ -118,6 +122,7 @@ class SI(AnchorStrategy):
                 torch._foreach_sub_(grad, self.quad.gradient(model, self.scale))
         self._grad = grad
 
+    @override
     def after_optimizer_step(self, model: nn.Module) -> None:
         """``omega -= g * (theta_new - theta_old)``; remember ``theta_new``."""
         if self._omega is None or self._prev is None or self._grad is None:
@@ -129,6 +134,7 @@ class SI(AnchorStrategy):
             torch._foreach_copy_(self._prev, params)
         self._grad = None
 
+    @override
     def on_task_end(self, ctx: TaskContext) -> None:
         """Turn the path integral into importance; anchor at the weights the task ended with."""
         if self._omega is None or self._start is None:
@@ -148,6 +154,7 @@ class SI(AnchorStrategy):
         self._start = self._prev = self._omega = self._grad = None
         self.tasks_seen += 1
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """Importance and anchor; mid-task also the path integral's accumulators."""
         state = super().state_dict()
@@ -160,6 +167,7 @@ class SI(AnchorStrategy):
             }
         return state
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         path = state.get("path")

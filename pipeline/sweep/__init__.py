@@ -17,7 +17,7 @@ Objectives (``SweepConfig.objective``):
 
 Storage and resuming: the study lives in ``paths.studies`` (an Optuna journal file in the
 tracking store by default, for the workers of one machine; ``postgresql://`` for workers on many
-machines: :mod:`pipeline.sweep.study`). Running the same sweep again, on this machine or
+machines: :mod:`pipeline.sweep.storage`). Running the same sweep again, on this machine or
 another, resumes or joins it: finished trials are kept; a trial whose worker died is marked
 failed with the reason and its parameters are enqueued again (:mod:`pipeline.sweep.workers`);
 the sweep stops when ``trials`` trials have finished (complete, pruned, or failed for a reason
@@ -25,10 +25,11 @@ of their own, such as a diverging loss). Counting the finished trials and asking
 happen under the storage's lock, so workers never overshoot the total.
 
 The package: :mod:`~pipeline.sweep.config` (the sweep file), :mod:`~pipeline.sweep.space` (the
-search space, objectives and a trial's config), :mod:`~pipeline.sweep.study` (storages,
-creation, counting), :mod:`~pipeline.sweep.workers` (trials, liveness, the worker loop),
-:mod:`~pipeline.sweep.report` (the report, computed) and, here, :func:`sweep` and
-:func:`finalize`, which writes the report.
+search space, objectives and a trial's config), :mod:`~pipeline.sweep.storage` (storages and
+their lock), :mod:`~pipeline.sweep.trials` (counting, samplers, pruners),
+:mod:`~pipeline.sweep.study` (creation and resuming), :mod:`~pipeline.sweep.workers` (trials,
+liveness, the worker loop), :mod:`~pipeline.sweep.report` (the report, computed) and, here,
+:func:`sweep` and :func:`finalize`, which writes the report.
 """
 
 from __future__ import annotations
@@ -43,16 +44,12 @@ import optuna
 from pipeline import runfiles
 from pipeline.disk import room_for
 from pipeline.errors import ConfigError, RunFailed
+from pipeline.paths import PathsConfig
 from pipeline.sweep.config import Settings, compose_sweep
 from pipeline.sweep.report import state_counts, study_figures, study_summary, trial_tags
 from pipeline.sweep.space import study_name
-from pipeline.sweep.study import (
-    PARENT_ATTR,
-    create_or_resume,
-    finished,
-    load_settings,
-    load_study,
-)
+from pipeline.sweep.study import PARENT_ATTR, create_or_resume, load_settings, load_study
+from pipeline.sweep.trials import finished
 from pipeline.sweep.workers import run_worker, say, spawn_workers
 from pipeline.tracking import Run, Store
 
@@ -101,12 +98,7 @@ def sweep(
     store = Store.of(paths)
     status = "FAILED"
     try:
-        if workers == 1:
-            run_worker(name, paths, 0, 1, log)
-        else:
-            codes = spawn_workers(name, paths, workers)
-            if any(codes):
-                log(f"worker exit codes {codes}")
+        _run_workers(name, paths, workers, log)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
@@ -126,6 +118,16 @@ def sweep(
     if status == "FAILED":
         raise SweepError(f"study '{name}' stopped short of {cfg.trials} trials (see above)")
     return result
+
+
+def _run_workers(name: str, paths: PathsConfig, workers: int, log: Callable[[str], None]) -> None:
+    """Run the study's trials: here (one worker) or in ``workers`` worker processes."""
+    if workers == 1:
+        run_worker(name, paths, 0, 1, log)
+        return
+    codes = spawn_workers(name, paths, workers)
+    if any(codes):
+        log(f"worker exit codes {codes}")
 
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")

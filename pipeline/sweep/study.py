@@ -1,163 +1,35 @@
-"""The study: where it is stored, how it is created once and resumed, and how its trials count.
-
-Storages (``paths.studies``, ``$OPTUNA_STORAGE`` or ``STORAGE=``):
-
-- a journal file (the default, ``mlruns/optuna/journal.log``): several worker processes of one
-  machine share it;
-- ``sqlite:///<file>``: one process (Optuna's own advice);
-- ``postgresql://...``: workers on many machines, the engine options a long sweep needs
-  (connections checked before use, a bounded pool, recycled before a server or firewall drops
-  them).
-
-Optuna creates a study or an RDB schema without a lock, and counting the finished trials then
-asking for one more is two steps: two workers doing them at once overshoot the total or race
-the creation. Both happen under :func:`storage_lock`: a file lock beside a journal or SQLite
-file, a PostgreSQL advisory lock for a study shared by many machines (the engines' own locks,
-not a coordinator of ours).
+"""The study: created once (its settings recorded, its parent run opened, the defaults queued)
+and resumed or joined with the same settings. Where it is stored and the lock its workers
+share: :mod:`pipeline.sweep.storage`; how its trials count and are drawn:
+:mod:`pipeline.sweep.trials`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import threading
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import optuna
 from mlflow.exceptions import MlflowException
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import runfiles
 from pipeline.config import ExperimentConfig
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose, require_one_process
-from pipeline.journal import GuardedJournal, StorageError, repair
-from pipeline.locks import file_lock, pg_lock
 from pipeline.paths import PathsConfig, redact, uri_scheme
 from pipeline.provenance import git_commit
-from pipeline.retry import patiently
 from pipeline.sweep.config import SCORE_UNIT, Settings, SweepConfig
 from pipeline.sweep.space import corner_params, lookup, objectives, search_space, trial_config
+from pipeline.sweep.storage import open_storage, storage_lock
+from pipeline.sweep.trials import finished, make_pruner, quiet_optuna
 from pipeline.tracking import Run, Store
 
 SETTINGS_ATTR = "pipeline.settings"  # study user attribute: the protocol record
 PARENT_ATTR = "pipeline.parent_run_id"
-WORKERS_ATTR = "pipeline.workers_started"  # seeds each new worker's sampler differently
-# Trial states that count towards the requested number of trials. A failure counts when the
-# trial itself failed (its loss diverged, its config was refused); a failure recorded because
-# the worker died does not: its parameters are retried.
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-PG_ENGINE = {
-    "pool_pre_ping": True,  # a connection the server dropped (idle, restarted) is replaced
-    "pool_size": 2,  # a worker asks and tells one trial at a time, plus its heartbeat
-    "max_overflow": 2,
-    "pool_recycle": 300,  # seconds: before firewalls and servers drop idle connections
-    "connect_args": {"connect_timeout": 10},
-}
-
-
-# -- storages ------------------------------------------------------------------------------------
-# One storage per URL and process: an RDB storage holds a pool of connections, and opening
-# one per call (a worker loads its study more than once, a test polls) exhausts the server's
-# connection slots; a forked process must not share its parent's.
-_STORAGES: dict[tuple[int, str], BaseStorage] = {}
-
-
-def open_storage(url: str) -> BaseStorage:
-    """A journal file path, ``sqlite:///...`` or ``postgresql://...`` (one per process).
-
-    A journal whose last line is torn is repaired first (:mod:`pipeline.journal`).
-
-    Raises:
-        StorageError: an RDB that cannot be reached or refuses the credentials; a journal
-            damaged before its last line.
-    """
-    key = (os.getpid(), url)
-    if key not in _STORAGES:
-        _STORAGES[key] = _open_storage(url)
-    return _STORAGES[key]
-
-
-def _open_storage(url: str) -> BaseStorage:
-    scheme = uri_scheme(url)
-    if not scheme:
-        path = Path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        repair(path)
-        return JournalStorage(GuardedJournal(str(path)))
-    engine: dict[str, Any] = PG_ENGINE if scheme == "postgresql" else {"pool_pre_ping": True}
-    try:
-        with _schema_lock(url):  # Optuna creates its tables without a lock
-            return PatientRDBStorage(url, engine_kwargs=dict(engine))
-    except Exception as e:  # sqlalchemy's OperationalError and friends: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"study storage {redact(url)}: {redact(first)[:300]}") from None
-
-
-class PatientRDBStorage(RDBStorage):
-    """Optuna's RDB storage whose calls ride out a database that restarts or drops off the
-    network for up to :data:`pipeline.retry.RETRY_S` (:func:`pipeline.retry.patiently`), so
-    that a sweep's workers carry on through a PostgreSQL restart. Opening it still fails at
-    once: a storage that is down when a command starts is bad input.
-
-    Each call of Optuna's storage API is one transaction, rolled back when the connection
-    drops, so calling it again does it once. Only the outermost call retries: one storage
-    method calling another would otherwise multiply the waits.
-    """
-
-    _depth = threading.local()
-
-
-def _patient(name: str) -> Callable[..., Any]:
-    method = getattr(RDBStorage, name)
-
-    @functools.wraps(method)
-    def patient(self: PatientRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        depth = getattr(PatientRDBStorage._depth, "n", 0)
-        PatientRDBStorage._depth.n = depth + 1
-        try:
-            if depth:
-                return method(self, *args, **kwargs)
-            what = f"the study storage {redact(self.url)}"
-            return patiently(lambda: method(self, *args, **kwargs), what)
-        finally:
-            PatientRDBStorage._depth.n = depth
-
-    return patient
-
-
-for _name in [n for n in vars(BaseStorage) if not n.startswith("_")]:
-    if callable(getattr(RDBStorage, _name, None)):
-        setattr(PatientRDBStorage, _name, _patient(_name))
-
-
-# Beside a journal or SQLite file; not "<file>.lock", which Optuna's journal uses for its own
-# (symlink) lock.
-LOCK_SUFFIX = ".pipeline-lock"
-
-
-def _schema_lock(url: str) -> AbstractContextManager[None]:
-    if uri_scheme(url) == "postgresql":
-        return pg_lock(url, "pipeline:optuna-schema")
-    return file_lock(Path(url.partition(":///")[2] + LOCK_SUFFIX))
-
-
-def storage_lock(url: str, study: str) -> AbstractContextManager[None]:
-    """An exclusive lock on ``study`` among every worker of the storage (see the module
-    docstring): a file lock for a journal or SQLite file, an advisory lock in PostgreSQL."""
-    scheme = uri_scheme(url)
-    if scheme == "postgresql":  # workers hold on through a PostgreSQL restart
-        return pg_lock(url, f"pipeline:study:{study}", patient=True)
-    path = url.partition(":///")[2] if scheme else url
-    return file_lock(Path(path + LOCK_SUFFIX))
 
 
 def load_settings(study: optuna.Study) -> Settings:
@@ -184,71 +56,6 @@ def load_study(name: str, storage: str) -> optuna.Study:
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(st)) or "none"
         raise ConfigError(f"no study '{name}' in {redact(storage)} (studies: {names})") from None
-
-
-@contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna's INFO lines ("A new study created...") and experimental warnings off."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
-
-
-# -- counting --------------------------------------------------------------------------------------
-def failed_on_its_own(t: FrozenTrial) -> bool:
-    """A failure of the trial itself (a diverging loss, a refused config), not of its worker."""
-    # Failures recorded as "SystemExit"/"SIGTERMException" were interrupts inside Lightning that
-    # studies of an earlier version took for the trial's own failure: they do not count either.
-    interrupted = str(t.user_attrs.get("fail_reason", "")).startswith(
-        ("SystemExit", "SIGTERMException")
-    )
-    return t.state == TrialState.FAIL and not t.user_attrs.get("crashed") and not interrupted
-
-
-def finished(trials: Sequence[FrozenTrial]) -> int:
-    """Trials that are over and count towards the total."""
-    return sum(1 for t in trials if t.state in FINISHED or failed_on_its_own(t))
-
-
-def counted(trials: Sequence[FrozenTrial]) -> int:
-    """Trials that count towards the total: finished, or running."""
-    return finished(trials) + sum(1 for t in trials if t.state == TrialState.RUNNING)
-
-
-def make_sampler(sweep: SweepConfig, offset: int) -> optuna.samplers.BaseSampler:
-    """The sampler, seeded with ``seed + offset`` (see :func:`claim_offset`)."""
-    seed = sweep.seed + offset
-    if sweep.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if sweep.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=sweep.startup_trials,
-            multivariate=True,
-            constant_liar=True,  # parallel workers: pending trials count as bad, not as unknown
-        )
-
-
-def claim_offset(study: optuna.Study) -> int:
-    """A sampler seed offset no other worker of the study has (call under the storage lock):
-    the count of workers started on it, times 1000. The first worker of a new study gets 0,
-    so a sweep with one worker is reproducible; parallel and resumed workers, even started at
-    the same moment on different machines, draw different random points."""
-    n = int(study.user_attrs.get(WORKERS_ATTR, 0))
-    study.set_user_attr(WORKERS_ATTR, n + 1)
-    return 1000 * n
-
-
-def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
-    if sweep.objective != "accuracy" or sweep.pruner == "none":
-        return optuna.pruners.NopPruner()
-    if sweep.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=sweep.pruner_startup_trials)
 
 
 # -- creating and resuming -------------------------------------------------------------------------

@@ -38,19 +38,17 @@ from pipeline.paths import PathsConfig
 from pipeline.processes import process_alive, process_id
 from pipeline.sweep.config import Settings
 from pipeline.sweep.space import distribution, trial_config
-from pipeline.sweep.study import (
+from pipeline.sweep.storage import storage_lock
+from pipeline.sweep.study import PARENT_ATTR, load_settings, load_study
+from pipeline.sweep.trials import (
     FINISHED,
-    PARENT_ATTR,
     claim_offset,
     counted,
     failed_on_its_own,
     finished,
-    load_settings,
-    load_study,
     make_pruner,
     make_sampler,
     quiet_optuna,
-    storage_lock,
 )
 from pipeline.tracking import Run, StopRun, Store
 
@@ -265,22 +263,13 @@ def run_worker(
         DataError: a dataset is missing (the trial is abandoned first, so it is retried).
         KeyboardInterrupt, SystemExit: the same.
     """
-    from pipeline.runner import quiet_lightning
+    from pipeline.trainer import quiet_lightning
 
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, store = paths.studies_uri(), Store.of(paths)
-    probe = load_study(name, storage)
-    settings = load_settings(probe)
+    study, settings = _open_for_worker(name, storage)
     sweep = settings.config
-    with storage_lock(storage, name):
-        offset = claim_offset(probe)
-    study = optuna.load_study(
-        study_name=name,
-        storage=probe._storage,
-        sampler=make_sampler(sweep, offset),
-        pruner=make_pruner(sweep),
-    )
     prefix = f"[worker {index}] " if workers > 1 else ""
     liveness = Liveness(sweep.grace_s)
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -311,6 +300,22 @@ def run_worker(
             ran += 1
             log(prefix + progress_line(study, settings, trial.number, outcome, workers))
     return ran
+
+
+def _open_for_worker(name: str, storage: str) -> tuple[optuna.Study, Settings]:
+    """The study with this worker's sampler (seeded apart from the other workers') and the
+    pruner, and its settings."""
+    probe = load_study(name, storage)
+    settings = load_settings(probe)
+    with storage_lock(storage, name):
+        offset = claim_offset(probe)
+    study = optuna.load_study(
+        study_name=name,
+        storage=probe._storage,
+        sampler=make_sampler(settings.config, offset),
+        pruner=make_pruner(settings.config),
+    )
+    return study, settings
 
 
 def _trial_raised(

@@ -29,6 +29,17 @@ from pipeline.server.postgres import throwaway_cluster
 
 ADMIN_PASSWORD = "admin-password-for-tests"  # MLflow wants 12+ characters
 
+#: A stand-in for ``mlflow server`` (``python -c FAKE_MLFLOW PORT mlflow``): answers /health (any
+#: GET) on 127.0.0.1:PORT; "mlflow" in its command line, as ``pid_of`` asks.
+FAKE_MLFLOW = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
 
 def require_postgres() -> None:
     """Skip the calling test when the PostgreSQL binaries are absent."""

@@ -1,0 +1,43 @@
+"""The real experiment configs, shrunk to seconds on synthetic tasks, and a sequence run in a new
+run of the config's store."""
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from helpers.stores import empty_store
+from pipeline.config import ExperimentConfig
+from pipeline.experiment import compose
+from pipeline.results import SequenceResult
+from pipeline.runner import run_sequence
+from pipeline.tracking import DB_FILE, Run
+
+
+def small_synthetic(store: Path | str, *overrides: str) -> ExperimentConfig:
+    """``conf/experiment/synthetic_forgetting.yaml`` with a private MLflow store (and reports
+    beside it), no bars.
+
+    A local store that does not exist yet starts as a copy of :func:`empty_store`: MLflow
+    creates a database by running every schema migration (2.7 s here), which most tests would
+    otherwise pay once each. The tests of store creation itself go through the CLI."""
+    reports = Path(store).parent / "reports" if "://" not in str(store) else "reports"
+    cfg = compose(
+        "synthetic_forgetting",
+        [
+            f"paths.store={store}",
+            f"paths.reports={reports}",
+            "trainer.progress_bar=false",
+            "trainer.threads=1",
+            *overrides,
+        ],
+    )
+    folder = Path(store)
+    if "://" not in str(store) and not folder.exists():
+        folder.mkdir(parents=True)
+        shutil.copyfile(empty_store(), folder / DB_FILE)
+    return cfg
+
+
+def run(cfg: ExperimentConfig, parent: str | None = None, **kwargs: Any) -> SequenceResult:
+    """``run_sequence`` in a new run of the config's store and experiment."""
+    return run_sequence(cfg, Run.of(cfg, parent), **kwargs)

@@ -1,0 +1,140 @@
+"""Numbers that write themselves: every measured table the docs include is a file a command
+wrote (docs/measured/, by benchmarks/record.py), and every such file names its command.
+
+- each `--8<--` include in docs/ names a file that exists in docs/measured/;
+- each docs/measured/*.md starts with its header line, naming a command that exists (a script
+  in benchmarks/ or a make target), or is a placeholder naming the command to run;
+- record.py's writer, given a tiny body, writes that header with the date, machine and commit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import re
+import shlex
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from pipeline.paths import REPO_ROOT
+
+DOCS = REPO_ROOT / "docs"
+MEASURED = DOCS / "measured"
+#: A snippet include on a line of its own (pymdownx.snippets' block form).
+INCLUDE = re.compile(r"""^\s*-+8<-+\s+(["'])(?P<path>[^"']+)\1\s*$""", re.M)
+#: The header line record.py writes, and the placeholder line.
+HEADER = re.compile(
+    r"^Measured by `(?P<command>[^`]+)` on (?P<date>.+?)(?: \(took (?P<took>[^)]+)\))? "
+    r"at commit (?P<commit>.+?); machine: (?P<machine>.+)\.$"
+)
+PLACEHOLDER = re.compile(r"^Not measured yet at this commit: run `(?P<command>[^`]+)`\.$")
+
+
+def load_record() -> ModuleType:
+    """benchmarks/record.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("record", REPO_ROOT / "benchmarks" / "record.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_targets() -> set[str]:
+    text = (REPO_ROOT / "Makefile").read_text()
+    return set(re.findall(r"^([a-zA-Z_-]+):", text, re.M))
+
+
+def names_a_command(command: str) -> bool:
+    """A benchmark script that exists, run by the interpreter, or a make target that exists."""
+    words = shlex.split(command)
+    if words[0] == "make":
+        return len(words) > 1 and words[1] in make_targets()
+    scripts = [w for w in words[1:2] if w.startswith("benchmarks/") and w.endswith(".py")]
+    return bool(scripts) and (REPO_ROOT / scripts[0]).is_file()
+
+
+def includes() -> list[tuple[str, str]]:
+    """(page, included path) for every include in the docs pages."""
+    return [
+        (str(page.relative_to(DOCS)), m["path"])
+        for page in sorted(DOCS.rglob("*.md"))
+        if MEASURED not in page.parents
+        for m in INCLUDE.finditer(page.read_text())
+    ]
+
+
+def test_every_include_names_an_existing_measured_file() -> None:
+    found = includes()
+    assert found, "the docs include the benchmarks' results"
+    wrong = [(page, path) for page, path in found if not path.startswith("measured/")]
+    assert not wrong, f"includes come from docs/measured/ only: {wrong}"
+    missing = [(page, path) for page, path in found if not (DOCS / path).is_file()]
+    assert not missing, missing
+
+
+def test_every_measured_file_is_included_somewhere() -> None:
+    included = {path for _, path in includes()}
+    orphans = [p.name for p in MEASURED.glob("*.md") if f"measured/{p.name}" not in included]
+    assert not orphans, f"written but shown on no page: {orphans}"
+
+
+@pytest.mark.parametrize("path", sorted(MEASURED.glob("*.md")), ids=lambda p: p.name)
+def test_every_measured_file_starts_with_the_header_naming_its_command(path: Path) -> None:
+    first = path.read_text().splitlines()[0]
+    match = HEADER.match(first) or PLACEHOLDER.match(first)
+    assert match, f"{path.name}: no header line: {first!r}"
+    assert names_a_command(match["command"]), f"{path.name}: {match['command']!r}"
+
+
+def test_the_writer_puts_command_date_machine_and_commit_on_top(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = [str(REPO_ROOT / "benchmarks" / "storages.py"), "--trials", "2", "--note", "a b"]
+    monkeypatch.setattr(sys, "argv", argv)
+    record = load_record()  # as a script imports it first: it keeps the command line it sees
+    monkeypatch.setattr(sys, "argv", ["pipeline", "run", "changed"])
+    body = record.table(["what", "seconds"], [["a step", "1.25"]])
+    path = record.write("tiny", f"A line.\n\n{body}", tmp_path / "measured")
+
+    assert path == tmp_path / "measured" / "tiny.md"
+    lines = path.read_text().splitlines()
+    header = HEADER.match(lines[0])
+    assert header, lines[0]
+    # the command as one types it again from the repository root
+    python = Path(sys.executable)
+    expected_python = (
+        str(python.relative_to(REPO_ROOT)) if python.is_relative_to(REPO_ROOT) else str(python)
+    )
+    assert header["command"] == f"{expected_python} benchmarks/storages.py --trials 2 --note 'a b'"
+    assert names_a_command(header["command"])
+    started = datetime.datetime.fromisoformat(header["date"])
+    assert started.tzinfo is not None
+    assert abs((datetime.datetime.now().astimezone() - started).total_seconds()) < 3600
+    assert re.fullmatch(r"`[0-9a-f]{40}(-dirty)?`", header["commit"]), header["commit"]
+    assert re.match(
+        r"\d+ usable cores of \d+ \(.+\), GPU: .+, .+, load [\d.]+ at the start$", header["machine"]
+    ), header["machine"]
+    assert lines[1:] == ["", "A line.", "", "| what | seconds |", "|---|---|", "| a step | 1.25 |"]
+
+
+def test_a_record_of_an_older_measurement_renders_what_is_not_recorded() -> None:
+    """A measurement the docs held before the scripts wrote their files keeps its header shape,
+    saying what was not recorded instead of inventing it."""
+    record = load_record()
+    line = record.header(
+        {
+            "command": ".venv/bin/python benchmarks/storages.py",
+            "date": "2026-12-01",
+            "took_s": None,
+            "commit": "not recorded",
+            "machine": "2 cores, no GPU (CPU model, platform and load not recorded)",
+        }
+    )
+    assert line == (
+        "Measured by `.venv/bin/python benchmarks/storages.py` on 2026-12-01 at commit not "
+        "recorded; machine: 2 cores, no GPU (CPU model, platform and load not recorded)."
+    )
+    assert HEADER.match(line)

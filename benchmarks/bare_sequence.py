@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torchvision.datasets as tvd
 from torch import Tensor, nn
 
-from pipeline.config import ModelConfig
+from pipeline.config.schema import ModelConfig
 from pipeline.models import build_model
 
 # Each dataset's mean and std (the pipeline's DATASETS table holds the same values).

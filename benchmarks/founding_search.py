@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import datasets
 
-from pipeline.config import ModelConfig
+from pipeline.config.schema import ModelConfig
+from pipeline.config.validation import check_values
 from pipeline.models import build_model
 
 Data = tuple[Tensor, Tensor, Tensor, Tensor]
@@ -51,7 +52,7 @@ def net(channels: list[int], k: int, hidden: list[int], drop: float, pool: str) 
     cfg = ModelConfig(
         name="cnn", channels=channels, kernel_size=k, pool=pool, hidden=hidden, dropout=drop
     )
-    cfg.check()
+    check_values(cfg)
     return build_model(cfg, (1, 28, 28), [10])
 
 

@@ -36,7 +36,7 @@ import record
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from pipeline.paths import PathsConfig
+from pipeline.config.paths import PathsConfig
 from pipeline.sweep import study as study_module
 from pipeline.sweep import workers as workers_module
 from pipeline.sweep.config import compose_sweep

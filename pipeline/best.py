@@ -35,13 +35,13 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 from typing_extensions import override
 
-from pipeline import conf
-from pipeline.conf import split_overrides
-from pipeline.config import ExperimentConfig
+from pipeline.config import compose as conf
+from pipeline.config.compose import split_overrides
+from pipeline.config.paths import PathsConfig
+from pipeline.config.schema import ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.metrics import percent
-from pipeline.paths import PathsConfig
 from pipeline.sweep.config import Settings
 from pipeline.sweep.report import default_trial, front
 from pipeline.sweep.space import lookup, override_value, trial_config

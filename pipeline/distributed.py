@@ -39,7 +39,7 @@ from torch import Tensor
 from pipeline.errors import RunFailed
 
 if TYPE_CHECKING:
-    from pipeline.config import TrainerConfig
+    from pipeline.config.schema import TrainerConfig
 
 _launcher: Any = None  # Fabric's launcher in the process that started the others
 

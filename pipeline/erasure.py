@@ -11,7 +11,7 @@ nothing to remove). The run records every request in ``erasures.json`` and the
 ``retention/erased_samples`` metric.
 
 The checkpoints are rewritten through the store's artifact API, local or remote
-(:func:`pipeline.runfiles.rewrite_checkpoints`): a rewritten checkpoint is uploaded as a new
+(:func:`pipeline.checkpoints.rewrite_checkpoints`): a rewritten checkpoint is uploaded as a new
 revision, and the old one is removed only afterwards. A crash in between leaves both, the
 newest being the erased one (every reader takes the newest), or a truncated upload (which does
 not load and is skipped); the request is then not yet recorded. Running the same erasure again
@@ -27,12 +27,13 @@ from typing import Any
 
 import torch
 
-from pipeline import runfiles
-from pipeline.config import ExperimentConfig
+from pipeline import checkpoints, runfiles
+from pipeline.config.schema import ExperimentConfig
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import NUM_CLASSES
 from pipeline.module import ContinualModule
-from pipeline.tracking import Run, Store, scratch_dir
+from pipeline.store import Store
+from pipeline.tracking import Run, scratch_dir
 
 
 class ErasureError(ValueError):
@@ -77,7 +78,7 @@ def erase(
         return module.erase_samples(index, wanted)
 
     try:
-        removed = runfiles.rewrite_checkpoints(run, edit)
+        removed = checkpoints.rewrite_checkpoints(run, edit)
     except LookupError as e:  # a task whose every revision fails to load
         raise ErasureError(str(e)) from None
     record = {
@@ -182,9 +183,9 @@ def stored(store: Store, run_id: str, task: str) -> list[str]:
     _, index = _task_of(run, task)
     lines = [f"run {run.run_id}, samples of task '{task}' each checkpoint holds:"]
     with scratch_dir() as tmp:
-        for f in runfiles.latest_checkpoints(run).values():
+        for f in checkpoints.latest_checkpoints(run).values():
             try:
-                module = runfiles.fetch_checkpoint(run, f, tmp)[0]
+                module = checkpoints.fetch_checkpoint(run, f, tmp)[0]
             except (LookupError, ValueError) as e:
                 raise ErasureError(f"run {run.run_id}: {e}") from None
             kept = [t for t in (s.stored_ids(index) for s in module.strategies) if t is not None]
@@ -201,12 +202,12 @@ def _task_of(run: Run, task: str) -> tuple[ExperimentConfig, int]:
     Raises:
         ErasureError: no checkpoints, or no such task.
     """
-    files = runfiles.latest_checkpoints(run)
+    files = checkpoints.latest_checkpoints(run)
     if not files:
         raise ErasureError(f"run {run.run_id} has no checkpoints to erase from")
     with scratch_dir() as tmp:
         try:
-            _, cfg, _ = runfiles.fetch_checkpoint(run, next(iter(files.values())), tmp)
+            _, cfg, _ = checkpoints.fetch_checkpoint(run, next(iter(files.values())), tmp)
         except (LookupError, ValueError) as e:
             raise ErasureError(f"run {run.run_id}: {e}") from None
     names = [t.name for t in cfg.data.tasks]

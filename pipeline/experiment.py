@@ -1,7 +1,8 @@
 """The validated experiment: the composed config with its strategies parsed and checked.
 
-:mod:`pipeline.config` composes ``conf/`` and knows no strategy; :func:`pipeline.strategies.resolve`
-parses each strategy's hyperparameters against its ``Params`` and lets it refuse the setting.
+:mod:`pipeline.config` composes ``conf/`` and knows no strategy;
+:func:`pipeline.strategies.resolve` parses each strategy's hyperparameters against its ``Params``
+and lets it refuse the setting.
 Every command builds its configs here, so both always happen, in that order.
 
 The strategies, the network's size and the device need torch (2 to 5 s to import); the schema
@@ -15,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.conf import compose_raw, from_dict_raw
-from pipeline.config import ExperimentConfig
+from pipeline.config.compose import compose_raw, from_dict_raw
+from pipeline.config.schema import ExperimentConfig
 from pipeline.errors import ConfigError
 
 #: Bytes per parameter while training: the weight, its gradient and Adam's two moments.
@@ -41,7 +42,7 @@ def compose(experiment: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
 
 
 def from_dict(tree: dict[str, Any]) -> ExperimentConfig:
-    """Rebuild and re-check a config saved with :func:`pipeline.config.to_dict` (a run's
+    """Rebuild and re-check a config saved with :func:`pipeline.config.schema.to_dict` (a run's
     ``config.yaml``, a checkpoint)."""
     from pipeline.strategies import resolve
 

@@ -62,7 +62,7 @@ def pg_lock(url: str, name: str, timeout_s: float = 10.0, patient: bool = False)
     """
     import sqlalchemy
 
-    from pipeline.paths import redact
+    from pipeline.config.paths import redact
     from pipeline.retry import patiently, transient
 
     where = (os.getpid(), url)

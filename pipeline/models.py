@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from pipeline.config import ModelConfig
+from pipeline.config.schema import ModelConfig
 from pipeline.errors import ConfigError
 
 
@@ -118,7 +118,7 @@ class IncrementalHead(Head):
 
 
 def build_head(scenario: str, in_features: int, classes_per_task: list[int]) -> Head:
-    """The head a scenario needs (see :class:`pipeline.config.ExperimentConfig`)."""
+    """The head a scenario needs (see :class:`pipeline.config.schema.ExperimentConfig`)."""
     if scenario == "task":
         return MultiHead(in_features, classes_per_task)
     if scenario == "class":

@@ -12,7 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from pipeline import distributed
-from pipeline.config import OptimConfig
+from pipeline.config.schema import OptimConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import RunFailed
 from pipeline.metrics import percent

@@ -11,8 +11,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.config import ExperimentConfig
-from pipeline.paths import REPO_ROOT, redact
+from pipeline.config.paths import REPO_ROOT, redact
+from pipeline.config.schema import ExperimentConfig
 from pipeline.server.ui_app import TRAINING_VIEW
 
 TRACKED_PACKAGES = (

@@ -11,8 +11,8 @@ each time (up, and unable to do what was asked: a full disk for its artifacts, s
 
 from __future__ import annotations
 
+from pipeline.config.paths import redact
 from pipeline.errors import ConfigError, RunFailed, causes
-from pipeline.paths import redact
 
 PROBE_TIMEOUT_S = 10  # a tracking server that does not answer this fast is reported as down
 

@@ -22,16 +22,17 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from pipeline import distributed, runfiles
-from pipeline.conf import parse_dotlist
+from pipeline import checkpoints, distributed, runfiles
+from pipeline.config.compose import parse_dotlist
+from pipeline.config.paths import PathsConfig
 from pipeline.errors import ConfigError
 from pipeline.experiment import check_machine, from_dict
 from pipeline.keys import SPLITS
-from pipeline.paths import PathsConfig
 from pipeline.processes import process_alive
 from pipeline.results import SequenceResult
 from pipeline.runner import TASKS_DONE_TAG, Resume, run_sequence
-from pipeline.tracking import OWNER_TAG, Run, Store, scratch_dir
+from pipeline.store import Store
+from pipeline.tracking import OWNER_TAG, Run, scratch_dir
 
 #: What a resume may change: where it runs, not what it computes.
 WHERE_IT_RUNS = ("trainer.threads", "trainer.accelerator", "trainer.progress_bar", "paths.")
@@ -61,7 +62,7 @@ def resume_run(run_id: str, paths: PathsConfig, overrides: Sequence[str] = ()) -
     if not distributed.started_as_replica():  # the main process has checked and owns the run
         check_resumable(run)
     with scratch_dir() as tmp:
-        last = runfiles.last_checkpoint(run, tmp)
+        last = checkpoints.last_checkpoint(run, tmp)
     checkpoint = last.contents
     if checkpoint is not None and not checkpoint["pipeline"].get("progress"):
         raise ConfigError(
@@ -89,7 +90,7 @@ def resume_run(run_id: str, paths: PathsConfig, overrides: Sequence[str] = ()) -
     )
 
 
-def unreadable_warning(run_id: str, last: runfiles.LastCheckpoint, tasks: Sequence[str]) -> str:
+def unreadable_warning(run_id: str, last: checkpoints.LastCheckpoint, tasks: Sequence[str]) -> str:
     """The line that says which checkpoints do not load and where the run carries on instead:
     after the newest one that loads, or from its first task when none does. The resume goes
     on rather than stops: the tasks after that point are trained again, in the same run, with

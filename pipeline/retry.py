@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from pipeline.config.paths import redact
 from pipeline.errors import causes
-from pipeline.paths import redact
 
 T = TypeVar("T")
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from mlflow.entities import Metric
 
-from pipeline import OMP_WAIT_POLICY, distributed, runfiles
-from pipeline.config import ExperimentConfig, to_dict
+from pipeline import OMP_WAIT_POLICY, checkpoints, distributed, runfiles
+from pipeline.config.schema import ExperimentConfig, to_dict
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Task
 from pipeline.keys import SPLITS, table_columns
@@ -278,7 +278,7 @@ def record_task(
     run, cfg, progress = loop.run, loop.cfg, loop.progress
     assert run is not None, "only the process that writes the run records a task"
     if cfg.tracking.log_checkpoints:
-        meta = runfiles.CheckpointMeta(
+        meta = checkpoints.CheckpointMeta(
             run.run_id,
             task.index,
             task.name,
@@ -286,7 +286,7 @@ def record_task(
             to_dict(cfg),
             progress.to_record(),
         )
-        runfiles.save_checkpoint(run, loop.module, optimizers, meta)
+        checkpoints.save_checkpoint(run, loop.module, optimizers, meta)
     if loop.resumed:
         run.log_missing(logged)
     else:

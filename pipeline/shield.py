@@ -59,7 +59,7 @@ class ShieldedClient(MlflowClient):
 
     Args:
         tracking_uri: the store.
-        where: the store's place as a full disk names it (:attr:`pipeline.tracking.Store.where`).
+        where: the store's place as a full disk names it (:attr:`pipeline.store.Store.where`).
     """
 
     def __init__(self, tracking_uri: str, where: str) -> None:

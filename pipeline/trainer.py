@@ -24,7 +24,7 @@ from mlflow.entities import Metric
 from typing_extensions import override
 
 from pipeline import distributed
-from pipeline.config import TrainerConfig
+from pipeline.config.schema import TrainerConfig
 from pipeline.metrics import PERCENT_DECIMALS
 from pipeline.tracking import Run, metric_records
 

@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.config.paths import PathsConfig, redact, uri_scheme
 from pipeline.errors import ConfigError
-from pipeline.paths import PathsConfig, redact, uri_scheme
 from pipeline.server.common import require_port, url_host
 
 
@@ -18,7 +18,7 @@ def serve_ui(paths: PathsConfig, host: str, port: int) -> int:
     the columns), in place of this process; a tracking server's own UI is only named."""
     from pipeline.provenance import ui_link
     from pipeline.server.tracking_server import security_flags
-    from pipeline.tracking import Store
+    from pipeline.store import Store
 
     if not Store.of(paths).server:  # a tracking server serves its own UI: no port of ours
         # Before the store is created and the address printed: `mlflow ui` on a busy port

@@ -29,7 +29,7 @@ POINTS: dict[tuple[str, str], Any] = {
         lambda left, fresh: BATCHES if left else 0
     ),
     ("pipeline.runner:evaluate", "evaluation"): lambda left, fresh: (1 + fresh) if left else 0,
-    ("pipeline.runfiles:save_checkpoint", "checkpoint"): lambda left, fresh: min(left, 1),
+    ("pipeline.checkpoints:save_checkpoint", "checkpoint"): lambda left, fresh: min(left, 1),
     ("pipeline.tracking:Run.log_file", "checkpoint upload"): lambda left, fresh: min(left, 1),
     ("pipeline.tracking:Run.log_records", "metrics write"): lambda left, fresh: 1 + (not fresh),
     ("pipeline.runfiles:write_results", "final write"): lambda left, fresh: int(left <= 1),
@@ -93,7 +93,7 @@ def real(kills: int, seed: int) -> int:
     import numpy as np
 
     from pipeline import runfiles
-    from pipeline.tracking import Store
+    from pipeline.store import Store
 
     root = Path(tempfile.mkdtemp(prefix="chaos-"))
     chaos, base = root / "chaos", root / "uninterrupted"
@@ -137,7 +137,7 @@ def _resume(run_id: str, store: Any) -> list[str]:
 
 
 def _only_run(store: Any) -> str:
-    from pipeline.tracking import Store
+    from pipeline.store import Store
 
     c = Store.at(store).client()
     (r,) = c.search_runs([e.experiment_id for e in c.search_experiments()])
@@ -146,20 +146,21 @@ def _only_run(store: Any) -> str:
 
 def _checkpoints(store: Any, run_id: str) -> int:
     """Tasks with a checkpoint: where a resume starts."""
-    from pipeline import runfiles
-    from pipeline.tracking import Run, Store
+    from pipeline import checkpoints
+    from pipeline.store import Store
+    from pipeline.tracking import Run
 
-    return len(runfiles.checkpoint_files(Run.get(Store.at(store), run_id)))
+    return len(checkpoints.checkpoint_files(Run.get(Store.at(store), run_id)))
 
 
 def _status(store: Any, run_id: str) -> str:
-    from pipeline.tracking import Store
+    from pipeline.store import Store
 
     return str(Store.at(store).client().get_run(run_id).info.status)
 
 
 def _duplicate_steps(store: Any, run_id: str) -> int:
-    from pipeline.tracking import Store
+    from pipeline.store import Store
 
     c = Store.at(store).client()
     twice = 0

@@ -9,7 +9,8 @@ from helpers.stores import client as client_for
 from pipeline.compare import compare, configs_of
 from pipeline.compare.table import format_markdown, table
 from pipeline.errors import ConfigError
-from pipeline.tracking import Run, Store
+from pipeline.store import Store
+from pipeline.tracking import Run
 
 FAST = [
     "trainer.progress_bar=false",

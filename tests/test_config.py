@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.conf import available, compose_paths
-from pipeline.config import to_dict
+from pipeline.config.compose import available, compose_paths
+from pipeline.config.paths import REPO_ROOT, PathsConfig, redact
+from pipeline.config.schema import to_dict
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
-from pipeline.paths import REPO_ROOT, PathsConfig, redact
 from pipeline.tracking import flatten
 
 
@@ -148,7 +148,7 @@ def test_credentials_are_never_logged_as_params():
 def test_a_folder_named_like_a_config_is_not_one(tmp_path, monkeypatch):
     import shutil
 
-    from pipeline import conf
+    from pipeline.config import compose as conf
 
     shutil.copytree(conf.CONF_DIR, tmp_path / "conf")
     (tmp_path / "conf" / "experiment" / "folder.yaml").mkdir()
@@ -166,7 +166,7 @@ def test_a_config_in_a_sub_folder_is_found_by_its_path_and_no_name_leaves_conf(
     `EXP=../x` never reads a file outside the group's folder, even a valid config."""
     import shutil
 
-    from pipeline import conf
+    from pipeline.config import compose as conf
 
     shutil.copytree(conf.CONF_DIR, tmp_path / "conf")
     quick = (tmp_path / "conf" / "experiment" / "quick_forgetting.yaml").read_text()

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from pipeline.config import DataConfig, SyntheticConfig, TaskConfig
+from pipeline.config.schema import DataConfig, SyntheticConfig, TaskConfig
+from pipeline.config.validation import check_values
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import (
     BatchIndices,
@@ -167,7 +168,7 @@ def test_a_test_only_load_never_reads_a_training_file(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks_module, "verify", lambda spec, root: {"fake": "0"})
     tasks_module.release_raw_datasets()
     cfg = DataConfig(tasks=[TaskConfig(dataset="mnist")])
-    cfg.check()
+    check_values(cfg)
     dm = ContinualDataModule(cfg, root=tmp_path, test_only=True)
     dm.setup()
     (task,) = dm.tasks

@@ -14,10 +14,11 @@ from helpers.disks import SmallDisk
 from helpers.runs import run, small_synthetic
 from helpers.stores import client
 
-from pipeline import runfiles
+from pipeline import checkpoints, runfiles
 from pipeline.cli import main
 from pipeline.disk import DiskFull
-from pipeline.tracking import Run, Store
+from pipeline.store import Store
+from pipeline.tracking import Run
 
 SMALL = ["trainer.threads=1", "trainer.progress_bar=false", "trainer.epochs=1"]
 SMALL += ["trainer.max_batches=4", "data.synthetic.n_train=200", "data.synthetic.n_test=100"]
@@ -64,14 +65,14 @@ def test_a_store_that_fills_mid_run_fails_the_run_which_resumes_once_there_is_ro
     assert f"make run RESUME={run_id}" in line
     r = Run.get(Store.at(store), run_id)
     assert r.status == "FAILED"
-    assert sorted(runfiles.checkpoint_files(r)) == [0]  # task 1's never looked complete
+    assert sorted(checkpoints.checkpoint_files(r)) == [0]  # task 1's never looked complete
     with runfiles.scratch_dir() as tmp:
-        runfiles.fetch_checkpoint(r, runfiles.latest_checkpoints(r)[0], tmp)  # and 0's loads
+        checkpoints.fetch_checkpoint(r, checkpoints.latest_checkpoints(r)[0], tmp)  # and 0's loads
 
     small_disk.empty()
     assert main(["run", "--resume", run_id, *args[:2]]) == 0
     assert r.status == "FINISHED"
-    assert sorted(runfiles.checkpoint_files(r)) == [0, 1]
+    assert sorted(checkpoints.checkpoint_files(r)) == [0, 1]
     c = client(store)
     for key in c.get_run(run_id).data.metrics:  # every step logged once
         steps = [m.step for m in c.get_metric_history(run_id, key)]
@@ -112,4 +113,4 @@ def test_full_reports_folder_and_full_scratch_on_download(
     # would otherwise start the run again from its first task).
     r = Run.get(Store.at(store), result.run_id)
     with pytest.raises(DiskFull, match="no space left on device"):
-        r.download(runfiles.latest_checkpoints(r)[0].path, reports)
+        r.download(checkpoints.latest_checkpoints(r)[0].path, reports)

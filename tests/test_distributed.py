@@ -21,12 +21,13 @@ from ddp_sequences import overrides
 from helpers.runs import small_synthetic
 from helpers.stores import checkpoint, client
 
-from pipeline import runfiles
+from pipeline import checkpoints, runfiles
 from pipeline.data.tasks import BatchIndices
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.runner import run_sequence
-from pipeline.tracking import Run, Store
+from pipeline.store import Store
+from pipeline.tracking import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def test_every_strategy_trains_on_two_processes_what_one_process_trains(tmp_path
         cfg = compose("synthetic_forgetting", overrides(case, str(single), 1))
         one = run_sequence(cfg, Run.of(cfg))
         two = report["runs"][case]
-        assert len(runfiles.checkpoint_files(Run.get(Store.at(ddp), two))) == 2, case
+        assert len(checkpoints.checkpoint_files(Run.get(Store.at(ddp), two))) == 2, case
         for task in (0, 1):
             a = checkpoint(single, one.run_id, task).module.state_dict()
             b = checkpoint(ddp, two, task).module.state_dict()
@@ -146,13 +147,17 @@ def test_two_nodes_on_loopback_write_one_run(tmp_path):
     runs = client(store).search_runs([e.experiment_id for e in client(store).search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["trainer.num_nodes"] == "2"
-    assert len(runfiles.checkpoint_files(Run.get(Store.at(store), runs[0].info.run_id))) == 2
+    assert len(checkpoints.checkpoint_files(Run.get(Store.at(store), runs[0].info.run_id))) == 2
 
 
 def test_a_two_process_run_killed_after_a_checkpoint_resumes_on_two_processes(tmp_path):
     store = tmp_path / "mlruns"
     start = ["run", "synthetic_forgetting", *overrides("replay:domain", str(store), 2)]
-    chaos = [sys.executable, str(ROOT / "tests" / "chaos.py"), "pipeline.runfiles:save_checkpoint"]
+    chaos = [
+        sys.executable,
+        str(ROOT / "tests" / "chaos.py"),
+        "pipeline.checkpoints:save_checkpoint",
+    ]
     # rank 0 dies right after task 0's checkpoint; rank 1 loses its peer and stops too
     died = subprocess.run(
         [*chaos, "1", "after", *start], cwd=tmp_path, env=env(), capture_output=True, timeout=300
@@ -172,7 +177,7 @@ def test_a_two_process_run_killed_after_a_checkpoint_resumes_on_two_processes(tm
     assert c.get_run(run_id).info.status == "FINISHED"
     for split in ("val", "test"):
         assert abs(got.matrix[split] - expected.matrix[split]).max() <= 0.01, split
-    assert sorted(runfiles.checkpoint_files(Run.get(Store.at(store), run_id))) == [0, 1]
+    assert sorted(checkpoints.checkpoint_files(Run.get(Store.at(store), run_id))) == [0, 1]
 
 
 @pytest.mark.parametrize(
@@ -180,7 +185,7 @@ def test_a_two_process_run_killed_after_a_checkpoint_resumes_on_two_processes(tm
     [
         (["trainer.devices=2", "data.batch_size=33"], "does not split evenly over 2 processes"),
         (["trainer.devices=0"], "trainer.devices: must be in 1..1024"),
-        (["trainer.strategy=fsdp"], "'fsdp' is not auto or ddp"),
+        (["trainer.strategy=fsdp"], r"Invalid value 'fsdp', expected one of \[auto, ddp\]"),
         (
             ["trainer.devices=2", "strategy=[replay]", "strategies.replay.batch_size=33"],
             "strategies.replay.batch_size: 33 does not split evenly over 2",

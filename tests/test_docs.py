@@ -9,7 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from pipeline.paths import REPO_ROOT
+from pipeline.config.paths import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 MKDOCS = REPO_ROOT / ".venv" / "bin" / "mkdocs"

@@ -212,7 +212,7 @@ def test_refused_in_one_line_with_exit_2_and_no_run(
 def test_short_texts_are_within_every_mlflow_limit() -> None:
     """Texts up to SHORT_TEXT characters are not measured against MLflow's limits (that would
     import MLflow): none of those limits may be shorter."""
-    from pipeline.config import SHORT_TEXT, mlflow_limits
+    from pipeline.config.validation import SHORT_TEXT, mlflow_limits
 
     assert min(mlflow_limits().values()) >= SHORT_TEXT
     assert mlflow_limits()["experiment"] == 256 and mlflow_limits()["run_name"] == 250

@@ -14,6 +14,7 @@ from torch import nn
 from pipeline.cli import main
 from pipeline.compare.plane import best_raw_free, comparison_plane
 from pipeline.compare.table import Comparison, Row
+from pipeline.config.paths import PathsConfig
 from pipeline.data.tasks import Batch
 from pipeline.experiment import compose
 from pipeline.landscape.evaluation import (
@@ -21,7 +22,6 @@ from pipeline.landscape.evaluation import (
     ModelLoss,
     Options,
     check_comparable,
-    flat_parameters,
 )
 from pipeline.landscape.geometry import (
     LandscapeError,
@@ -32,10 +32,11 @@ from pipeline.landscape.geometry import (
     plane_coordinates,
     plane_values,
 )
+from pipeline.landscape.weights import flat_parameters
 from pipeline.models import build_model
-from pipeline.paths import PathsConfig
 from pipeline.results import SequenceResult
-from pipeline.tracking import Run, Store
+from pipeline.store import Store
+from pipeline.tracking import Run
 
 DATA = PathsConfig().data_dir()  # synthetic tasks read no file
 

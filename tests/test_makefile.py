@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.paths import REPO_ROOT
+from pipeline.config.paths import REPO_ROOT
 
 
 def dry_run(*make_args: str) -> list[str]:

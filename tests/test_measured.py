@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pytest
 
-from pipeline.paths import REPO_ROOT
+from pipeline.config.paths import REPO_ROOT
 
 DOCS = REPO_ROOT / "docs"
 MEASURED = DOCS / "measured"

@@ -9,8 +9,8 @@ import torch
 from helpers.runs import run, small_synthetic
 from helpers.stores import checkpoint, client
 
+from pipeline.checkpoints import load_checkpoint
 from pipeline.module import ContinualModule, DivergenceError
-from pipeline.runfiles import load_checkpoint
 from pipeline.strategies import REGISTRY, Strategy
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from helpers.disks import SmallDisk
 
+from pipeline.data import command
 from pipeline.data import provision as prov
 from pipeline.data import registry as reg
 from pipeline.data import sources as src
@@ -89,6 +90,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fake:
     )
     # The expected sums come from DATASETS only: registering the fake spec is all it takes.
     monkeypatch.setattr(prov, "DATASETS", {"fake": spec})
+    monkeypatch.setattr(command, "DATASETS", {"fake": spec})  # make data's choices
     return Fake(spec, files, tmp_path / "root")
 
 
@@ -499,7 +501,7 @@ def test_several_datasets_all_attempted_and_failures_collected(
 def test_main_fails_with_one_error_line_first(
     fake: Fake, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = prov.main(["--root", str(fake.root), "--no-download", "--no-registry"])
+    code = command.main(["--root", str(fake.root), "--no-download", "--no-registry"])
     assert code == 1
     err = capsys.readouterr().err
     lines = err.splitlines()
@@ -513,10 +515,10 @@ def test_main_succeeds_from_dir(
 ) -> None:
     fake.put(tmp_path / "supplied", gz=True)
     argv = ["--root", str(fake.root), "--from", str(tmp_path / "supplied"), "--dataset", "fake"]
-    assert prov.main([*argv, "--no-download", "--no-registry"]) == 0
+    assert command.main([*argv, "--no-download", "--no-registry"]) == 0
     (line,) = capsys.readouterr().out.splitlines()  # one line a dataset, nothing repeated
     assert line.startswith("Fake: 4 files in ") and "verified (MD5)" in line, line
-    assert prov.main(argv) == 0  # a second run finds everything in place
+    assert command.main(argv) == 0  # a second run finds everything in place
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("Fake: all 4 files present in "), line
 
@@ -529,14 +531,14 @@ def test_a_full_disk_stops_at_the_first_source_in_one_line(
     fake.spec.raw_dir(root).mkdir(parents=True)
     small_disk.fill()
     argv = ["--root", str(root), "--from", str(tmp_path / "supplied"), "--no-download"]
-    assert prov.main([*argv, "--no-registry"]) == 1
+    assert command.main([*argv, "--no-registry"]) == 1
     err = capsys.readouterr().err
     (line,) = err.splitlines()
     assert line.startswith(f"error: no space left on device in {fake.spec.raw_dir(root)}")
     assert "Fake's files" in line
     assert tree(fake.spec.raw_dir(root)) == []  # no staging folder, no half-written file
     small_disk.empty()
-    assert prov.main([*argv, "--no-registry"]) == 0
+    assert command.main([*argv, "--no-registry"]) == 0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,10 +26,11 @@ import pytest
 from helpers.runs import run, small_synthetic
 from helpers.servers import Team, team_server
 
-from pipeline import runfiles, server
+from pipeline import checkpoints, runfiles, server
 from pipeline.cli import main
 from pipeline.server.postgres import stop_postgres
-from pipeline.tracking import Run, Store
+from pipeline.store import Store
+from pipeline.tracking import Run
 
 TASKS = "data.tasks=[" + ",".join(f"{{dataset: synthetic, seed: {i}}}" for i in range(3)) + "]"
 # Long enough (about 1 s of training a task, and the evaluations) that the server dies while
@@ -90,7 +91,7 @@ def same_record(store: Store, run_id: str, reference: Store, reference_id: str) 
         assert len(steps) == len(ce.get_metric_history(reference_id, key)), key
         if key.startswith(("test/", "val/")):
             assert metrics[key] == expected[key], key
-    assert sorted(runfiles.checkpoint_files(Run.get(store, run_id))) == [0, 1, 2]
+    assert sorted(checkpoints.checkpoint_files(Run.get(store, run_id))) == [0, 1, 2]
 
 
 def test_a_sequence_rides_out_a_tracking_server_restart_or_resumes_after_a_longer_outage(

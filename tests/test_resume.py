@@ -13,9 +13,10 @@ import pytest
 from helpers.runs import run, small_synthetic
 from helpers.stores import client
 
-from pipeline import runfiles
+from pipeline import checkpoints, runfiles
 from pipeline.cli import main
-from pipeline.tracking import OWNER_TAG, Run, Store
+from pipeline.store import Store
+from pipeline.tracking import OWNER_TAG, Run
 
 CHAOS = Path(__file__).with_name("chaos.py")
 TASKS = "data.tasks=[" + ",".join(f"{{dataset: synthetic, seed: {i}}}" for i in range(3)) + "]"
@@ -48,7 +49,7 @@ def test_killed_three_times_and_resumed_it_ends_as_if_never_killed(tmp_path: Pat
     assert client(store).get_run(run_id).info.status == "RUNNING"
     resume = ["run", "--resume", run_id, "trainer.threads=1"]
     # after task 1's checkpoint, before its metrics are logged
-    killed(store, "pipeline.runfiles:save_checkpoint", 2, "after", *resume)
+    killed(store, "pipeline.checkpoints:save_checkpoint", 2, "after", *resume)
     killed(store, "pipeline.runfiles:write_results", 1, "before", *resume)  # the final write
     assert main([*resume, f"paths.store={store}"]) == 0
 
@@ -72,12 +73,12 @@ def test_killed_three_times_and_resumed_it_ends_as_if_never_killed(tmp_path: Pat
     with runfiles.scratch_dir() as tmp:
         along = r.download(runfiles.ALONG_TABLE, tmp).read_text()
         assert along == reference_run.download(runfiles.ALONG_TABLE, tmp / "ref").read_text()
-    files = runfiles.checkpoint_files(r)
+    files = checkpoints.checkpoint_files(r)
     assert sorted(files) == [0, 1, 2]
     with runfiles.scratch_dir() as tmp:
         for revisions in files.values():
             (f,) = revisions
-            runfiles.fetch_checkpoint(r, f, tmp)  # loads
+            checkpoints.fetch_checkpoint(r, f, tmp)  # loads
 
 
 @pytest.fixture(scope="module")
@@ -192,5 +193,5 @@ def test_unreadable_checkpoints_are_named_and_the_run_restarts_where_one_loads(
         assert len(steps) == len(set(steps)), (key, steps)
     r = Run.get(Store.at(store), expected.run_id)
     with runfiles.scratch_dir() as tmp:
-        for f in runfiles.latest_checkpoints(r).values():
-            runfiles.fetch_checkpoint(r, f, tmp)  # written again: they load
+        for f in checkpoints.latest_checkpoints(r).values():
+            checkpoints.fetch_checkpoint(r, f, tmp)  # written again: they load

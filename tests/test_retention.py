@@ -10,8 +10,9 @@ from helpers.stores import artifacts, checkpoint, client
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
+from pipeline.store import Store
 from pipeline.strategies import REGISTRY
-from pipeline.tracking import Run, Store
+from pipeline.tracking import Run
 
 TINY = (
     "trainer.epochs=1",
@@ -111,7 +112,7 @@ def test_an_erasure_cut_off_after_its_upload_finishes_when_run_again(tmp_path, m
     """A crash between uploading a rewritten checkpoint and removing the old one leaves both;
     readers take the new one, and the same erasure run again removes the old one and records
     what was removed (tracking.Run.delete_file is where the crash is simulated)."""
-    from pipeline import runfiles
+    from pipeline import checkpoints, runfiles
     from pipeline.erasure import erase
 
     store = tmp_path / "mlruns"
@@ -128,13 +129,13 @@ def test_an_erasure_cut_off_after_its_upload_finishes_when_run_again(tmp_path, m
         erase(Store.at(store), result.run_id, "synthetic0", victims)
     monkeypatch.undo()
     r = Run.get(Store.at(store), result.run_id)
-    assert [f.revision for f in runfiles.checkpoint_files(r)[0]] == [0, 1]  # both are there
+    assert [f.revision for f in checkpoints.checkpoint_files(r)[0]] == [0, 1]  # both are there
     buf = checkpoint(store, result.run_id, 0)[0].strategies[0].buffer  # the newest: erased
     assert not set(buf.ids[buf.valid & (buf.tasks == 0)].tolist()) & set(victims)
     assert runfiles.read_erasures(r) == []  # not recorded yet
 
     record = erase(Store.at(store), result.run_id, "synthetic0", victims)
-    files = runfiles.checkpoint_files(r)
+    files = checkpoints.checkpoint_files(r)
     assert [[f.revision for f in fs] for fs in files.values()] == [[1], [1]]
     assert sum(record["removed"].values()) >= len(victims)  # counted from the old revision
     assert [e["ids"] for e in runfiles.read_erasures(r)] == [victims]

@@ -16,11 +16,12 @@ from helpers.runs import run, small_synthetic
 from helpers.stores import checkpoint, client
 
 from pipeline import OMP_WAIT_POLICY, runfiles
+from pipeline.config.paths import REPO_ROOT
 from pipeline.metrics import percent
-from pipeline.paths import REPO_ROOT
 from pipeline.report import along_sequence
 from pipeline.results import SequenceResult, accuracy_along
-from pipeline.tracking import Run, Store
+from pipeline.store import Store
+from pipeline.tracking import Run
 
 
 @pytest.fixture(scope="module")

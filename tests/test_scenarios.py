@@ -12,7 +12,8 @@ from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.models import IncrementalHead, MultiHead, SharedHead, build_model
-from pipeline.tracking import Run, Store
+from pipeline.store import Store
+from pipeline.tracking import Run
 
 FAST = (
     "trainer.epochs=1",
@@ -170,7 +171,7 @@ def test_stream_sees_each_sample_once_in_order(store, monkeypatch):
 
 
 def test_resolved_benchmark_config_reads_back():
-    from pipeline.config import to_dict
+    from pipeline.config.schema import to_dict
     from pipeline.experiment import from_dict
 
     cfg = compose("split_mnist")
@@ -198,11 +199,12 @@ def test_split_mnist_runs_in_every_scenario(scenario, store):
 @pytest.mark.parametrize("pool", ["each", "last"])
 @pytest.mark.parametrize(("channels", "kernel"), [([16, 32], 5), ([16, 32], 3), ([8], 3)])
 def test_cnn_layout_and_its_parameter_count_agree(pool, channels, kernel):
-    from pipeline.config import ModelConfig
+    from pipeline.config.schema import ModelConfig
+    from pipeline.config.validation import check_values
     from pipeline.models import parameter_count
 
     cfg = ModelConfig(name="cnn", channels=channels, kernel_size=kernel, pool=pool, hidden=[64])
-    cfg.check()
+    check_values(cfg)
     model = build_model(cfg, (1, 28, 28), [10])
     assert parameter_count(cfg, (1, 28, 28), 10) == sum(p.numel() for p in model.parameters())
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

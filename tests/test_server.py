@@ -174,9 +174,10 @@ def test_a_sequence_on_the_server_reads_back_draws_and_erases(
     from helpers.runs import run, small_synthetic
     from helpers.stores import checkpoint, client
 
-    from pipeline import runfiles
+    from pipeline import checkpoints, runfiles
     from pipeline.cli import main
-    from pipeline.tracking import Run, Store
+    from pipeline.store import Store
+    from pipeline.tracking import Run
 
     _, info = team
     uri = info.tracking_uri
@@ -213,7 +214,7 @@ def test_a_sequence_on_the_server_reads_back_draws_and_erases(
     assert main(["erase", result.run_id, "--task", "synthetic0", "--ids", ids, where]) == 0
     buf = checkpoint(uri, result.run_id, 1).module.strategies[0].buffer
     assert not set(buf.ids[buf.valid & (buf.tasks == 0)].tolist()) & set(victims)
-    files = runfiles.checkpoint_files(Run.get(Store.at(uri), result.run_id))
+    files = checkpoints.checkpoint_files(Run.get(Store.at(uri), result.run_id))
     assert [len(revisions) for revisions in files.values()] == [1, 1]  # old revisions removed
     assert files[1][0].revision == 1
 
@@ -381,7 +382,13 @@ def test_a_server_killed_while_starting_is_started_once_more(
     spawned: list[int] = []
 
     def spawn(s: server.Settings, folder: Path, backend: str, password: str | None) -> int:
-        argv = [sys.executable, "-c", FAKE_MLFLOW, str(s.port), "mlflow"]
+        argv = [
+            sys.executable,
+            "-c",
+            FAKE_MLFLOW,
+            str(s.port),
+            *tracking_server.mlflow_marker(folder).split(),
+        ]
         proc = subprocess.Popen(argv, start_new_session=True)
         tracking_server._CHILDREN[proc.pid] = proc
         if len(spawned) < deaths:

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,7 +106,13 @@ def test_an_unreachable_checkout_gets_its_cluster_placed_where_postgres_reaches_
     them. MLflow is a stand-in that answers /health: the cluster is what is tested here."""
 
     def spawn(s: server.Settings, folder: Path, backend: str, password: str | None) -> int:
-        argv = [sys.executable, "-c", FAKE_MLFLOW, str(s.port), "mlflow"]
+        argv = [
+            sys.executable,
+            "-c",
+            FAKE_MLFLOW,
+            str(s.port),
+            *tracking_server.mlflow_marker(folder).split(),
+        ]
         proc = subprocess.Popen(argv, start_new_session=True)
         tracking_server._CHILDREN[proc.pid] = proc
         return proc.pid
@@ -151,3 +158,27 @@ def test_a_pg_data_folder_postgres_cannot_reach_is_refused(
         "choose a folder it can reach\n"
     )
     assert not folder.exists() and not closed.exists()
+
+
+def test_a_stale_pid_file_never_signals_the_process_that_took_its_pid(tmp_path: Path) -> None:
+    """A server folder whose processes died long ago keeps their pid files; pids wrap (at 32768
+    here), and a new process may hold one. It must not pass for the cluster or the server, or
+    `make server-stop` (pg_ctl stop, killpg) would signal it: CI lost freshly started MLflow
+    servers so, an MLflow server on postgresql:// having "postgres" in its command line."""
+    folder = tmp_path / ".server"
+    (folder / "pgdata").mkdir(parents=True)
+    # A bystander whose command line has both words the old check looked for.
+    code = "import time; time.sleep(60)"
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", code, "mlflow", "server", "postgresql://x", "-D", "/elsewhere"]
+    )
+    try:
+        for name in ("pgdata/postmaster.pid", "mlflow.pid"):
+            (folder / name).write_text(f"{bystander.pid}\n")
+        assert postgres.postgres_pid(folder) is None
+        assert server.stop(folder) == []  # nothing of this folder runs: nothing stopped
+        time.sleep(0.5)
+        assert bystander.poll() is None, "the bystander was signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()

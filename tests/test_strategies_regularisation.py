@@ -15,7 +15,7 @@ from helpers.stores import checkpoint, client
 from torch import Tensor, nn
 
 import pipeline.strategies._per_sample as per_sample
-from pipeline.config import ModelConfig
+from pipeline.config.schema import ModelConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose

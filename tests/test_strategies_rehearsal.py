@@ -21,8 +21,9 @@ from pipeline.experiment import compose
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.strategies import REGISTRY, Strategy, TaskContext, parse_params
+from pipeline.strategies._reservoir import water_fill
 from pipeline.strategies.agem import project
-from pipeline.strategies.buffer import ReservoirBuffer, water_fill
+from pipeline.strategies.buffer import ReservoirBuffer
 from pipeline.strategies.lwf import distillation
 
 

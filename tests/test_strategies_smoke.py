@@ -10,7 +10,7 @@ import torch
 from helpers.runs import run, small_synthetic
 from helpers.stores import checkpoint
 
-from pipeline.config import SCENARIOS
+from pipeline.config.schema import SCENARIOS
 from pipeline.errors import ConfigError
 from pipeline.strategies import REGISTRY
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.conf import CONF_DIR, STRATEGY_FILE_KEYS, available, strategy_file
+from pipeline.config.compose import CONF_DIR, STRATEGY_FILE_KEYS, available, strategy_file
+from pipeline.config.paths import REPO_ROOT
 from pipeline.experiment import compose
-from pipeline.paths import REPO_ROOT
 from pipeline.strategies import REGISTRY, Role, Strategy, default_order, with_role
 from pipeline.sweep.config import strategy_search
 
@@ -202,13 +202,14 @@ search:
 
 CHECK = """
 import sys
-from pipeline import runfiles
+from pipeline import checkpoints, runfiles
 from pipeline.cli import main
 from pipeline.compare import default_strategies
 from pipeline.experiment import compose
 from pipeline.sweep.config import compose_sweep
 from pipeline.sweep.space import search_space
-from pipeline.tracking import Run, Store
+from pipeline.store import Store
+from pipeline.tracking import Run
 
 store = sys.argv[1]
 assert "shrink" in default_strategies()
@@ -223,7 +224,7 @@ client = Store.at(store).client()
 (run,) = client.search_runs([client.get_experiment_by_name("synthetic_forgetting").experiment_id])
 r = Run.get(Store.at(store), run.info.run_id)
 with runfiles.scratch_dir() as tmp:
-    module = runfiles.fetch_checkpoint(r, runfiles.latest_checkpoints(r)[1], tmp).module
+    module = checkpoints.fetch_checkpoint(r, checkpoints.latest_checkpoints(r)[1], tmp).module
 assert module.strategies[0].steps == 4, module.strategies[0].steps
 print("shrink ok")
 """

@@ -19,22 +19,23 @@ import pytest
 from helpers.stores import client as client_for
 from optuna.trial import TrialState
 
-from pipeline import conf
 from pipeline.best import best as choose_and_test
 from pipeline.best import choose, format_best, knee, parse_rule
 from pipeline.cli import main
+from pipeline.config import compose as conf
+from pipeline.config.paths import REPO_ROOT, PathsConfig
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
-from pipeline.paths import REPO_ROOT, PathsConfig
 from pipeline.processes import process_id
 from pipeline.sweep import sweep
 from pipeline.sweep.config import compose_sweep
+from pipeline.sweep.liveness import Liveness
 from pipeline.sweep.report import closing_hint
 from pipeline.sweep.space import search_space
 from pipeline.sweep.study import PARENT_ATTR, create_or_resume, load_study
 from pipeline.sweep.trials import counted
-from pipeline.sweep.workers import Liveness, run_worker
+from pipeline.sweep.workers import run_worker
 
 # Each trial: two synthetic tasks, 2 batches of one epoch (about a second).
 SHRINK = [

@@ -17,13 +17,14 @@ import optuna
 import pytest
 from helpers.stores import empty_store
 
-from pipeline import runfiles
+from pipeline import checkpoints, runfiles
 from pipeline.cli import main
+from pipeline.config.paths import REPO_ROOT
 from pipeline.erasure import ErasureError, erase
 from pipeline.journal import TORN_SUFFIX, StorageError
-from pipeline.paths import REPO_ROOT
+from pipeline.store import DB_FILE, Store
 from pipeline.sweep.storage import open_storage
-from pipeline.tracking import DB_FILE, Run, Store
+from pipeline.tracking import Run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEED = 27
@@ -241,7 +242,7 @@ def erased_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, 
     (file,) = folder.rglob(runfiles.ERASURES_FILE)
     monkeypatch.setattr("pipeline.erasure._task_of", lambda run, task: (None, 0))
     monkeypatch.setattr("pipeline.erasure._training_ids", lambda cfg, index, ids, data: 3)
-    monkeypatch.setattr(runfiles, "rewrite_checkpoints", lambda run, fn: {"task00": 1})
+    monkeypatch.setattr(checkpoints, "rewrite_checkpoints", lambda run, fn: {"task00": 1})
     return store, run, file
 
 

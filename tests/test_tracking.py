@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import _terminate
 from pipeline.shield import shielded
-from pipeline.tracking import Store
+from pipeline.store import Store
 
 
 def _open_store(store: str, barrier: Any, results: Any) -> None:

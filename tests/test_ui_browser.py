@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config.paths import REPO_ROOT
 from pipeline.data.datasets import DATASETS
 from pipeline.data.provision import problem
-from pipeline.paths import REPO_ROOT
 from pipeline.provenance import git_commit
 from pipeline.server.common import free_port
 

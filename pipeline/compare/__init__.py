@@ -22,7 +22,7 @@ from pipeline import runfiles
 from pipeline.compare.figures import plot_accuracy_vs_kept, plot_along_sequence
 from pipeline.compare.plane import comparison_plane
 from pipeline.compare.table import Comparison, Row, format_text, report_lines, table
-from pipeline.config import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig
 from pipeline.disk import room_for
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose, require_one_process
@@ -30,8 +30,9 @@ from pipeline.keys import summary_key
 from pipeline.landscape import Options
 from pipeline.metrics import percent
 from pipeline.runner import run_sequence
+from pipeline.store import Store
 from pipeline.strategies import StrategyRefused, default_order
-from pipeline.tracking import Run, Store
+from pipeline.tracking import Run
 
 __all__ = ["Comparison", "compare", "default_strategies", "format_text", "table"]
 

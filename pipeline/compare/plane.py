@@ -12,8 +12,8 @@ import numpy as np
 from pipeline import runfiles
 from pipeline.compare.table import Comparison, Row, keeps_raw_data, role_of
 from pipeline.landscape import LandscapeError, Options, draw
+from pipeline.store import Store
 from pipeline.strategies import REGISTRY, Role
-from pipeline.tracking import Store
 
 
 def best_raw_free(c: Comparison) -> str | None:

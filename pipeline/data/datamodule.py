@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from pipeline import distributed
-from pipeline.config import DataConfig
+from pipeline.config.schema import DataConfig
 from pipeline.data.tasks import (
     IMAGE_SHAPE,
     Batch,

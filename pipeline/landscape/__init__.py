@@ -35,7 +35,8 @@ reads the runs, writes the report files and logs them. Choices, and why:
   outputs of task B's classes).
 - **Normalisation layers**: batch norm's running statistics are averages over the data seen,
   not functions of the weights, so they do not interpolate; at every point :class:`ModelLoss`
-  recomputes them on the evaluation samples of both tasks (:func:`recompute_batchnorm`). Our
+  recomputes them on the evaluation samples of both tasks
+  (:func:`pipeline.landscape.weights.recompute_batchnorm`). Our
   networks (``pipeline.models``: the LeNet-style CNN and the MLP) have no batch norm, so for
   them this never runs and each point is exactly the network at those weights.
 """
@@ -50,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
-from pipeline import runfiles
+from pipeline import checkpoints, runfiles
 from pipeline.disk import room_for
 from pipeline.landscape.evaluation import (
     SPLIT,
@@ -62,12 +63,13 @@ from pipeline.landscape.evaluation import (
     check_comparable,
     compute_line,
     compute_plane,
-    flat_parameters,
     prepare,
 )
 from pipeline.landscape.figures import plot_line, plot_plane, theta_label
 from pipeline.landscape.geometry import LandscapeError, gram_schmidt
-from pipeline.tracking import Run, Store, scratch_dir
+from pipeline.landscape.weights import flat_parameters
+from pipeline.store import Store
+from pipeline.tracking import Run, scratch_dir
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -103,7 +105,7 @@ def load_run(store: Store, run_id: str, indices: Sequence[int]) -> list[Checkpoi
     except LookupError as e:
         raise LandscapeError(str(e)) from None
     run_id = run.run_id  # a prefix (as printed): the full id, in messages and records
-    found = runfiles.latest_checkpoints(run)
+    found = checkpoints.latest_checkpoints(run)
     missing = [i for i in indices if i not in found]
     if missing:
         have = f"checkpoints after tasks {sorted(found)}" if found else "no checkpoints"
@@ -115,7 +117,7 @@ def load_run(store: Store, run_id: str, indices: Sequence[int]) -> list[Checkpoi
     with scratch_dir() as tmp:
         for i in indices:
             try:
-                module, cfg, _ = runfiles.fetch_checkpoint(run, found[i], tmp)
+                module, cfg, _ = checkpoints.fetch_checkpoint(run, found[i], tmp)
             except KeyError as e:
                 raise LandscapeError(
                     f"run {run_id}: {found[i].name} has no {e} entry (written by an older pipeline)"

@@ -75,7 +75,7 @@ from pipeline.server.postgres import (
     start_postgres,
     stop_postgres,
 )
-from pipeline.server.tracking_server import start_mlflow, stop_mlflow
+from pipeline.server.tracking_server import mlflow_marker, start_mlflow, stop_mlflow
 
 __all__ = ["ServerInfo", "Settings", "Status", "main", "start", "status", "stop"]
 
@@ -144,7 +144,7 @@ def validate(s: Settings) -> None:
 def status(folder: Path) -> Status:
     """What runs from ``folder``; stale pid files are removed."""
     folder = folder.resolve()
-    pg, ml = postgres_pid(folder), pid_of(folder / "mlflow.pid", "mlflow")
+    pg, ml = postgres_pid(folder), pid_of(folder / "mlflow.pid", mlflow_marker(folder))
     for pid, name in ((pg, "postgres.pid"), (ml, "mlflow.pid")):
         if not pid:
             (folder / name).unlink(missing_ok=True)

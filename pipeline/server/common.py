@@ -71,11 +71,13 @@ def primary_ip() -> str:
 
 def pid_of(pid_file: Path, marker: str) -> int | None:
     """The pid in ``pid_file`` if that process runs (no zombie) and its command line holds
-    ``marker``: a pid reused by another program must not pass for our server."""
+    ``marker`` (its arguments joined by spaces, with one after the last): a pid reused by
+    another program must not pass for our server, so the marker names this server's own
+    folder."""
     try:
         pid = int(pid_file.read_text().split()[0])
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except (OSError, ValueError, IndexError):
         return None
     return pid if state != "Z" and marker.encode() in cmdline else None

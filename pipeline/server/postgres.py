@@ -219,8 +219,14 @@ def place_cluster(s: Settings) -> str:
 
 
 def postgres_pid(folder: Path) -> int | None:
-    """The postmaster's pid of the cluster of the server folder ``folder`` if it runs."""
-    return pid_of(folder.resolve() / "pgdata" / "postmaster.pid", "postgres")
+    """The postmaster's pid of the cluster of the server folder ``folder`` if it runs.
+
+    The process must name this cluster's data folder (``postgres -D <place>/pgdata``): a stale
+    ``postmaster.pid`` whose pid now belongs to another process (pids wrap at 32768 on many
+    machines) must not pass for it, or ``pg_ctl stop`` would signal that process. "postgres"
+    alone did not do: an MLflow server on ``postgresql://`` has it in its command line."""
+    folder = folder.resolve()
+    return pid_of(folder / "pgdata" / "postmaster.pid", f"-D {place_of(folder) / 'pgdata'} ")
 
 
 def start_postgres(s: Settings) -> int:

@@ -57,7 +57,7 @@ def start_mlflow(s: Settings, backend: str, password: str | None = None) -> int:
     """
     folder = s.folder.resolve()
     pid_file, log = folder / "mlflow.pid", folder / "mlflow.log"
-    if not (pid := pid_of(pid_file, "mlflow")):
+    if not (pid := pid_of(pid_file, mlflow_marker(folder))):
         pid = spawn_mlflow(s, folder, backend, password)
         pid_file.write_text(f"{pid}\n")
     # Wait also for one found running: it may be a start that was interrupted.
@@ -68,10 +68,12 @@ def start_mlflow(s: Settings, backend: str, password: str | None = None) -> int:
         with contextlib.suppress(OSError), opener.open(health, timeout=2) as answer:
             if answer.status == 200:
                 return pid
-        dead = not pid_of(pid_file, "mlflow")
-        if dead and not retried and (code := _exit_code(pid)) is not None and code < 0:
-            # Killed by a signal from outside before it answered (nothing of ours sends one
-            # here): start it once more rather than fail; a second death is reported.
+        dead = not pid_of(pid_file, mlflow_marker(folder))
+        if dead and not retried and (code := _exit_code(pid)) is not None and code <= 0:
+            # Stopped from outside before it answered: killed by a signal (code < 0), or told
+            # to stop, which uvicorn obeys with a clean exit (0: a server that fails exits
+            # non-zero). Nothing of ours sends either here; seen on a loaded CI machine. Start
+            # it once more rather than fail; a second end is reported.
             retried = True
             _CHILDREN.pop(pid).wait()
             with contextlib.suppress(ProcessLookupError):
@@ -113,6 +115,12 @@ def _how_it_ended(pid: int) -> str:
     return f"exited with status {code}"
 
 
+def mlflow_marker(folder: Path) -> str:
+    """What the command line of the MLflow server of ``folder`` holds, and another's does not:
+    its artifact destination (:func:`pipeline.server.common.pid_of`)."""
+    return f"--artifacts-destination {folder.resolve() / 'artifacts'} "
+
+
 def spawn_mlflow(s: Settings, folder: Path, backend: str, password: str | None) -> int:
     require_port(s.host, s.port, "make server PORT=<port>")  # taken since start() checked it?
     url, in_url = split_url(backend)
@@ -146,7 +154,7 @@ def spawn_mlflow(s: Settings, folder: Path, backend: str, password: str | None) 
 def stop_mlflow(folder: Path, timeout: float = 30.0) -> int | None:
     """Stop the server's whole process group (SIGTERM, then SIGKILL); return its pid, if any."""
     pid_file = folder.resolve() / "mlflow.pid"
-    if pid := pid_of(pid_file, "mlflow"):
+    if pid := pid_of(pid_file, mlflow_marker(folder)):
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)

@@ -9,7 +9,7 @@ Its runs table shows no metric column until a user picks some; the pick is kept 
 experiment (``MLflowLocalStorage-1.1-ExperimentPage-["<id>"]-ReactComponentState``).
 
 So every link the pipeline prints carries the URL parameter
-(:meth:`pipeline.tracking.Store.ui_url`), and ``make ui`` / ``make server`` serve MLflow's own
+(:meth:`pipeline.store.Store.ui_url`), and ``make ui`` / ``make server`` serve MLflow's own
 app under this MLflow app plugin (entry point ``mlflow.app`` ``pipeline``, that is
 ``mlflow server --app-name pipeline``): it answers MLflow's page with one script added that
 seeds, where the browser has no choice of its own yet, the model-training view, the GenAI

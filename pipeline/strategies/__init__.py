@@ -2,7 +2,7 @@
 
 Every module of this package is imported here, so a new strategy is one file with a
 ``@register``-ed class (plus its ``conf/strategy/<name>.yaml``: description and search ranges);
-nothing else changes (README, "Adding a strategy").
+nothing else changes (docs/adding-a-strategy.md).
 """
 
 import importlib
@@ -15,16 +15,18 @@ from pipeline.strategies.base import (
     Strategy,
     StrategyRefused,
     TaskContext,
+    register,
+)
+from pipeline.strategies.registry import (
     build_strategies,
     default_order,
     parse_params,
-    register,
     resolve,
     with_role,
 )
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
+    if _module.name not in ("base", "registry"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [

@@ -21,7 +21,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from pipeline import distributed
-from pipeline.config import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig
 from pipeline.data.tasks import Batch, Task
 from pipeline.errors import ConfigError
 from pipeline.strategies.base import Retention, Strategy, TaskContext

@@ -21,7 +21,7 @@ from pipeline.strategies._per_sample import per_sample_grad_mean
 from pipeline.strategies.base import TaskContext, register
 
 if TYPE_CHECKING:
-    from pipeline.config import ExperimentConfig
+    from pipeline.config.schema import ExperimentConfig
 
 
 def _sample_nll(logits: Tensor, target: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from pipeline import distributed
-from pipeline.config import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.models import MultiHead
 from pipeline.strategies._anchor import require, task_batches

@@ -7,7 +7,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from pipeline.config import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig
 from pipeline.strategies.base import (
     NoParams,
     Retention,

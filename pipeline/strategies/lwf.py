@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from pipeline.config import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import ConfigError
 from pipeline.models import Classifier, IncrementalHead, MultiHead

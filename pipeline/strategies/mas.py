@@ -20,7 +20,7 @@ from pipeline.strategies._per_sample import per_sample_grad_mean
 from pipeline.strategies.base import TaskContext, register
 
 if TYPE_CHECKING:
-    from pipeline.config import ExperimentConfig
+    from pipeline.config.schema import ExperimentConfig
 
 
 def _sq_norm(logits: Tensor, target: Tensor) -> Tensor:

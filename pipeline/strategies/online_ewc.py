@@ -13,7 +13,7 @@ from pipeline.strategies.base import TaskContext, register
 from pipeline.strategies.ewc import EWCParams, check_fisher_params, empirical_fisher
 
 if TYPE_CHECKING:
-    from pipeline.config import ExperimentConfig
+    from pipeline.config.schema import ExperimentConfig
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pipeline.strategies._anchor import AnchorStrategy, require, snapshot, train
 from pipeline.strategies.base import TaskContext, register
 
 if TYPE_CHECKING:
-    from pipeline.config import ExperimentConfig
+    from pipeline.config.schema import ExperimentConfig
 
 
 @dataclass

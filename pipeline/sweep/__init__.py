@@ -42,16 +42,17 @@ from pathlib import Path
 import optuna
 
 from pipeline import runfiles
+from pipeline.config.paths import PathsConfig
 from pipeline.disk import room_for
 from pipeline.errors import ConfigError, RunFailed
-from pipeline.paths import PathsConfig
+from pipeline.store import Store
 from pipeline.sweep.config import Settings, compose_sweep
 from pipeline.sweep.report import state_counts, study_figures, study_summary, trial_tags
 from pipeline.sweep.space import study_name
 from pipeline.sweep.study import PARENT_ATTR, create_or_resume, load_settings, load_study
 from pipeline.sweep.trials import finished
 from pipeline.sweep.workers import run_worker, say, spawn_workers
-from pipeline.tracking import Run, Store
+from pipeline.tracking import Run
 
 __all__ = ["SweepError", "finalize", "load_settings", "load_study", "run_worker", "sweep"]
 

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.conf import build, describe, load_yaml, merge, strategy_file
+from pipeline.config.compose import build, describe, load_yaml, merge, strategy_file
 from pipeline.errors import ConfigError, require
 
 SEARCH_TYPES = ("float", "int", "categorical")

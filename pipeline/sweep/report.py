@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import runfiles
-from pipeline.conf import compose_paths
-from pipeline.paths import ENV_STUDIES, redact, uri_scheme
+from pipeline.config.compose import compose_paths
+from pipeline.config.paths import ENV_STUDIES, redact, uri_scheme
 from pipeline.sweep.config import Settings
 
 

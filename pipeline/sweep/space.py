@@ -16,10 +16,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from pipeline.config import ExperimentConfig, to_dict
+from pipeline.config.paths import PathsConfig
+from pipeline.config.schema import ExperimentConfig, to_dict
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
-from pipeline.paths import PathsConfig
 from pipeline.sweep.config import SearchParam, Settings, SweepConfig, search_param, strategy_search
 
 

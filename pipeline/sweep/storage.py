@@ -28,9 +28,9 @@ from typing import Any
 
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 
+from pipeline.config.paths import redact, uri_scheme
 from pipeline.journal import GuardedJournal, StorageError, repair
 from pipeline.locks import file_lock, pg_lock
-from pipeline.paths import redact, uri_scheme
 from pipeline.retry import patiently
 
 PG_ENGINE = {

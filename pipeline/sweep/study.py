@@ -16,17 +16,18 @@ import optuna
 from mlflow.exceptions import MlflowException
 
 from pipeline import runfiles
-from pipeline.config import ExperimentConfig
+from pipeline.config.paths import PathsConfig, redact, uri_scheme
+from pipeline.config.schema import ExperimentConfig
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose, require_one_process
-from pipeline.paths import PathsConfig, redact, uri_scheme
 from pipeline.provenance import git_commit
+from pipeline.store import Store
 from pipeline.sweep.config import SCORE_UNIT, Settings, SweepConfig
 from pipeline.sweep.space import corner_params, lookup, objectives, search_space, trial_config
 from pipeline.sweep.storage import open_storage, storage_lock
 from pipeline.sweep.trials import finished, make_pruner, quiet_optuna
-from pipeline.tracking import Run, Store
+from pipeline.tracking import Run
 
 SETTINGS_ATTR = "pipeline.settings"  # study user attribute: the protocol record
 PARENT_ATTR = "pipeline.parent_run_id"

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from helpers.stores import empty_store
-from pipeline.config import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig
 from pipeline.experiment import compose
 from pipeline.results import SequenceResult
 from pipeline.runner import run_sequence
-from pipeline.tracking import DB_FILE, Run
+from pipeline.store import DB_FILE
+from pipeline.tracking import Run
 
 
 def small_synthetic(store: Path | str, *overrides: str) -> ExperimentConfig:

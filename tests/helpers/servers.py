@@ -29,8 +29,9 @@ from pipeline.server.postgres import throwaway_cluster
 
 ADMIN_PASSWORD = "admin-password-for-tests"  # MLflow wants 12+ characters
 
-#: A stand-in for ``mlflow server`` (``python -c FAKE_MLFLOW PORT mlflow``): answers /health (any
-#: GET) on 127.0.0.1:PORT; "mlflow" in its command line, as ``pid_of`` asks.
+#: A stand-in for ``mlflow server`` (``python -c FAKE_MLFLOW PORT <mlflow_marker(folder)>``):
+#: answers /health (any GET) on 127.0.0.1:PORT; the marker in its command line, as ``pid_of``
+#: asks.
 FAKE_MLFLOW = """
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipeline import runfiles
-from pipeline.tracking import DB_FILE, Run, Store
+from pipeline import checkpoints, runfiles
+from pipeline.store import DB_FILE, Store
+from pipeline.tracking import Run
 
 
 @cache
@@ -23,12 +24,12 @@ def client(store: Path | str) -> MlflowClient:
     return Store.at(store).client()
 
 
-def checkpoint(store: Path | str, run_id: str, index: int) -> runfiles.LoadedCheckpoint:
+def checkpoint(store: Path | str, run_id: str, index: int) -> checkpoints.LoadedCheckpoint:
     """The (newest) checkpoint of a run after task ``index``, loaded."""
     r = Run.get(Store.at(store), run_id)
-    file = runfiles.latest_checkpoints(r)[index]
+    file = checkpoints.latest_checkpoints(r)[index]
     with runfiles.scratch_dir() as tmp:
-        return runfiles.fetch_checkpoint(r, file, tmp)
+        return checkpoints.fetch_checkpoint(r, file, tmp)
 
 
 def artifacts(store: Path | str, run_id: str, dst: Path) -> Path:

@@ -1,6 +1,6 @@
 """Reading ``conf/``: the YAML files of the config groups, ``key=value`` overrides, and the
 composition of an experiment's config from them (:func:`compose_raw`), checked against the
-schema of :mod:`pipeline.config`.
+schema of :mod:`pipeline.config.schema`.
 
 An experiment file (``conf/experiment/<name>.yaml``) names one file per config group in its
 ``defaults`` block (``data``, ``model``) and overrides anything below it. Command-line overrides
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
@@ -25,15 +26,21 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from pipeline.config import ExperimentConfig, check_values
+from pipeline.config.paths import REPO_ROOT, PathsConfig
+from pipeline.config.schema import ExperimentConfig
+from pipeline.config.validation import check_values
 from pipeline.errors import ConfigError
-from pipeline.paths import REPO_ROOT, PathsConfig
 
 CONF_DIR = Path(os.environ.get("PIPELINE_CONF_DIR", REPO_ROOT / "conf"))
 
 
-# Config groups that are folders of conf/ and can be picked by name (`model=mlp`).
-GROUPS = ("data", "model")
+def config_groups() -> tuple[str, ...]:
+    """The config groups: the folders of ``conf/`` named like a section of the schema
+    (``data/``, ``model/``); a file of one is picked by name (``model=mlp``). A new folder
+    ``conf/optim/`` would be a group with no code changed."""
+    hints = get_type_hints(ExperimentConfig)
+    sections = {name for name, t in hints.items() if isinstance(t, type) and is_dataclass(t)}
+    return tuple(sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name in sections))
 
 
 def compose_paths(overrides: Sequence[str] = ()) -> PathsConfig:
@@ -162,7 +169,7 @@ def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]
         key, sep, _ = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value")
-        if key in GROUPS or key == "strategy":
+        if key in config_groups() or key == "strategy":
             try:
                 parsed = OmegaConf.from_dotlist([item])[key]
             except OmegaConfBaseException as e:
@@ -218,16 +225,17 @@ def compose_raw(experiment: str, overrides: Sequence[str] = ()) -> ExperimentCon
     if not isinstance(defaults, DictConfig):
         raise ConfigError(f"conf/experiment/{experiment}.yaml: defaults must be a mapping")
     cfg = OmegaConf.structured(ExperimentConfig)
+    groups = config_groups()
     for key, default in defaults.items():
         group = str(key)
-        if group not in GROUPS:
+        if group not in groups:
             raise ConfigError(
                 f"conf/experiment/{experiment}.yaml: unknown group '{group}' "
-                f"in defaults (groups: {', '.join(GROUPS)})"
+                f"in defaults (groups: {', '.join(groups)})"
             )
         choice = choices.pop(group, default)
         cfg = merge(cfg, {group: load_yaml(str(group), str(choice))}, f"conf/{group}/{choice}.yaml")
-    for group in [g for g in GROUPS if g in choices]:
+    for group in [g for g in groups if g in choices]:
         choice = choices.pop(group)
         cfg = merge(cfg, {group: load_yaml(group, str(choice))}, f"conf/{group}/{choice}.yaml")
     cfg = merge(cfg, {"name": experiment}, "name")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.errors import require
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Environment variables that say where the stores are when ``paths`` does not (MLflow's and
 #: a common Optuna convention): a team exports them once per machine.
 ENV_STORE = "MLFLOW_TRACKING_URI"

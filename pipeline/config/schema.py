@@ -1,0 +1,285 @@
+"""Typed experiment configuration: the dataclass schema every layer of ``conf/`` and every
+override is merged into (:mod:`pipeline.config.compose` reads and composes them). A choice is an
+enum, so OmegaConf refuses any other value; the rules a type cannot state are in
+:mod:`pipeline.config.validation`. A bad value fails before any data is read or any MLflow run
+exists, as one ``ConfigError`` line that names the key.
+
+This is the bottom layer of the package: it knows no strategy. A strategy's hyperparameters
+arrive as the plain mapping the YAML files and overrides give (``strategies:``), which
+:func:`pipeline.experiment.compose` parses once against each strategy's ``Params``. Where things
+live is the ``paths`` section (:class:`pipeline.config.paths.PathsConfig`) that every command reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from omegaconf import MISSING, OmegaConf
+
+from pipeline.config.paths import PathsConfig
+
+#: What Lightning's ``Trainer(precision=...)`` accepts (not an enum: "32-true" is no name).
+PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
+
+
+# The choices. Each is a StrEnum whose names are its values: OmegaConf accepts exactly these
+# names (any other value is one line: "Invalid value 'x', expected one of [...]"), and a member
+# compares, formats and serialises as its string.
+class ModelName(StrEnum):
+    cnn = "cnn"
+    mlp = "mlp"
+
+
+class Pool(StrEnum):
+    each = "each"
+    last = "last"
+
+
+class OptimizerName(StrEnum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class Accelerator(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class DistributedStrategy(StrEnum):
+    auto = "auto"
+    ddp = "ddp"
+
+
+class Retention(StrEnum):
+    any = "any"
+    none = "none"
+
+
+# "class" is a keyword: the functional form names that member.
+Scenario = StrEnum("Scenario", [("task", "task"), ("domain", "domain"), ("class", "class")])
+SCENARIOS = tuple(s.value for s in Scenario)
+BENCHMARKS = ("split_mnist", "permuted_mnist", "rotated_mnist")
+DATASET_KINDS = ("mnist", "fashion_mnist", "synthetic")
+
+
+@dataclass
+class TaskConfig:
+    """One task of the sequence.
+
+    Attributes:
+        dataset: ``mnist``, ``fashion_mnist`` or ``synthetic``.
+        name: key used in metric names and reports; derived from the other fields when empty
+            (``mnist``, ``mnist_01``, ``mnist_perm3``, ``mnist_rot45``).
+        classes: original labels the task keeps (Split MNIST); empty keeps all ten.
+        permutation: seed of a fixed pixel permutation (Permuted MNIST); -1 for none.
+        rotation: fixed rotation in degrees (Rotated MNIST).
+        seed: for ``synthetic`` tasks, the seed of the task's class prototypes.
+    """
+
+    dataset: str = MISSING
+    name: str = ""
+    classes: list[int] = field(default_factory=list)
+    permutation: int = -1
+    rotation: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class SyntheticConfig:
+    """Size of the synthetic tasks used by tests and smoke runs (no files needed)."""
+
+    n_train: int = 1000
+    n_test: int = 500
+    noise: float = 0.35
+
+
+@dataclass
+class DataConfig:
+    """The task sequence and how it is batched.
+
+    Attributes:
+        tasks: the ordered task sequence.
+        val_fraction: share of each task's training set held out for validation.
+        split_seed: seed of the train/validation split; fixed apart from the experiment seed so
+            that runs with different seeds are selected on the same validation samples.
+        batch_size: training batch size.
+        eval_batch_size: batch size of evaluation passes.
+        benchmark: build ``tasks`` from a standard benchmark instead of listing them:
+            ``split_mnist`` (``n_tasks`` tasks of consecutive digits), ``permuted_mnist``
+            (``n_tasks`` fixed pixel permutations, seeds ``benchmark_seed + i``),
+            ``rotated_mnist`` (rotations ``i * 180 / n_tasks`` degrees).
+        stream: single pass: each training sample is seen once, in stream order (needs
+            ``trainer.epochs=1``), for data that exists only once.
+    """
+
+    tasks: list[TaskConfig] = field(default_factory=list)
+    benchmark: str = ""
+    n_tasks: int = 5
+    benchmark_seed: int = 0
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    stream: bool = False
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+def benchmark_tasks(benchmark: str, n_tasks: int, seed: int = 0) -> list[TaskConfig]:
+    """The task list of a standard benchmark (see :class:`DataConfig`)."""
+    if benchmark == "split_mnist":
+        chunks = [list(map(int, c)) for c in np.array_split(np.arange(10), n_tasks)]
+        return [TaskConfig(dataset="mnist", classes=c) for c in chunks]
+    if benchmark == "permuted_mnist":
+        return [TaskConfig(dataset="mnist", permutation=seed + i) for i in range(n_tasks)]
+    return [TaskConfig(dataset="mnist", rotation=i * 180.0 / n_tasks) for i in range(n_tasks)]
+
+
+@dataclass
+class ModelConfig:
+    """Network shape. The output head is shared by all tasks (domain-incremental).
+
+    Attributes:
+        name: ``cnn`` (LeNet-style) or ``mlp``.
+        channels: CNN convolution channels, one ``kernel_size`` convolution per entry.
+        pool: where the CNN's 2x2 max-pools are: after ``each`` convolution (LeNet), or only
+            after the ``last`` (the PyTorch MNIST example's layout: more features reach the
+            fully connected layers).
+        hidden: sizes of the fully connected hidden layers (after the convs for ``cnn``).
+        dropout: dropout before each fully connected layer.
+    """
+
+    name: ModelName = ModelName.cnn
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    kernel_size: int = 5
+    pool: Pool = Pool.each
+    hidden: list[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, rebuilt fresh at the start of every task.
+
+    Attributes:
+        name: ``adam``, ``adamw`` or ``sgd``.
+        lr: the learning rate (the peak of the schedule).
+        weight_decay: L2 penalty (decoupled for ``adamw``).
+        momentum: SGD's momentum.
+        schedule: ``constant``, or ``cosine``: the rate falls from ``lr`` to 0 along each task's
+            training steps (cosine annealing, restarted per task).
+    """
+
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: Schedule = Schedule.constant
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings, applied to the fresh Trainer built for each task.
+
+    Attributes:
+        epochs: epochs per task.
+        accelerator: ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``.
+        threads: CPU threads for torch; 0 keeps torch's default (one per core).
+        max_batches: cap on training batches per epoch (0: all); shrinks smoke runs.
+        validate_every_epoch: run the current task's validation split after each epoch.
+        check_finite_every: check the loss for NaN/inf every this many steps (>= 1; the
+            weights are checked again before every checkpoint).
+        devices: processes per machine (CPU processes, or GPUs); more than 1 trains one run
+            with Lightning's DDP (:mod:`pipeline.distributed`).
+        num_nodes: machines; each runs the same command with ``NODE_RANK`` set.
+        strategy: ``auto`` (one process, or DDP when ``devices * num_nodes > 1``) or ``ddp``.
+    """
+
+    epochs: int = 3
+    accelerator: Accelerator = Accelerator.auto
+    precision: str = "32-true"
+    deterministic: bool = True
+    threads: int = 0
+    max_batches: int = 0
+    validate_every_epoch: bool = True
+    log_every_n_steps: int = 50
+    progress_bar: bool = True
+    gradient_clip_val: float = 0.0
+    check_finite_every: int = 10
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: DistributedStrategy = DistributedStrategy.auto
+
+
+@dataclass
+class TrackingConfig:
+    """What MLflow records (where: ``paths.store``).
+
+    Attributes:
+        experiment: MLflow experiment name; defaults to the experiment config's name.
+        run_name: MLflow run name; MLflow picks one when empty.
+        log_checkpoints: log a checkpoint after every task.
+    """
+
+    experiment: str = ""
+    run_name: str = ""
+    log_checkpoints: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: the task sequence, the model, the strategies and how to train.
+
+    Attributes:
+        name: experiment name (the file name in conf/experiment/).
+        seed: seeds model initialisation and data order.
+        scenario: ``task`` (one head per task, task id given at test), ``domain`` (one
+            shared head, no task id) or ``class`` (labels offset per task, one head over all
+            classes seen so far, no task id).
+        retention: ``any``, or ``none`` to refuse, before training, every strategy that keeps
+            raw samples across task boundaries (data that privacy law may require deleted).
+        strategy: strategy plugins, applied in this order; empty: the baseline strategy
+            (plain fine-tuning).
+        strategies: hyperparameters per strategy: as composed, the values the experiment and
+            the overrides set; once resolved (:func:`pipeline.experiment.compose`), each
+            strategy's ``Params`` with its defaults filled in.
+        paths: where the data, the stores and the reports are.
+    """
+
+    name: str = MISSING
+    description: str = ""
+    seed: int = 0
+    scenario: Scenario = Scenario["domain"]
+    retention: Retention = Retention.any
+    strategy: list[str] = field(default_factory=list)
+    strategies: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML (logged with every run; ``compose`` can read it back)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (a choice as its string: a checkpoint holds no
+    class of ours, which torch.load(weights_only=True) would refuse)."""
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]

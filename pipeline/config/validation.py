@@ -1,0 +1,232 @@
+"""The value rules a type cannot state, one function per section of the schema (the ranges,
+the names that become metric keys and file names, what MLflow's stores take), run by
+:func:`check_values` after every composition. A rule that fails raises one ``ConfigError`` line
+naming the key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields, is_dataclass
+from functools import cache
+from typing import Any
+
+from pipeline.config.paths import PathsConfig
+from pipeline.config.schema import (
+    BENCHMARKS,
+    DATASET_KINDS,
+    PRECISIONS,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    OptimConfig,
+    SyntheticConfig,
+    TaskConfig,
+    TrackingConfig,
+    TrainerConfig,
+    benchmark_tasks,
+)
+from pipeline.errors import ConfigError, require
+from pipeline.keys import RESERVED_TASK_NAMES
+
+MAX_LR = 10.0  # a learning rate above this is a typo, not an experiment (1e308, inf)
+MAX_SEED = 2**32 - 1  # numpy's seeds, which Lightning's seed_everything sets too
+MAX_TASK_NAME = 100  # a task name is in metric keys (MLflow: 250 characters) and file names
+#: No text this short exceeds any of :func:`mlflow_limits` (a test checks): checking it does not
+#: import MLflow, which takes seconds (most configs are checked to be printed or refused).
+SHORT_TEXT = 250
+
+
+def check_task(task: TaskConfig) -> None:
+    require(
+        task.dataset in DATASET_KINDS,
+        "data.tasks.dataset",
+        f"'{task.dataset}' is not one of {', '.join(DATASET_KINDS)}",
+    )
+    require(
+        all(0 <= c < 10 for c in task.classes) and len(set(task.classes)) == len(task.classes),
+        "data.tasks.classes",
+        f"{task.classes}: classes must be distinct labels in 0..9",
+    )
+    if not task.name:
+        task.name = task.dataset if task.dataset != "synthetic" else f"synthetic{task.seed}"
+        if task.classes:
+            task.name += "_" + "".join(str(c) for c in task.classes)
+        if task.permutation >= 0:
+            task.name += f"_perm{task.permutation}"
+        if task.rotation:
+            task.name += f"_rot{task.rotation:g}"
+    require(
+        task.name.replace("_", "").replace("-", "").isalnum(),
+        "data.tasks.name",
+        f"'{task.name}' must be letters, digits, '_' or '-' (it becomes a metric key)",
+    )
+    require(
+        len(task.name) <= MAX_TASK_NAME,
+        "data.tasks.name",
+        f"{len(task.name)} characters; at most {MAX_TASK_NAME} (it becomes metric keys and "
+        "file names)",
+    )
+    require(
+        task.name not in RESERVED_TASK_NAMES,
+        "data.tasks.name",
+        f"'{task.name}' is the name of a metric (its key would be test/{task.name}); "
+        "choose another",
+    )
+
+
+def check_synthetic(syn: SyntheticConfig) -> None:
+    require(syn.n_train >= 20, "data.synthetic.n_train", "must be >= 20")
+    require(syn.n_test >= 1, "data.synthetic.n_test", "must be >= 1")
+    require(syn.noise >= 0, "data.synthetic.noise", "must be >= 0")
+
+
+def check_data(data: DataConfig) -> None:
+    if data.benchmark:
+        require(
+            data.benchmark in BENCHMARKS,
+            "data.benchmark",
+            f"'{data.benchmark}' is not one of {', '.join(BENCHMARKS)}",
+        )
+        require(data.n_tasks >= 1, "data.n_tasks", "must be >= 1")
+        require(
+            data.n_tasks <= 10 or data.benchmark != "split_mnist",
+            "data.n_tasks",
+            "Split MNIST has 1 to 10 tasks",
+        )
+        expanded = benchmark_tasks(data.benchmark, data.n_tasks, data.benchmark_seed)
+        for task in expanded:
+            check_task(task)
+        # A resolved config (config.yaml of a run, a checkpoint) holds both: they must agree.
+        require(
+            not data.tasks or data.tasks == expanded,
+            "data.benchmark",
+            "set data.benchmark or data.tasks, not both",
+        )
+        data.tasks = expanded
+    require(len(data.tasks) >= 1, "data.tasks", "the sequence needs at least one task")
+    names = [t.name for t in data.tasks]
+    require(
+        len(set(names)) == len(names),
+        "data.tasks",
+        f"task names must be unique, got {names} (set `name:` on repeated datasets)",
+    )
+    require(0.0 < data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
+    require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
+    require(data.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+
+
+def check_model(model: ModelConfig) -> None:
+    require(all(c >= 1 for c in model.channels), "model.channels", "must be positive")
+    require(all(h >= 1 for h in model.hidden), "model.hidden", "must be positive")
+    require(model.kernel_size >= 1, "model.kernel_size", "must be >= 1")
+    require(0.0 <= model.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+
+def check_optim(optim: OptimConfig) -> None:
+    require(0 < optim.lr <= MAX_LR, "optim.lr", f"must be in (0, {MAX_LR:g}], got {optim.lr}")
+    require(
+        0 <= optim.weight_decay <= 1,
+        "optim.weight_decay",
+        f"must be in [0, 1], got {optim.weight_decay}",
+    )
+    require(0 <= optim.momentum < 1, "optim.momentum", "must be in [0, 1)")
+
+
+def check_trainer(trainer: TrainerConfig) -> None:
+    require(1 <= trainer.epochs <= 10_000, "trainer.epochs", "must be in 1..10000")
+    require(
+        trainer.precision in PRECISIONS,
+        "trainer.precision",
+        f"'{trainer.precision}' is not one of {', '.join(PRECISIONS)}",
+    )
+    require(trainer.threads >= 0, "trainer.threads", "must be >= 0")
+    require(trainer.max_batches >= 0, "trainer.max_batches", "must be >= 0")
+    require(trainer.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
+    require(
+        0 <= trainer.gradient_clip_val < float("inf"),
+        "trainer.gradient_clip_val",
+        "must be finite and >= 0 (0: no clipping)",
+    )
+    # The loss check cannot be switched off: a NaN run must not end FINISHED.
+    require(trainer.check_finite_every >= 1, "trainer.check_finite_every", "must be >= 1")
+    require(1 <= trainer.devices <= 1024, "trainer.devices", "must be in 1..1024")
+    require(1 <= trainer.num_nodes <= 1024, "trainer.num_nodes", "must be in 1..1024")
+
+
+def check_tracking(tracking: TrackingConfig) -> None:
+    require_length(tracking.experiment, "tracking.experiment", "experiment")
+    require_length(tracking.run_name, "tracking.run_name", "run_name")
+
+
+def check_experiment(cfg: ExperimentConfig) -> None:
+    require(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}, got {cfg.seed}")
+    require_length(cfg.description, "description", "description")  # the experiment's
+    require(
+        not cfg.data.stream or cfg.trainer.epochs == 1,
+        "data.stream",
+        "a stream is seen once: set trainer.epochs=1",
+    )
+    require(len(set(cfg.strategy)) == len(cfg.strategy), "strategy", "names repeat")
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    require(
+        cfg.data.batch_size % world == 0,
+        "data.batch_size",
+        f"{cfg.data.batch_size} does not split evenly over {world} processes "
+        "(trainer.devices x trainer.num_nodes): each takes an equal slice of every batch",
+    )
+
+
+@cache
+def mlflow_limits() -> dict[str, int]:
+    """The most characters every MLflow store takes, by what they limit: MLflow's own checks,
+    and the columns of its database, which PostgreSQL enforces and SQLite does not (a
+    300-character experiment name passes MLflow's check of 500, then fails on a team server).
+    """
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlRun
+    from mlflow.utils import validation as v
+
+    def column(model: Any) -> int:
+        return int(model.__table__.c.name.type.length)
+
+    return {
+        "experiment": min(v.MAX_EXPERIMENT_NAME_LENGTH, column(SqlExperiment)),
+        "run_name": min(v.MAX_TAG_VAL_LENGTH, column(SqlRun)),  # also its mlflow.runName tag
+        "description": v.MAX_EXPERIMENT_TAG_VAL_LENGTH,  # an experiment tag
+    }
+
+
+def require_length(text: str, key: str, limit: str) -> None:
+    """Refuse ``text`` longer than MLflow takes for ``limit`` (a key of :func:`mlflow_limits`),
+    before any run exists: MLflow would refuse it with a traceback once the run starts."""
+    if len(text) > SHORT_TEXT and len(text) > (most := mlflow_limits()[limit]):
+        raise ConfigError(f"{key}: {len(text)} characters; an MLflow store takes at most {most}")
+
+
+def check_values(node: Any) -> None:
+    """Run the rules of every nested section (:data:`RULES`) on ``node`` and what it holds.
+
+    Children are checked first, so a task name is filled in before the sequence checks that
+    names are unique.
+    """
+    children = [getattr(node, f.name) for f in fields(node)] if is_dataclass(node) else []
+    for child in children:
+        for item in child if isinstance(child, list) else [child]:
+            if is_dataclass(item):
+                check_values(item)
+    rule = RULES.get(type(node))
+    if rule is not None:
+        rule(node)
+
+
+#: The rules of each section of the schema.
+RULES: dict[type, Callable[[Any], None]] = {
+    TaskConfig: check_task,
+    SyntheticConfig: check_synthetic,
+    DataConfig: check_data,
+    ModelConfig: check_model,
+    OptimConfig: check_optim,
+    TrainerConfig: check_trainer,
+    TrackingConfig: check_tracking,
+    ExperimentConfig: check_experiment,
+    PathsConfig: PathsConfig.check,
+}

@@ -136,11 +136,11 @@ def main() -> None:
 
     import lightning.pytorch as pl
 
-    from pipeline import cli, runfiles, runner
+    from pipeline import cli, commands, runfiles, runner
 
     print("\n2. the run")
     for name in ("_store", "_print_result"):
-        wrap(cli, name, since)
+        wrap(commands, name, since)
     for name in ("prepare", "evaluate", "record_task"):
         wrap(runner, name, since)
     wrap(runfiles, "write_results", since)

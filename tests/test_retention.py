@@ -4,7 +4,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers.runs import run, small_synthetic
+from helpers.runs import TINY, run, small_synthetic
 from helpers.stores import artifacts, checkpoint, client
 
 from pipeline.data.datamodule import ContinualDataModule
@@ -13,14 +13,6 @@ from pipeline.experiment import compose
 from pipeline.store import Store
 from pipeline.strategies import REGISTRY
 from pipeline.tracking import Run
-
-TINY = (
-    "trainer.epochs=1",
-    "trainer.max_batches=5",
-    "data.synthetic.n_train=200",
-    "data.synthetic.n_test=100",
-    "data.batch_size=32",
-)
 
 
 def written_bytes(store: Path, run_id: str) -> list[bytes]:

@@ -6,21 +6,13 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from helpers.runs import run, small_synthetic
+from helpers.runs import TINY, run, small_synthetic
 from helpers.stores import checkpoint
 
 from pipeline.cli import main
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.erasure import ErasureError, _training_ids
 from pipeline.runids import resolve_run_id
-
-TINY = (
-    "trainer.epochs=1",
-    "trainer.max_batches=5",
-    "data.synthetic.n_train=200",
-    "data.synthetic.n_test=100",
-    "data.batch_size=32",
-)
 
 
 class FakeClient:

@@ -13,6 +13,15 @@ from pipeline.runner import run_sequence
 from pipeline.store import DB_FILE
 from pipeline.tracking import Run
 
+#: Overrides that shrink a synthetic sequence to a second or two (5 batches of 32 a task).
+TINY = (
+    "trainer.epochs=1",
+    "trainer.max_batches=5",
+    "data.synthetic.n_train=200",
+    "data.synthetic.n_test=100",
+    "data.batch_size=32",
+)
+
 
 def small_synthetic(store: Path | str, *overrides: str) -> ExperimentConfig:
     """``conf/experiment/synthetic_forgetting.yaml`` with a private MLflow store (and reports

@@ -80,8 +80,8 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 
 install: $(STAMP) ## create .venv from uv.lock (a no-op when up to date)
 
-data: install ## provision MNIST and Fashion-MNIST into data/ (verified by MD5)
-	$(PY) -m pipeline data --root $(call q,$(DATA))
+data: install ## provision datasets into data/, verified by MD5: MNIST and Fashion-MNIST, or DATASETS=cifar10,svhn,... [FROM=<folder holding their files>]
+	$(PY) -m pipeline data --root $(call q,$(DATA))$(if $(DATASETS), --dataset $(call q,$(DATASETS)))$(if $(FROM), --from $(call q,$(FROM)))
 
 forget: install data ## the founding experiment: MNIST -> Fashion-MNIST, plain fine-tuning
 	$(call pipeline,run seed_forgetting --landscape)

@@ -46,11 +46,12 @@ def train_epoch(model: Classifier, task: Task, batch_size: int, lr: float) -> fl
     """One epoch of Adam on the task's training split; its wall seconds."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     images, labels = task.train.images, task.train.labels
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (task.mean, task.std))
     g = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     model.train()
     for idx in torch.randperm(len(labels), generator=g).split(batch_size):
-        x = (images[idx].float() / 255 - task.mean) / task.std
+        x = (images[idx].float() / 255 - mean) / std
         loss = F.cross_entropy(model(x), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -43,13 +43,14 @@ def bare_loop(cfg, epochs: int, device: torch.device) -> tuple[float, int]:
     model = build_model(cfg.model, dm.input_shape, dm.classes_per_task).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     images, labels = task.train.images.to(device), task.train.labels.to(device)
+    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (task.mean, task.std))
     g = torch.Generator().manual_seed(0)
     samples = 0
     start = time.perf_counter()
     for _ in range(epochs):
         for idx in torch.randperm(len(labels), generator=g).split(cfg.data.batch_size):
             idx = idx.to(device, non_blocking=True)
-            x = (images[idx].float() / 255 - task.mean) / task.std
+            x = (images[idx].float() / 255 - mean) / std
             loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

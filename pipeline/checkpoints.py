@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 
 from pipeline.config.schema import ExperimentConfig
-from pipeline.data.tasks import IMAGE_SHAPE
+from pipeline.data.loading import LEGACY_SHAPE
 from pipeline.disk import room_for
 from pipeline.experiment import from_dict
 from pipeline.models import build_model
@@ -78,6 +78,7 @@ class CheckpointMeta:
     classes_per_task: list[int]
     config: dict[str, Any]
     progress: dict[str, Any] = field(default_factory=dict)  # results.Progress, for a resume
+    input_shape: list[int] = field(default_factory=lambda: list(LEGACY_SHAPE))
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -125,7 +126,10 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     ckpt = _read(path)
     meta = ckpt["pipeline"]
     cfg = from_dict(meta["config"])
-    model = build_model(cfg.model, IMAGE_SHAPE, meta["classes_per_task"], cfg.scenario)
+    shape = tuple(meta.get("input_shape", LEGACY_SHAPE))  # older checkpoints: MNIST's
+    model = build_model(
+        cfg.model, (shape[0], shape[1], shape[2]), meta["classes_per_task"], cfg.scenario
+    )
     module = ContinualModule(model, build_strategies(cfg), cfg.optim)
     module.load_state_dict(ckpt["state_dict"])
     module.load_strategy_states(ckpt.get("strategies", {}))

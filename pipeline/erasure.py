@@ -28,9 +28,8 @@ from typing import Any
 import torch
 
 from pipeline import checkpoints, runfiles
-from pipeline.config.schema import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig, dataset_classes
 from pipeline.data.datamodule import ContinualDataModule
-from pipeline.data.tasks import NUM_CLASSES
 from pipeline.module import ContinualModule
 from pipeline.store import Store
 from pipeline.tracking import Run, scratch_dir
@@ -125,7 +124,7 @@ def _training_ids(
             f"{_few(in_val)} went to its validation split (data.val_fraction), which is never "
             "trained on nor stored"
         )
-    if other and len(task.classes) < NUM_CLASSES:
+    if other and len(task.classes) < dataset_classes(data.cfg.tasks[index].dataset):
         classes = ", ".join(map(str, task.classes))
         reasons.append(f"{_few(other)} are samples of classes it leaves out (it keeps {classes})")
     elif other:

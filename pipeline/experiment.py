@@ -58,7 +58,7 @@ def check_machine(cfg: ExperimentConfig) -> ExperimentConfig:
     """
     import torch
 
-    from pipeline.data.tasks import IMAGE_SHAPE, NUM_CLASSES
+    from pipeline.data.loading import sequence_shape
     from pipeline.models import parameter_count
 
     accelerator = cfg.trainer.accelerator
@@ -72,8 +72,8 @@ def check_machine(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"trainer.devices: {devices}, but this machine has {gpus} GPUs")
     if devices > 1 and accelerator == "mps":
         raise ConfigError("trainer.devices: Lightning's DDP does not run on MPS; use 1")
-    classes = sum(len(t.classes) or NUM_CLASSES for t in cfg.data.tasks)
-    params = parameter_count(cfg.model, IMAGE_SHAPE, classes)
+    shape, classes_per_task = sequence_shape(cfg.data)
+    params = parameter_count(cfg.model, shape, sum(classes_per_task))
     need, have = params * TRAINING_BYTES_PER_PARAMETER, available_memory()
     if have and need > have:
         raise ConfigError(

@@ -183,6 +183,67 @@ def conv_shapes(
     return shapes
 
 
+#: The ResNet-18's stages: (width as a multiple of ``nf``, stride of its first block); each
+#: stage is two basic blocks.
+RESNET18_STAGES = ((1, 1), (2, 2), (4, 2), (8, 2))
+
+#: The narrowest ResNet kept channels-last. oneDNN's CPU weight gradient of a 1x1 stride-2
+#: convolution on channels-last input with fewer input channels than its block (8 with AVX2,
+#: 16 with AVX-512) writes past its workspace: a crash, a hang or a wrong gradient
+#: (uxlfoundation/oneDNN#6035; torch 2.14.1 here crashes for 2..7 channels). The shortcuts'
+#: inputs have ``nf``, ``2nf`` and ``4nf`` channels, so a narrower ResNet stays channels-first.
+RESNET_CHANNELS_LAST_WIDTH = 16
+
+
+def resnet18_stages(nf: int) -> list[tuple[int, int, int]]:
+    """The ResNet-18's basic blocks in order: (input width, output width, stride) each."""
+    blocks, width = [], nf
+    for multiple, stride in RESNET18_STAGES:
+        for first in (True, False):
+            blocks.append((width, multiple * nf, stride if first else 1))
+            width = multiple * nf
+    return blocks
+
+
+def resnet18_backbone(in_channels: int, nf: int) -> nn.Sequential:
+    """The ResNet-18 of GEM, Mammoth and DER for small images, up to its feature vector.
+
+    A 3x3 stem of stride 1 (no bias) with BatchNorm and ReLU and no max-pool: a 32x32 image
+    keeps its resolution into the first stage, where ImageNet's 7x7 stride-2 stem and max-pool
+    would leave 8x8. Then four stages of two of torchvision's ``BasicBlock`` of widths ``nf``,
+    ``2nf``, ``4nf``, ``8nf`` and first strides 1, 2, 2, 2 (a block that changes the stride or
+    the width has torchvision's shortcut, a 1x1 convolution + BatchNorm); global average pooling
+    then hands on ``8 * nf`` features, for any image size.
+    """
+    # deferred: importing torchvision costs about a second, which the CNN and MLP never need
+    from torchvision.models.resnet import BasicBlock
+
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, nf, 3, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(nf),
+        nn.ReLU(inplace=True),
+    ]
+    for in_c, out_c, stride in resnet18_stages(nf):
+        shortcut = None
+        if stride != 1 or in_c != out_c:
+            shortcut = nn.Sequential(
+                nn.Conv2d(in_c, out_c, 1, stride=stride, bias=False), nn.BatchNorm2d(out_c)
+            )
+        layers.append(BasicBlock(in_c, out_c, stride, shortcut))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+def _resnet18_parameters(in_channels: int, nf: int) -> int:
+    """Parameters of :func:`resnet18_backbone` (a BatchNorm has two per channel)."""
+    count = in_channels * nf * 9 + 2 * nf
+    for in_c, out_c, stride in resnet18_stages(nf):
+        count += in_c * out_c * 9 + out_c * out_c * 9 + 4 * out_c
+        if stride != 1 or in_c != out_c:
+            count += in_c * out_c + 2 * out_c
+    return count
+
+
 def parameter_count(cfg: ModelConfig, input_shape: tuple[int, int, int], classes: int) -> int:
     """Parameters of the network :func:`build_model` would build with a head of ``classes``
     outputs, counted without building it.
@@ -190,6 +251,9 @@ def parameter_count(cfg: ModelConfig, input_shape: tuple[int, int, int], classes
     Raises:
         ConfigError: the convolutions shrink the image to nothing.
     """
+    if cfg.name == "resnet18":
+        features = 8 * cfg.width
+        return _resnet18_parameters(input_shape[0], cfg.width) + features * classes + classes
     convs = conv_shapes(cfg, input_shape) if cfg.name == "cnn" else []
     count = sum(out[0] * (in_c * cfg.kernel_size**2 + 1) for in_c, _, out in convs)
     c, h, w = convs[-1][2] if convs else input_shape
@@ -219,12 +283,23 @@ def build_model(
     layout (``make bench``). Parameters are the same tensors in another memory layout: flatten
     them with ``reshape``/``flatten``, never ``view``.
 
+    ``resnet18``: :func:`resnet18_backbone` of base width ``width``, its ``8 * width`` features
+    straight into the head; ``hidden``, ``dropout`` and the CNN's keys are ignored. It is
+    channels-last too, unless narrower than :data:`RESNET_CHANNELS_LAST_WIDTH`.
+
     Args:
         cfg: model config.
         input_shape: (channels, height, width) of one image.
         classes_per_task: number of classes of each task of the sequence.
         scenario: ``task``, ``domain`` or ``class``; picks the head (:func:`build_head`).
     """
+    if cfg.name == "resnet18":
+        backbone = resnet18_backbone(input_shape[0], cfg.width)
+        head = build_head(scenario, 8 * cfg.width, classes_per_task)
+        resnet = Classifier(backbone, 8 * cfg.width, head)
+        if cfg.width < RESNET_CHANNELS_LAST_WIDTH:
+            return resnet
+        return resnet.to(memory_format=torch.channels_last)
     layers: list[nn.Module] = []
     if cfg.name == "cnn":
         convs = conv_shapes(cfg, input_shape)

@@ -12,7 +12,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from pipeline import distributed
-from pipeline.config.schema import OptimConfig
+from pipeline.augment import apply_crop_flip, draw_crop_flip, step_generator
+from pipeline.config.schema import Augment, OptimConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import RunFailed
 from pipeline.metrics import percent
@@ -40,6 +41,11 @@ class ContinualModule(pl.LightningModule):
         check_finite_every: check the loss for NaN/inf every this many steps (0: never).
         log_every: log the step values (loss, penalties) every this many steps: the Trainer's
             ``log_every_n_steps``, the steps its logger writes.
+        augment: ``crop_flip``: every training batch (after the strategies' transforms, so
+            replayed samples too) is randomly cropped and flipped, per sample, on its device
+            (:mod:`pipeline.augment`); validation, evaluation and what strategies store never.
+        crop_padding: the zero padding of ``crop_flip``, in pixels.
+        seed: the experiment seed; each step's draws are seeded from it, the task and the step.
     """
 
     def __init__(
@@ -49,6 +55,9 @@ class ContinualModule(pl.LightningModule):
         optim: OptimConfig,
         check_finite_every: int = 10,
         log_every: int = 50,
+        augment: Augment = Augment.none,
+        crop_padding: int = 4,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -56,6 +65,8 @@ class ContinualModule(pl.LightningModule):
         self.optim = optim
         self.check_finite_every = check_finite_every
         self.log_every = log_every
+        self.augment, self.crop_padding, self.seed = Augment(augment), crop_padding, seed
+        self._black: Tensor | None = None  # each task's black pixel, normalised (tasks x C)
         self.ctx: TaskContext | None = None
         self.samples_trained = 0  # this task's samples, after the strategies' transforms
         # In a distributed run the logged values are averaged over the processes.
@@ -75,6 +86,7 @@ class ContinualModule(pl.LightningModule):
         """Enter a task: the head makes room for it, then every strategy's ``on_task_start``."""
         self.ctx = ctx
         self.samples_trained = 0
+        self._black = None
         self.model.head.start_task(ctx.index)
         for s in self.strategies:
             s.on_task_start(ctx)
@@ -102,6 +114,8 @@ class ContinualModule(pl.LightningModule):
         assert self.ctx is not None, "start_task() must be called before fit()"
         for s in self.strategies:
             batch = s.transform_batch(batch, self.ctx)
+        if self.augment is Augment.crop_flip:
+            batch = batch._replace(x=self._crop_flip(batch))
         self.samples_trained += int(batch.y.shape[0])
         logits = self.model(batch.x, batch.task)
         loss = F.cross_entropy(logits, batch.y)
@@ -141,6 +155,40 @@ class ContinualModule(pl.LightningModule):
                 "train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=self.sync
             )
         return total
+
+    def _crop_flip(self, batch: Batch) -> Tensor:
+        """The batch's images cropped and flipped (``data.augment=crop_flip``), with the draws
+        of (seed, task, step): the same in a resumed run.
+
+        The images arrive normalised, so the padding is each sample's normalised black (what
+        the field's zero padding of raw pixels becomes), from the data's own normalisation.
+        In a distributed run every process draws for the whole step's batch (its processes'
+        batches in rank order) and keeps its own rows' draws: where each process's batch is
+        its slice of one process's batch (:class:`~pipeline.data.tasks.BatchIndices`), the
+        processes together crop as that one process would.
+        """
+        assert self.ctx is not None
+        x = batch.x
+        if self._black is None or self._black.shape[1] != x.shape[1]:
+            self._black = self._normalised_black(int(x.shape[1]), x.device)
+        n, total, offset = int(x.shape[0]), int(x.shape[0]), 0
+        if distributed.world() > 1:  # a batch that replay extended may differ in size by rank
+            sizes = distributed.gather_rows(torch.tensor([n], device=x.device)).tolist()
+            total, offset = sum(sizes), sum(sizes[: distributed.rank()])
+        generator = step_generator(self.seed, self.ctx.index, self.global_step, x.device)
+        shift, flip = draw_crop_flip(total, self.crop_padding, generator, x.device)
+        mine = slice(offset, offset + n)
+        return apply_crop_flip(x, shift[mine], flip[mine], self._black[batch.task])
+
+    def _normalised_black(self, channels: int, device: torch.device) -> Tensor:
+        """Each task's black pixel (raw 0 in every channel) as the data normalises it
+        (tasks x channels): asked of the data module, whatever its normalisation."""
+        assert self.ctx is not None
+        data = self.ctx.datamodule
+        n = len(data.tasks)
+        black = torch.zeros(n, channels, 1, 1, dtype=torch.uint8, device=device)
+        index = torch.arange(n, device=device)
+        return data.batch_from(black, index, index, index).x.reshape(n, channels)
 
     @override
     def on_train_epoch_start(self) -> None:

@@ -89,7 +89,14 @@ def prepare(cfg: ExperimentConfig) -> tuple[ContinualDataModule, ContinualModule
     model = build_model(cfg.model, data.input_shape, data.classes_per_task, cfg.scenario)
     strategies = build_strategies(cfg)
     module = ContinualModule(
-        model, strategies, cfg.optim, cfg.trainer.check_finite_every, cfg.trainer.log_every_n_steps
+        model,
+        strategies,
+        cfg.optim,
+        cfg.trainer.check_finite_every,
+        cfg.trainer.log_every_n_steps,
+        augment=cfg.data.augment,
+        crop_padding=cfg.data.crop_padding,
+        seed=cfg.seed,
     )
     return data, module, device
 
@@ -285,6 +292,7 @@ def record_task(
             loop.data.classes_per_task,
             to_dict(cfg),
             progress.to_record(),
+            list(loop.data.input_shape),
         )
         checkpoints.save_checkpoint(run, loop.module, optimizers, meta)
     if loop.resumed:

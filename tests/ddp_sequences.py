@@ -2,12 +2,12 @@
 
 ``PYTHONPATH=. python tests/ddp_sequences.py STORE OUT CASE...`` starts with ``--devices``
 processes (2: Lightning's launcher re-runs this script once more, with ``LOCAL_RANK=1``) and
-trains, in
-that process group, one sequence per CASE (``strategy:scenario``) on the synthetic tasks into
-the MLflow store STORE. The runner itself compares the processes' weights and strategy states
-after every task (``pipeline.distributed.check_replicas``) and fails the sequence if they
-differ. Rank 0 writes OUT (JSON): each case's run id, and whether a deliberate drift (rank 1's
-weights nudged after the last case) was caught.
+trains, in that process group, one sequence per CASE (``strategy:scenario``, or
+``strategy:scenario:augment``) on the synthetic tasks into the MLflow store STORE. The runner
+itself compares the processes' weights and strategy states after every task
+(``pipeline.distributed.check_replicas``) and fails the sequence if they differ. Rank 0 writes
+OUT (JSON): each case's run id, and whether a deliberate drift (rank 1's weights nudged after
+the last case) was caught.
 
 The shapes are shared with the test (:func:`overrides`), which trains the same cases in one
 process and compares the weights.
@@ -39,11 +39,13 @@ SHRINK = {
 
 
 def overrides(case: str, store: str, devices: int) -> list[str]:
-    """The config of one case (``strategy:scenario``) on ``devices`` processes."""
-    strategy, scenario = case.split(":")
+    """The config of one case (``strategy:scenario``, or ``strategy:scenario:augment``) on
+    ``devices`` processes."""
+    strategy, scenario, *augment = case.split(":")
     return [
         f"strategy=[{strategy}]",
         f"scenario={scenario}",
+        *(f"data.augment={a}" for a in augment),
         f"paths.store={store}",
         f"trainer.devices={devices}",
         "trainer.accelerator=cpu",

@@ -1,11 +1,13 @@
 """Tasks in memory: validation carving, normalisation, batch slicing, loaders."""
 
+import numpy as np
 import pytest
 import torch
 
 from pipeline.config.schema import DataConfig, SyntheticConfig, TaskConfig
 from pipeline.config.validation import check_values
 from pipeline.data.datamodule import ContinualDataModule
+from pipeline.data.loading import load_task, make_synthetic
 from pipeline.data.tasks import (
     BatchIndices,
     DataError,
@@ -13,8 +15,6 @@ from pipeline.data.tasks import (
     Task,
     TaskDataset,
     carve_validation,
-    load_task,
-    make_synthetic,
 )
 from pipeline.experiment import compose
 
@@ -124,9 +124,9 @@ def test_real_tasks_load_with_their_sizes():
 
 
 def test_a_corrupt_dataset_file_is_named(tmp_path):
-    from pipeline.data.datasets import DATASETS
+    from pipeline.catalogue import dataset
 
-    spec = DATASETS["mnist"]
+    spec = dataset("mnist")
     raw = spec.raw_dir(tmp_path)
     raw.mkdir(parents=True)
     first, *_ = spec.md5
@@ -150,21 +150,17 @@ def test_a_loader_over_one_split_shares_its_images():
 
 def test_a_test_only_load_never_reads_a_training_file(tmp_path, monkeypatch):
     """The landscape evaluates test samples only: reading both datasets' training files again
-    was the last memory peak of `make forget`."""
-    import torchvision.datasets as tvd
+    was the last memory peak of `make forget`. Only MNIST's test files exist here: a test-only
+    load reads them, a full load fails on the missing training file."""
+    from pipeline.catalogue import dataset
+    from pipeline.data import loading as tasks_module
+    from pipeline.data.sources import write_idx
 
-    from pipeline.data import tasks as tasks_module
-
-    read = []
-
-    class FakeMNIST:
-        def __init__(self, root: str, train: bool, download: bool) -> None:
-            read.append(train)
-            n = 50 if train else 20
-            self.data = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8)
-            self.targets = torch.arange(n) % 10
-
-    monkeypatch.setattr(tvd, "MNIST", FakeMNIST)
+    raw = dataset("mnist").raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28), dtype=np.uint8))
+    write_idx(raw / "t10k-labels-idx1-ubyte", (np.arange(20) % 10).astype(np.uint8))
     monkeypatch.setattr(tasks_module, "verify", lambda spec, root: {"fake": "0"})
     tasks_module.release_raw_datasets()
     cfg = DataConfig(tasks=[TaskConfig(dataset="mnist")])
@@ -172,9 +168,6 @@ def test_a_test_only_load_never_reads_a_training_file(tmp_path, monkeypatch):
     dm = ContinualDataModule(cfg, root=tmp_path, test_only=True)
     dm.setup()
     (task,) = dm.tasks
-    assert read == [False]
     assert len(task.train) == len(task.val) == 0 and len(task.test) == 20
-    tasks_module.release_raw_datasets()
-    full = ContinualDataModule(cfg, root=tmp_path)
-    full.setup()
-    assert read == [False, True, False] and len(full.tasks[0].train) == 45
+    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
+        ContinualDataModule(cfg, root=tmp_path).setup()

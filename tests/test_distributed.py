@@ -52,6 +52,8 @@ CASES = [
     ),
     "ewc:task",
     "replay:class",
+    # each process crops and flips its slice of the batch as one process crops the whole
+    "naive:domain:crop_flip",
 ]
 #: 1 and 2 processes sum the same gradients in another order: after 12 SGD steps the weights
 #: agree to float rounding (measured 2026-12-02: at most 3e-8, and 1.5e-6 with EWC, whose

@@ -21,14 +21,16 @@ import numpy as np
 import pytest
 from helpers.disks import SmallDisk
 
+from pipeline.catalogue import DatasetSpec, Format, dataset
+from pipeline.catalogue import spec as catalogue
 from pipeline.data import command
 from pipeline.data import provision as prov
 from pipeline.data import registry as reg
 from pipeline.data import sources as src
-from pipeline.data.datasets import IDX_FILES, DatasetSpec
 from pipeline.data.provision import ProvisionError
 from pipeline.data.sources import Request, Source, SourceUnavailable
 
+IDX_FILES = tuple(dataset("mnist").md5)  # the IDX files' names, in their reading order
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = IDX_FILES
 
 
@@ -84,13 +86,15 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fake:
         display="Fake",
         folder="Fake",
         md5=md5,
-        mean=0.5,
-        std=0.25,
+        format=Format.idx,
+        shape=(1, 28, 28),
+        classes=10,
+        mean=(0.5,),
+        std=(0.25,),
         homepage="https://example.invalid/fake",
     )
-    # The expected sums come from DATASETS only: registering the fake spec is all it takes.
-    monkeypatch.setattr(prov, "DATASETS", {"fake": spec})
-    monkeypatch.setattr(command, "DATASETS", {"fake": spec})  # make data's choices
+    # The expected sums come from the catalogue only: registering the fake spec is all it takes.
+    monkeypatch.setitem(catalogue.REGISTRY, "fake", spec)
     return Fake(spec, files, tmp_path / "root")
 
 
@@ -128,13 +132,14 @@ def no_log(message: str) -> None:
 
 
 def test_real_specs_are_torchvision_layout_with_all_sums() -> None:
-    mnist, fashion = prov.DATASETS["mnist"], prov.DATASETS["fashion_mnist"]
+    mnist, fashion = dataset("mnist"), dataset("fashion_mnist")
     assert mnist.raw_dir(Path("data")) == Path("data/MNIST/raw")
     assert fashion.raw_dir(Path("data")) == Path("data/FashionMNIST/raw")
     for spec in (mnist, fashion):
         assert tuple(spec.md5) == IDX_FILES
         assert all(len(s) == 32 for s in spec.md5.values())
-    assert (mnist.mean, mnist.std, fashion.mean, fashion.std) == (0.1307, 0.3081, 0.2860, 0.3530)
+    assert (mnist.mean, mnist.std) == ((0.1307,), (0.3081,))
+    assert (fashion.mean, fashion.std) == ((0.2860,), (0.3530,))
 
 
 def test_write_idx_round_trips(tmp_path: Path) -> None:
@@ -154,11 +159,11 @@ def test_write_idx_round_trips(tmp_path: Path) -> None:
 def test_unpickler_builds_arrays_but_refuses_other_globals() -> None:
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     data = pickle.dumps((array, np.array([1, 2])), protocol=2)
-    loaded = reg._NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    loaded = reg.NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
     np.testing.assert_array_equal(loaded[0], array)
     evil = b"cos\nsystem\n(S'true'\ntR."  # os.system('true') when unpickled unrestricted
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        reg._NumpyOnlyUnpickler(io.BytesIO(evil)).load()
+        reg.NumpyOnlyUnpickler(io.BytesIO(evil)).load()
 
 
 def test_pixels_back_to_bytes_is_exact_and_strict() -> None:
@@ -345,7 +350,7 @@ def test_all_sources_fail_names_every_source_and_the_hand_route(fake: Fake, tmp_
     assert "torchvision has no downloader" in message
     assert "no registry package" in message
     assert f"no {TRAIN_IMAGES}[.gz] under {empty}" in message
-    assert "python -m pipeline data --from DIR" in message
+    assert "make data DATASETS=fake FROM=DIR" in message
     assert f"{fake.raw}/" in message and "https://example.invalid/fake" in message
 
 
@@ -483,8 +488,10 @@ def test_unknown_dataset_is_an_error(fake: Fake) -> None:
 def test_several_datasets_all_attempted_and_failures_collected(
     fake: Fake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    broken = DatasetSpec("broken", "Broken", "Broken", {TRAIN_IMAGES: "0" * 32}, 0.0, 1.0)
-    monkeypatch.setitem(prov.DATASETS, "broken", broken)
+    broken = DatasetSpec(
+        "broken", "Broken", "Broken", {TRAIN_IMAGES: "0" * 32}, Format.idx, (1, 2, 2), 2
+    )
+    monkeypatch.setitem(catalogue.REGISTRY, "broken", broken)
     fake.put(tmp_path / "supplied")
     with pytest.raises(ProvisionError) as info:
         prov.provision(fake.root, ["broken", "fake"], from_dir=tmp_path / "supplied", log=no_log)
@@ -501,13 +508,14 @@ def test_several_datasets_all_attempted_and_failures_collected(
 def test_main_fails_with_one_error_line_first(
     fake: Fake, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = command.main(["--root", str(fake.root), "--no-download", "--no-registry"])
+    argv = ["--root", str(fake.root), "--dataset", "fake"]
+    code = command.main([*argv, "--no-download", "--no-registry"])
     assert code == 1
     err = capsys.readouterr().err
     lines = err.splitlines()
     assert lines[0].startswith("error: could not provision Fake")
     assert sum(line.startswith("error:") for line in lines) == 1
-    assert "--from DIR" in err
+    assert "FROM=DIR" in err
 
 
 def test_main_succeeds_from_dir(
@@ -531,6 +539,7 @@ def test_a_full_disk_stops_at_the_first_source_in_one_line(
     fake.spec.raw_dir(root).mkdir(parents=True)
     small_disk.fill()
     argv = ["--root", str(root), "--from", str(tmp_path / "supplied"), "--no-download"]
+    argv += ["--dataset", "fake"]
     assert command.main([*argv, "--no-registry"]) == 1
     err = capsys.readouterr().err
     (line,) = err.splitlines()
@@ -556,5 +565,5 @@ def test_real_provisioning_from_the_registries(tmp_path: Path) -> None:
     for cls in (tvd.MNIST, tvd.FashionMNIST):
         assert len(cls(str(tmp_path), train=True, download=False)) == 60_000
         assert len(cls(str(tmp_path), train=False, download=False)) == 10_000
-    for spec in prov.DATASETS.values():
+    for spec in (dataset("mnist"), dataset("fashion_mnist")):
         assert tree(spec.raw_dir(tmp_path)) == sorted(IDX_FILES)

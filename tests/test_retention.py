@@ -4,6 +4,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.runs import TINY, run, small_synthetic
 from helpers.stores import artifacts, checkpoint, client
 
@@ -32,7 +33,8 @@ def sample_patterns(cfg) -> list[bytes]:
     dm.setup()
     task = dm.tasks[0]
     images = task.train.images[:100]
-    floats = (images.float() / 255 - task.mean) / task.std
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (task.mean, task.std))
+    floats = (images.float() / 255 - mean) / std
     return [i.numpy().tobytes() for i in images] + [f.numpy().tobytes() for f in floats]
 
 

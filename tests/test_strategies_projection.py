@@ -1,5 +1,6 @@
 """GPM (gradient projection memory): its defining properties, and a real run against naive."""
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -7,9 +8,11 @@ import torch
 from helpers.runs import run, small_synthetic
 from torch import nn
 
+import pipeline.strategies.gpm as gpm_module
+from pipeline.config.schema import ModelConfig
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
-from pipeline.models import Classifier, MultiHead, SharedHead
+from pipeline.models import Classifier, MultiHead, SharedHead, build_model
 from pipeline.strategies import parse_params
 from pipeline.strategies.gpm import (
     GPM,
@@ -69,6 +72,71 @@ def test_conv_inputs_match_the_weight_layout() -> None:
     w = torch.cat([conv.weight.reshape(3, -1), conv.bias.unsqueeze(1)], dim=1)
     out = (rows @ w.T).reshape(4, 16, 3).permute(0, 2, 1).reshape(4, 3, 4, 4)
     assert torch.allclose(out, conv(x), atol=1e-5)
+
+
+def test_a_strided_bias_free_conv_has_no_constant_input() -> None:
+    """A ResNet's convolution (stride 2, padding 1, no bias): its unfolded patches with its own
+    stride and padding, and no column of ones (it has no bias to pair with one)."""
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False)
+    x = images(4, 1).repeat(1, 2, 1, 1)  # 6x6 -> 3x3
+    rows = layer_inputs(conv, x)
+    assert rows.shape == (4 * 9, 2 * 9)
+    out = (rows @ conv.weight.reshape(3, -1).T).reshape(4, 9, 3).permute(0, 2, 1)
+    assert torch.allclose(out.reshape(4, 3, 3, 3), conv(x), atol=1e-5)
+
+
+def test_the_gram_matrices_are_summed_over_chunks_of_samples(monkeypatch: Any) -> None:
+    model = tiny()
+    data = [(images(8, 0), torch.zeros(8, dtype=torch.long))]
+    whole = input_grams(model, data)
+    monkeypatch.setattr(gpm_module, "GRAM_CHUNK", 40)  # a few samples' rows per chunk
+    chunked = input_grams(model, data)
+    assert all(torch.allclose(chunked[k], whole[k]) for k in whole)
+
+
+def small_resnet() -> Classifier:
+    """The ResNet-18 at width 4 on 3x8x8 images, its running statistics moved off 0 and 1 by
+    the first task's training-mode passes."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet18", width=4), (3, 8, 8), [3], "domain")
+    with torch.no_grad():
+        for seed in range(3):
+            model(torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) + 1)
+    return model
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_on_a_resnet_old_outputs_stay_with_the_batch_norms_shared(shared: bool) -> None:
+    """Bias-free strided convolutions, 1x1 shortcuts, batch norms: after the first task, AdamW
+    steps with GPM, the model in training mode, leave old inputs' outputs as they were. The
+    control (``shared`` off: the batch norms not held in eval mode) shows the running
+    statistics, re-estimated on new batches, would change them."""
+    model = small_resnet()
+    g = torch.Generator().manual_seed(9)
+    old, new = torch.randn(8, 3, 8, 8, generator=g), torch.randn(16, 3, 8, 8, generator=g) + 2
+    strategy = gpm(1.0)
+    grams = input_grams(model, [(old, torch.zeros(8, dtype=torch.long))])
+    strategy.bases = {k: grow_basis(None, v, 1.0) for k, v in grams.items()}
+    model.eval()
+    before_old, before_new = model(old).detach(), model(new).detach()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    statistics = [m.running_mean.clone() for m in norms]  # type: ignore[union-attr]
+    if shared:
+        strategy.on_task_start(SimpleNamespace(model=model))  # type: ignore[arg-type]
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(new), torch.arange(16) % 3).backward()
+        strategy.after_backward(model)
+        opt.step()
+        strategy.after_optimizer_step(model)
+    model.eval()
+    moved = (model(old) - before_old).abs().max()
+    assert (moved < 1e-4) == shared, float(moved)
+    kept = all(torch.equal(m.running_mean, s) for m, s in zip(norms, statistics, strict=True))
+    assert kept == shared
+    assert (model(new) - before_new).abs().max() > 1e-2  # the network did learn
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

@@ -194,6 +194,34 @@ def test_by_layer_importance_of_a_cnn_matches_brute_force(scenario: str, estimat
         assert torch.allclose(got[n], expected[n], rtol=1e-4, atol=1e-6), n
 
 
+@pytest.mark.parametrize("estimate", ["fisher", "mas"])
+def test_by_layer_importance_of_a_resnet_matches_brute_force(estimate: str) -> None:
+    """The ResNet-18 (batch norms with running statistics, bias-free strided convolutions, 1x1
+    shortcuts, in-place ReLUs and residual sums after the norms) is read by layer, exactly."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="resnet18", width=16), (3, 8, 8), [2, 2], "domain")
+    with torch.no_grad():  # running statistics other than their initial 0 and 1
+        for _ in range(3):
+            model(torch.randn(16, 3, 8, 8) * 2 + 1)
+    assert per_sample._layers_by_parameter(model, dict(trainable(model))) is not None
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(12, 3, 8, 8, generator=g), torch.randint(0, 2, (12,), generator=g)
+    t = torch.zeros(12, dtype=torch.long)
+    data = [Batch(x[i : i + 5], y[i : i + 5], t[i : i + 5], t[i : i + 5]) for i in (0, 5, 10)]
+    if estimate == "fisher":
+        got = empirical_fisher(model, ctx_for(model, data), samples=1000)
+        fn = (lambda logits, y: F.cross_entropy(logits, y), torch.square)
+    else:
+        got = output_sensitivity(model, ctx_for(model, data), samples=1000)
+        fn = (lambda logits, y: logits.square().sum(), torch.abs)
+    assert model.training  # the pass's eval mode was undone
+    model.eval()  # one sample at a time: the running statistics, as the estimate used
+    expected = brute_force(model, data, fn)
+    assert got.keys() == expected.keys()
+    for n in got:
+        assert torch.allclose(got[n], expected[n], rtol=1e-4, atol=1e-7), n
+
+
 def test_a_network_the_by_layer_path_cannot_read_uses_vmap() -> None:
     """A layer applied twice (shared weights) and a LayerNorm: the general path, same result."""
 

@@ -2,12 +2,10 @@
 of its state through the per-task checkpoint."""
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from helpers.runs import run, small_synthetic
+from helpers.runs import run, same, small_synthetic
 from helpers.stores import checkpoint
 
 from pipeline.config.schema import SCENARIOS
@@ -21,17 +19,6 @@ TINY = (
     "data.synthetic.n_test=100",
     "data.batch_size=32",
 )
-
-
-def same(a: Any, b: Any) -> bool:
-    """Deep equality of nested containers of tensors and plain values."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

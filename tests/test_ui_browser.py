@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.catalogue import dataset
 from pipeline.config.paths import REPO_ROOT
-from pipeline.data.datasets import DATASETS
 from pipeline.data.provision import problem
 from pipeline.provenance import git_commit
 from pipeline.server.common import free_port
@@ -67,7 +67,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str
     task names)."""
     store = tmp_path_factory.mktemp("store")
     data = REPO_ROOT / "data"
-    real = all(not problem(DATASETS[n], data) for n in ("mnist", "fashion_mnist"))
+    real = all(not problem(dataset(n), data) for n in ("mnist", "fashion_mnist"))
     exp, args = ("seed_forgetting", REAL) if real else ("synthetic_forgetting", TINY)
     run = [sys.executable, "-m", "pipeline", "run", exp, f"paths.store={store}", *args]
     out = subprocess.run(run, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)

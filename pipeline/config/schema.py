@@ -19,7 +19,11 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING, OmegaConf
 
+from pipeline.catalogue import datasets
 from pipeline.config.paths import PathsConfig
+
+#: The classes of a generated (``synthetic``) task.
+SYNTHETIC_CLASSES = 10
 
 #: What Lightning's ``Trainer(precision=...)`` accepts (not an enum: "32-true" is no name).
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
@@ -31,6 +35,12 @@ PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mi
 class ModelName(StrEnum):
     cnn = "cnn"
     mlp = "mlp"
+    resnet18 = "resnet18"
+
+
+class Augment(StrEnum):
+    none = "none"
+    crop_flip = "crop_flip"
 
 
 class Pool(StrEnum):
@@ -70,8 +80,22 @@ class Retention(StrEnum):
 # "class" is a keyword: the functional form names that member.
 Scenario = StrEnum("Scenario", [("task", "task"), ("domain", "domain"), ("class", "class")])
 SCENARIOS = tuple(s.value for s in Scenario)
-BENCHMARKS = ("split_mnist", "permuted_mnist", "rotated_mnist")
-DATASET_KINDS = ("mnist", "fashion_mnist", "synthetic")
+BENCHMARKS = ("split", "split_mnist", "permuted_mnist", "rotated_mnist")
+#: The task kinds besides the catalogue's datasets: generated, an image folder, arrays.
+OTHER_KINDS = ("synthetic", "folder", "arrays")
+
+
+def dataset_kinds() -> tuple[str, ...]:
+    """What ``data.tasks.dataset`` may name: a dataset of the catalogue or another kind."""
+    return (*datasets(), *OTHER_KINDS)
+
+
+def dataset_classes(kind: str) -> int:
+    """The classes of a task kind, where they are known before its files are read (0: the
+    user's own data, counted when it is read)."""
+    if kind == "synthetic":
+        return SYNTHETIC_CLASSES
+    return datasets()[kind].classes if kind in datasets() else 0
 
 
 @dataclass
@@ -79,13 +103,20 @@ class TaskConfig:
     """One task of the sequence.
 
     Attributes:
-        dataset: ``mnist``, ``fashion_mnist`` or ``synthetic``.
+        dataset: a dataset of the catalogue (``mnist``, ``cifar10``...: ``make data`` lists
+            them), ``synthetic`` (generated), or the user's own files: ``folder`` (an image
+            folder, one subfolder per class) or ``arrays`` (``.npz`` or ``.npy``), at ``path``.
         name: key used in metric names and reports; derived from the other fields when empty
             (``mnist``, ``mnist_01``, ``mnist_perm3``, ``mnist_rot45``).
-        classes: original labels the task keeps (Split MNIST); empty keeps all ten.
+        classes: original labels the task keeps (Split MNIST); empty keeps them all.
         permutation: seed of a fixed pixel permutation (Permuted MNIST); -1 for none.
         rotation: fixed rotation in degrees (Rotated MNIST).
         seed: for ``synthetic`` tasks, the seed of the task's class prototypes.
+        path: the user's own data (``folder``, ``arrays``): an image folder (with ``train/``
+            and ``test/`` subfolders, or one folder whose test split is carved), an ``.npz``
+            (``images``, ``labels``, and optionally ``test_images``, ``test_labels``) or an
+            ``.npy`` of images with its labels in ``labels``.
+        labels: the ``.npy`` of labels that goes with an ``.npy`` of images at ``path``.
     """
 
     dataset: str = MISSING
@@ -94,6 +125,8 @@ class TaskConfig:
     permutation: int = -1
     rotation: float = 0.0
     seed: int = 0
+    path: str = ""
+    labels: str = ""
 
 
 @dataclass
@@ -103,6 +136,8 @@ class SyntheticConfig:
     n_train: int = 1000
     n_test: int = 500
     noise: float = 0.35
+    channels: int = 1
+    size: int = 28
 
 
 @dataclass
@@ -122,6 +157,20 @@ class DataConfig:
             ``rotated_mnist`` (rotations ``i * 180 / n_tasks`` degrees).
         stream: single pass: each training sample is seen once, in stream order (needs
             ``trainer.epochs=1``), for data that exists only once.
+        test_fraction: share of the user's own data held out as its test split, when a folder
+            or file has no test split of its own.
+        dataset: the dataset a ``split`` benchmark splits by classes (``cifar100``).
+        classes_per_task: a ``split`` benchmark's classes per task (0: the classes spread
+            evenly over ``n_tasks``; else ``n_tasks`` is the number of classes over it).
+        class_order_seed: a ``split`` benchmark's class order: -1 keeps the labels' order,
+            any other value shuffles them with that seed (the field's protocols fix one).
+        image_size: ``[height, width]`` every task's images are resized to; empty: the tasks'
+            sizes must agree.
+        channels: 1 or 3: every task's images are converted to that many channels (grey
+            replicated, or RGB to luma); 0: the tasks' channels must agree.
+        augment: ``crop_flip``: each training batch is randomly cropped after zero-padding by
+            ``crop_padding`` pixels and flipped horizontally, on the batch's device.
+        crop_padding: the padding of ``crop_flip``.
     """
 
     tasks: list[TaskConfig] = field(default_factory=list)
@@ -133,17 +182,52 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 256
     stream: bool = False
+    test_fraction: float = 0.2
+    dataset: str = ""
+    classes_per_task: int = 0
+    class_order_seed: int = -1
+    image_size: list[int] = field(default_factory=list)
+    channels: int = 0
+    augment: Augment = Augment.none
+    crop_padding: int = 4
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
-def benchmark_tasks(benchmark: str, n_tasks: int, seed: int = 0) -> list[TaskConfig]:
+def benchmark_tasks(data: DataConfig) -> list[TaskConfig]:
     """The task list of a standard benchmark (see :class:`DataConfig`)."""
-    if benchmark == "split_mnist":
-        chunks = [list(map(int, c)) for c in np.array_split(np.arange(10), n_tasks)]
-        return [TaskConfig(dataset="mnist", classes=c) for c in chunks]
+    benchmark, n_tasks, seed = data.benchmark, data.n_tasks, data.benchmark_seed
+    if benchmark in ("split", "split_mnist"):
+        return split_tasks(
+            data.dataset or "mnist", n_tasks, data.classes_per_task, data.class_order_seed
+        )
     if benchmark == "permuted_mnist":
         return [TaskConfig(dataset="mnist", permutation=seed + i) for i in range(n_tasks)]
     return [TaskConfig(dataset="mnist", rotation=i * 180.0 / n_tasks) for i in range(n_tasks)]
+
+
+def split_tasks(dataset: str, n_tasks: int, per_task: int, order_seed: int) -> list[TaskConfig]:
+    """Class-incremental splits of a dataset: ``n_tasks`` tasks of ``per_task`` classes each
+    (0: the classes spread evenly over the tasks), in the labels' order or, with
+    ``order_seed >= 0``, in an order shuffled by it (numpy's ``RandomState``, as the field's
+    code fixes its class orders). Tasks are named by their classes (``mnist_01``) where every
+    class is one digit, else by their position (``cifar100_t0``)."""
+    total = dataset_classes(dataset)
+    order = np.arange(total)
+    if order_seed >= 0:
+        order = np.random.RandomState(order_seed).permutation(total)
+    if per_task:
+        chunks = [order[i * per_task : (i + 1) * per_task] for i in range(n_tasks)]
+    else:
+        chunks = np.array_split(order, n_tasks)
+    named = total <= 10
+    return [
+        TaskConfig(
+            dataset=dataset,
+            name="" if named else f"{dataset}_t{i}",
+            classes=[int(c) for c in chunk],
+        )
+        for i, chunk in enumerate(chunks)
+    ]
 
 
 @dataclass
@@ -151,7 +235,11 @@ class ModelConfig:
     """Network shape. The output head is shared by all tasks (domain-incremental).
 
     Attributes:
-        name: ``cnn`` (LeNet-style) or ``mlp``.
+        name: ``cnn`` (LeNet-style), ``mlp`` or ``resnet18`` (the ResNet-18 of the
+            continual-learning literature for small images: a 3x3 stem of stride 1, no max-pool,
+            four stages of two basic blocks, global average pooling).
+        width: the ResNet's base width (``nf``): 64 is the standard ResNet-18, 20 the reduced
+            ResNet-18 of GEM (Lopez-Paz and Ranzato 2017) and Mammoth.
         channels: CNN convolution channels, one ``kernel_size`` convolution per entry.
         pool: where the CNN's 2x2 max-pools are: after ``each`` convolution (LeNet), or only
             after the ``last`` (the PyTorch MNIST example's layout: more features reach the
@@ -161,6 +249,7 @@ class ModelConfig:
     """
 
     name: ModelName = ModelName.cnn
+    width: int = 64
     channels: list[int] = field(default_factory=lambda: [16, 32])
     kernel_size: int = 5
     pool: Pool = Pool.each

@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from pipeline.config.paths import PathsConfig
 from pipeline.config.schema import (
     BENCHMARKS,
-    DATASET_KINDS,
     PRECISIONS,
     DataConfig,
     ExperimentConfig,
@@ -24,6 +24,8 @@ from pipeline.config.schema import (
     TrackingConfig,
     TrainerConfig,
     benchmark_tasks,
+    dataset_classes,
+    dataset_kinds,
 )
 from pipeline.errors import ConfigError, require
 from pipeline.keys import RESERVED_TASK_NAMES
@@ -37,24 +39,31 @@ SHORT_TEXT = 250
 
 
 def check_task(task: TaskConfig) -> None:
+    kinds = dataset_kinds()
     require(
-        task.dataset in DATASET_KINDS,
+        task.dataset in kinds,
         "data.tasks.dataset",
-        f"'{task.dataset}' is not one of {', '.join(DATASET_KINDS)}",
+        f"'{task.dataset}' is not one of {', '.join(kinds)}",
     )
+    own = task.dataset in ("folder", "arrays")
     require(
-        all(0 <= c < 10 for c in task.classes) and len(set(task.classes)) == len(task.classes),
+        bool(task.path) == own,
+        "data.tasks.path",
+        f"the path of a {task.dataset} task's files is needed"
+        if own
+        else f"'{task.path}': only folder and arrays tasks read a path",
+    )
+    # The user's own data is counted when it is read (pipeline.data.tasks.sequence_shape).
+    top = dataset_classes(task.dataset) or 2**31
+    require(
+        all(0 <= c < top for c in task.classes) and len(set(task.classes)) == len(task.classes),
         "data.tasks.classes",
-        f"{task.classes}: classes must be distinct labels in 0..9",
+        f"{task.classes}: classes must be distinct labels in 0..{top - 1}"
+        if top < 2**31
+        else f"{task.classes}: classes must be distinct labels >= 0",
     )
     if not task.name:
-        task.name = task.dataset if task.dataset != "synthetic" else f"synthetic{task.seed}"
-        if task.classes:
-            task.name += "_" + "".join(str(c) for c in task.classes)
-        if task.permutation >= 0:
-            task.name += f"_perm{task.permutation}"
-        if task.rotation:
-            task.name += f"_rot{task.rotation:g}"
+        task.name = default_name(task)
     require(
         task.name.replace("_", "").replace("-", "").isalnum(),
         "data.tasks.name",
@@ -74,10 +83,30 @@ def check_task(task: TaskConfig) -> None:
     )
 
 
+def default_name(task: TaskConfig) -> str:
+    """A task's name when none is given: its dataset (``synthetic<seed>``; the file's stem for
+    the user's own data), its classes (``mnist_01``), its permutation and rotation."""
+    if task.dataset == "synthetic":
+        name = f"synthetic{task.seed}"
+    elif task.dataset in ("folder", "arrays"):
+        name = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(task.path).stem)
+    else:
+        name = task.dataset
+    if task.classes:
+        name += "_" + "".join(str(c) for c in task.classes)
+    if task.permutation >= 0:
+        name += f"_perm{task.permutation}"
+    if task.rotation:
+        name += f"_rot{task.rotation:g}"
+    return name
+
+
 def check_synthetic(syn: SyntheticConfig) -> None:
     require(syn.n_train >= 20, "data.synthetic.n_train", "must be >= 20")
     require(syn.n_test >= 1, "data.synthetic.n_test", "must be >= 1")
     require(syn.noise >= 0, "data.synthetic.noise", "must be >= 0")
+    require(syn.channels in (1, 3), "data.synthetic.channels", "must be 1 or 3")
+    require(4 <= syn.size <= 512, "data.synthetic.size", "must be in 4..512")
 
 
 def check_data(data: DataConfig) -> None:
@@ -88,12 +117,8 @@ def check_data(data: DataConfig) -> None:
             f"'{data.benchmark}' is not one of {', '.join(BENCHMARKS)}",
         )
         require(data.n_tasks >= 1, "data.n_tasks", "must be >= 1")
-        require(
-            data.n_tasks <= 10 or data.benchmark != "split_mnist",
-            "data.n_tasks",
-            "Split MNIST has 1 to 10 tasks",
-        )
-        expanded = benchmark_tasks(data.benchmark, data.n_tasks, data.benchmark_seed)
+        check_split(data)
+        expanded = benchmark_tasks(data)
         for task in expanded:
             check_task(task)
         # A resolved config (config.yaml of a run, a checkpoint) holds both: they must agree.
@@ -111,8 +136,47 @@ def check_data(data: DataConfig) -> None:
         f"task names must be unique, got {names} (set `name:` on repeated datasets)",
     )
     require(0.0 < data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
+    require(0.0 < data.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
+    require(
+        not data.image_size or (len(data.image_size) == 2 and min(data.image_size) >= 4),
+        "data.image_size",
+        f"{data.image_size}: [height, width] of at least 4 pixels each, or [] to keep the sizes",
+    )
+    require(data.channels in (0, 1, 3), "data.channels", "must be 1, 3 or 0 (as the data is)")
+    require(0 <= data.crop_padding <= 64, "data.crop_padding", "must be in 0..64")
     require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
     require(data.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+
+
+def check_split(data: DataConfig) -> None:
+    """A ``split`` benchmark's dataset, and tasks that its classes can fill."""
+    split = data.benchmark in ("split", "split_mnist")
+    dataset = data.dataset or "mnist"
+    require(
+        not data.dataset or data.benchmark == "split",
+        "data.dataset",
+        f"'{data.dataset}': only the split benchmark takes a dataset ({data.benchmark} is MNIST's)",
+    )
+    require(
+        data.benchmark != "split_mnist" or dataset == "mnist",
+        "data.dataset",
+        "split_mnist splits MNIST; use benchmark: split for another dataset",
+    )
+    if not split:
+        return
+    total = dataset_classes(dataset)
+    require(
+        total > 0,
+        "data.dataset",
+        f"'{dataset}' is not one of {', '.join(k for k in dataset_kinds() if dataset_classes(k))}",
+    )
+    require(data.classes_per_task >= 0, "data.classes_per_task", "must be >= 0")
+    per = data.classes_per_task or 1
+    require(
+        data.n_tasks * per <= total,
+        "data.n_tasks",
+        f"{data.n_tasks} tasks of {per} class(es) need {data.n_tasks * per}, {dataset} has {total}",
+    )
 
 
 def check_model(model: ModelConfig) -> None:
@@ -120,6 +184,7 @@ def check_model(model: ModelConfig) -> None:
     require(all(h >= 1 for h in model.hidden), "model.hidden", "must be positive")
     require(model.kernel_size >= 1, "model.kernel_size", "must be >= 1")
     require(0.0 <= model.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    require(model.width >= 1, "model.width", f"must be >= 1, got {model.width}")
 
 
 def check_optim(optim: OptimConfig) -> None:

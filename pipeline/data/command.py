@@ -7,9 +7,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.data.datasets import DATASETS
+from pipeline.catalogue import datasets as catalogue
 from pipeline.data.provision import ProvisionError, provision
 from pipeline.disk import DiskFull
+
+
+def _names(text: str) -> list[str]:
+    """``cifar10,cifar100`` -> the names, each checked against the catalogue."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in catalogue()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown dataset {', '.join(unknown) or repr(text)}; "
+            f"the catalogue: {', '.join(catalogue())}"
+        )
+    return names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m pipeline data",
-        description="Provision MNIST and Fashion-MNIST (verified by MD5) in torchvision's layout.",
+        description="Provision the datasets of the catalogue (verified by MD5).",
     )
     parser.add_argument(
         "--root", type=Path, default=Path("data"), help="data root (default: %(default)s)"
@@ -45,11 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dataset",
         action="append",
-        choices=sorted(DATASETS),
-        help="dataset to provision (repeatable; default: all)",
+        type=_names,
+        help="dataset(s) to provision, comma-separated (repeatable; default: MNIST and "
+        f"Fashion-MNIST; the catalogue: {', '.join(catalogue())})",
     )
     args = parser.parse_args(argv)
-    datasets = args.dataset or list(DATASETS)
+    datasets = [name for names in args.dataset or [["mnist", "fashion_mnist"]] for name in names]
     try:
         provision(  # it prints a line per dataset (source, verified)
             args.root,

@@ -12,15 +12,13 @@ from typing_extensions import override
 
 from pipeline import distributed
 from pipeline.config.schema import DataConfig
+from pipeline.data.loading import load_task, release_raw_datasets
 from pipeline.data.tasks import (
-    IMAGE_SHAPE,
     Batch,
     BatchIndices,
     Task,
     TaskDataset,
-    load_task,
     normalise,
-    release_raw_datasets,
 )
 
 
@@ -87,7 +85,10 @@ class ContinualDataModule(pl.LightningDataModule):
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return IMAGE_SHAPE
+        """(channels, height, width) of every task's images (the sequence's rule makes them
+        agree: :func:`pipeline.data.tasks.sequence_shape`)."""
+        c, h, w = self.tasks[0].test.images.shape[1:]
+        return int(c), int(h), int(w)
 
     @property
     def classes_per_task(self) -> list[int]:

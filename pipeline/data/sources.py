@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.datasets import DatasetSpec
+from pipeline.catalogue import DatasetSpec
 from pipeline.disk import room_for
 
 # ------------------------------------------------------------------------------------------------
@@ -75,14 +75,15 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def unpack(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst``, decompressing it first if its name ends in ``.gz``.
+    """Copy ``src`` to ``dst``, decompressing it first if its name ends in ``.gz`` and the
+    wanted file's does not (a ``.tar.gz`` a dataset consists of is copied as it is).
 
     Raises:
         DiskFull: ``dst``'s disk is full (not an ``OSError``: the callers take those for a
             damaged archive and try the next copy).
     """
     with room_for(dst.parent, f"unpacking {src.name}"):
-        if src.name.endswith(".gz"):
+        if src.name.endswith(".gz") and not dst.name.endswith(".gz"):  # not a wanted archive
             with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
         else:
@@ -193,7 +194,11 @@ DOWNLOAD_TIMEOUT_S = 10.0
 
 
 def fetch_torchvision(req: Request) -> None:
-    """Source ``torchvision``: torchvision's own download (all mirrors it knows), into scratch."""
+    """Source ``torchvision``: torchvision's own download (all mirrors it knows), into scratch;
+    the files a dataset lists URLs of with its ``download_url`` (MD5-checked)."""
+    if req.spec.urls:
+        _download_urls(req)
+        return
     cls_name = TORCHVISION_CLASSES.get(req.spec.name)
     if cls_name is None:
         raise SourceUnavailable(f"torchvision has no downloader for {req.spec.name!r}")
@@ -217,10 +222,32 @@ def fetch_torchvision(req: Request) -> None:
             os.replace(downloaded / name, req.out / name)
 
 
+def _download_urls(req: Request) -> None:
+    """Download each needed file from its URL into ``req.out`` (torchvision checks its MD5)."""
+    from torchvision.datasets.utils import download_url
+
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    chatter = io.StringIO()  # torchvision's progress bar
+    try:
+        for name in req.needed:
+            url = req.spec.urls[name]
+            try:
+                with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+                    download_url(url, str(req.scratch), name, req.spec.md5[name])
+            except Exception as e:  # urllib's URLError, socket errors, torchvision's checks
+                raise SourceUnavailable(f"download of {url} failed: {one_line(str(e))}") from e
+            os.replace(req.scratch / name, req.out / name)
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
 def _name_variants(name: str) -> tuple[str, ...]:
     """File names a user's copy of ``name`` may have: plain or gzipped, ``-idx`` or ``.idx``."""
     # Some archives (and browsers) turn "train-images-idx3-ubyte" into "train-images.idx3-ubyte".
     stems = dict.fromkeys([name, name.replace("-idx", ".idx")])
+    if name.endswith((".gz", ".zip", ".mat")):  # an archive: only its own name
+        return tuple(stems)
     return tuple(f"{stem}{ext}" for stem in stems for ext in ("", ".gz"))
 
 

@@ -5,13 +5,16 @@ EWC's empirical Fisher is ``1/N sum_n g_n^2`` and MAS's importance ``1/N sum_n |
 per-sample gradients. Two ways compute them here, with the same result:
 
 - By layer (the fast path, used whenever every trainable parameter sits in a plain
-  ``nn.Linear`` or ``nn.Conv2d``, as in every model of :mod:`pipeline.models`): one forward and
-  one backward per chunk give each layer's inputs ``a_n`` and output gradients ``d_n``. A linear
-  layer's per-sample weight gradient is the outer product ``d_n a_n^T``, and since the square and
-  the absolute value are multiplicative, ``sum_n f(d_n a_n^T) = f(D)^T f(A)``: one matrix
-  product, no per-sample gradient is ever stored. A convolution's is
-  ``sum_p d_{n,p} a_{n,p}^T`` over output positions ``p`` (``a`` the unfolded patches): one
-  batched matrix product per chunk.
+  ``nn.Linear``, ``nn.Conv2d`` or BatchNorm with running statistics, as in every model of
+  :mod:`pipeline.models`): one forward and one backward per chunk give each layer's inputs
+  ``a_n`` and output gradients ``d_n``. A linear layer's per-sample weight gradient is the outer
+  product ``d_n a_n^T``, and since the square and the absolute value are multiplicative,
+  ``sum_n f(d_n a_n^T) = f(D)^T f(A)``: one matrix product, no per-sample gradient is ever
+  stored. A convolution's is ``sum_p d_{n,p} a_{n,p}^T`` over output positions ``p`` (``a`` the
+  unfolded patches): one batched matrix product per chunk. A BatchNorm in eval mode is a fixed
+  per-channel affine map of ``x^ = (a - running mean) / sqrt(running var + eps)``: its
+  per-sample gradients are ``sum_p d_{n,p} x^_{n,p}`` (weight) and ``sum_p d_{n,p}`` (bias), per
+  channel.
 - By ``torch.func`` (``functional_call`` + ``grad`` + ``vmap``), for any other network.
 
 We write the by-layer path ourselves (the identities BackPACK and Opacus use; neither is a
@@ -104,12 +107,16 @@ def per_sample_grad_mean(
     return {n: v / max(seen, 1) for n, v in totals.items()}
 
 
-Layer = nn.Linear | nn.Conv2d
+Layer = nn.Linear | nn.Conv2d | nn.BatchNorm1d | nn.BatchNorm2d
+Norm = nn.BatchNorm1d | nn.BatchNorm2d
 
 
 def _layers_by_parameter(model: nn.Module, params: dict[str, Tensor]) -> dict[str, Layer] | None:
     """The layers that hold every trainable parameter, by module name, if all are plain linear
-    layers or convolutions the by-layer path handles; else ``None``."""
+    layers, convolutions or BatchNorms the by-layer path handles; else ``None``.
+
+    A BatchNorm qualifies with running statistics, which eval mode normalises with (without,
+    it normalises each chunk with the chunk's own statistics: the samples interact)."""
     layers: dict[str, Layer] = {}
     covered: set[str] = set()
     for name, module in model.named_modules():
@@ -122,7 +129,11 @@ def _layers_by_parameter(model: nn.Module, params: dict[str, Tensor]) -> dict[st
             and module.padding_mode == "zeros"
             and not isinstance(module.padding, str)
         )
-        if not (plain_conv or type(module) is nn.Linear):
+        norm = (
+            type(module) in (nn.BatchNorm1d, nn.BatchNorm2d)
+            and getattr(module, "running_mean", None) is not None
+        )
+        if not (plain_conv or norm or type(module) is nn.Linear):
             return None
         layers[name] = module
         covered.update(f"{name}.{n}" if name else n for n in own)
@@ -146,11 +157,15 @@ def _add_by_layer(
     outputs: dict[str, Tensor] = {}
     reused = False
 
-    def keep(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
-        def hook(_: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+    def keep(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor | None]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
             nonlocal reused
             reused = reused or name in outputs
             inputs[name], outputs[name] = args[0].detach(), out
+            # A BatchNorm's output is changed in place next in a ResNet (ReLU(inplace=True), the
+            # residual's +=), which would make the kept tensor stand for the later value: the
+            # network goes on with a copy, and the kept one stays the layer's own output.
+            return out.clone() if isinstance(module, Norm) else None
 
         return hook
 
@@ -185,7 +200,9 @@ def _add_layer(
     """``sum_n f(per-sample gradient)`` of one layer's weight and bias, from its inputs ``a``
     and output gradients ``d``."""
     prefix = f"{name}." if name else ""
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, Norm):
+        weight, bias = _norm_sums(layer, a, d, f)
+    elif isinstance(layer, nn.Conv2d):
         patches = F.unfold(
             a.contiguous(),  # im2col is several times slower on channels-last input
             layer.kernel_size,
@@ -198,9 +215,23 @@ def _add_layer(
         bias = f(d.sum(2)).sum(0)
     else:
         weight, bias = f(d).T @ f(a), f(d).sum(0)
-    totals[prefix + "weight"] += weight.reshape(totals[prefix + "weight"].shape)
-    if layer.bias is not None and layer.bias.requires_grad:
+    if prefix + "weight" in totals:  # a trainable weight (a frozen one has no entry)
+        totals[prefix + "weight"] += weight.reshape(totals[prefix + "weight"].shape)
+    if prefix + "bias" in totals:
         totals[prefix + "bias"] += bias
+
+
+def _norm_sums(
+    layer: nn.BatchNorm1d | nn.BatchNorm2d, a: Tensor, d: Tensor, f: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """``sum_n f(per-sample gradient)`` of an eval-mode BatchNorm's weight and bias, from its
+    inputs ``a`` and output gradients ``d`` (N x C, or N x C x positions...)."""
+    assert layer.running_mean is not None and layer.running_var is not None
+    shape = (1, -1) + (1,) * (a.dim() - 2)
+    scale = torch.rsqrt(layer.running_var + layer.eps).view(shape)
+    normalised = ((a - layer.running_mean.view(shape)) * scale).reshape(*a.shape[:2], -1)
+    d = d.reshape(*d.shape[:2], -1)  # N x C x positions (1 for an N x C input)
+    return f((d * normalised).sum(2)).sum(0), f(d.sum(2)).sum(0)
 
 
 def _add_by_vmap(

@@ -7,13 +7,19 @@ A layer ``y = W x + b`` answers an old input ``x`` the same way after an update 
 gave that layer (the top singular vectors of their representation matrix that hold a fraction
 ``threshold`` of its energy) and removes from every later update its component in that span:
 ``dW <- dW - dW M M^T``. It keeps no raw sample, only the bases (derived state).
+
+A convolution's inputs are its unfolded patches, with the layer's own stride and padding (the
+paper's representation of a ResNet-18's convolutions); a layer without bias (a ResNet's) has no
+constant input. BatchNorm layers are learnt on the first task only and shared by the later ones,
+as the paper's ResNet-18 does: see :class:`GPM`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +35,12 @@ from pipeline.strategies._anchor import require, task_batches
 from pipeline.strategies.base import Strategy, TaskContext, register
 
 Layer = nn.Linear | nn.Conv2d
+#: BatchNorm1d/2d/3d and SyncBatchNorm: torch's common base of the batch norms
+Norm = nn.modules.batchnorm._BatchNorm
+
+#: Most float64 entries of one chunk of a layer's representation rows (128 MB): a ResNet's first
+#: stage unfolds 1,024 rows of 576 entries per 32x32 image at width 64, 1.4 GB for 300 samples.
+GRAM_CHUNK = 1 << 24
 
 
 @dataclass
@@ -65,9 +77,15 @@ def protected_layers(model: nn.Module) -> dict[str, Layer]:
     return layers
 
 
+def norm_layers(model: nn.Module) -> dict[str, Norm]:
+    """The batch norms of ``model``, by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, Norm)}
+
+
 def layer_inputs(layer: Layer, x: Tensor) -> Tensor:
-    """The rows ``[x; 1]`` the layer multiplies by ``[W b]``: one per sample for a linear layer,
-    one per sample and output position (the unfolded patch) for a convolution."""
+    """The rows ``[x; 1]`` the layer multiplies by ``[W b]`` (``x`` alone without a bias): one
+    per sample for a linear layer, one per sample and output position (the unfolded patch,
+    with the layer's stride and padding) for a convolution."""
     if isinstance(layer, nn.Conv2d):
         patches = F.unfold(
             x,
@@ -78,7 +96,24 @@ def layer_inputs(layer: Layer, x: Tensor) -> Tensor:
         )  # (N, C*kh*kw, L), channel-major: the order of W.view(out, -1)
         x = patches.transpose(1, 2).reshape(-1, patches.shape[1])
     x = x.reshape(-1, x.shape[-1])
+    if layer.bias is None:
+        return x
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+
+
+def _samples_per_chunk(layer: Layer, x: Tensor) -> int:
+    """Samples of ``x`` whose :func:`layer_inputs` rows fit in :data:`GRAM_CHUNK` entries."""
+    if isinstance(layer, nn.Conv2d):
+        padding = cast(tuple[int, int], layer.padding)  # a tuple: protected_layers
+        positions = 1  # the convolution's output positions: one row each
+        for size, k, s, d, p in zip(
+            x.shape[-2:], layer.kernel_size, layer.stride, layer.dilation, padding, strict=True
+        ):
+            positions *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+        per_sample = positions * layer.in_channels * math.prod(layer.kernel_size)
+    else:
+        per_sample = x[0].numel()
+    return max(1, GRAM_CHUNK // max(per_sample, 1))
 
 
 def grow_basis(basis: Tensor | None, gram: Tensor, threshold: float) -> Tensor:
@@ -123,9 +158,12 @@ def input_grams(model: nn.Module, inputs: Iterable[tuple[Tensor, Tensor]]) -> di
 
     def hook(name: str, layer: Layer) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def record(_: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = layer_inputs(layer, args[0].detach().double())
-            gram = x.T @ x
-            grams[name] = gram if name not in grams else grams[name] + gram
+            x = args[0].detach()
+            step = _samples_per_chunk(layer, x)
+            for start in range(0, x.shape[0], step):  # chunks of samples, to bound the memory
+                rows = layer_inputs(layer, x[start : start + step].double())
+                gram = rows.T @ rows
+                grams[name] = gram if name not in grams else grams[name] + gram
 
         return record
 
@@ -146,9 +184,12 @@ def input_grams(model: nn.Module, inputs: Iterable[tuple[Tensor, Tensor]]) -> di
 
 
 def flat_update(layer: Layer, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``[W b]`` (or its gradient) as one (out x d) matrix, the layout of :func:`layer_inputs`."""
+    """``[W b]`` (or its gradient) as one (out x d) matrix, the layout of :func:`layer_inputs`:
+    ``W`` alone for a layer without bias (a bias's gradient that is ``None`` counts as 0)."""
     w = weight.reshape(weight.shape[0], -1)
-    if bias is None:  # a layer without bias sees a constant input it has no weight for
+    if layer.bias is None:
+        return w
+    if bias is None:
         return torch.cat([w, w.new_zeros(w.shape[0], 1)], dim=1)
     return torch.cat([w, bias.unsqueeze(1)], dim=1)
 
@@ -173,6 +214,16 @@ class GPM(Strategy[GPMParams]):
     Works in every scenario. It is built for the task-incremental one; with a shared or
     growing head it still keeps old inputs' outputs fixed, but new classes can only use
     directions old tasks leave free.
+
+    Batch norms (a ResNet's) are learnt on the first task and shared by the later ones, as in
+    the paper's ResNet-18: between two protected layers a batch norm would otherwise change old
+    inputs' outputs twice, through its affine parameters (which no input basis protects) and
+    through its running statistics, re-estimated on the new task's batches. From the second
+    task on their parameters' gradients are zeroed (as the paper's code does) and any step the
+    optimizer still takes (weight decay) is undone; and they run in eval mode, normalising with
+    the first task's running statistics, in training too. (The paper's code keeps no running
+    statistics, ``track_running_stats=False``: it normalises with each batch's own, at test time
+    too, which makes a sample's prediction depend on the batch it is tested in.)
     """
 
     name = "gpm"
@@ -194,6 +245,8 @@ class GPM(Strategy[GPMParams]):
         super().__init__(params)
         self.bases: dict[str, Tensor] = {}
         self._before: dict[str, Tensor] = {}
+        self._norms_before: list[tuple[Tensor, Tensor]] = []  # (parameter, value before the step)
+        self._norm_hooks: list[RemovableHandle] = []
 
     def _layers(self, model: nn.Module) -> dict[str, Layer]:
         return {n: m for n, m in protected_layers(model).items() if n in self.bases}
@@ -204,9 +257,36 @@ class GPM(Strategy[GPMParams]):
             self.bases[name] = self.bases[name].to(device)
         return self.bases[name]
 
+    def _norm_parameters(self, model: nn.Module) -> list[Tensor]:
+        """The batch norms' parameters GPM holds fixed: all, once a task has ended."""
+        if not self.bases:
+            return []
+        norms = norm_layers(model).values()
+        return [p for m in norms for p in m.parameters(recurse=False) if p.requires_grad]
+
+    def _release_norms(self) -> None:
+        for handle in self._norm_hooks:
+            handle.remove()
+        self._norm_hooks = []
+
+    @override
+    def on_task_start(self, ctx: TaskContext) -> None:
+        """From the second task on, every batch norm runs in eval mode (see the class
+        docstring): a pre-hook sets it at each call, as Lightning sets training mode anew."""
+        self._release_norms()
+        if self.bases:
+            self._norm_hooks = [
+                m.register_forward_pre_hook(_evaluated) for m in norm_layers(ctx.model).values()
+            ]
+
     @override
     def after_backward(self, model: nn.Module) -> None:
         self._before = {}
+        self._norms_before = []
+        for p in self._norm_parameters(model):
+            if p.grad is not None:
+                p.grad.zero_()
+            self._norms_before.append((p, p.detach().clone()))
         for name, layer in self._layers(model).items():
             basis = self._basis(name, layer.weight.device)
             if layer.weight.grad is not None:
@@ -225,10 +305,15 @@ class GPM(Strategy[GPMParams]):
                 basis = self._basis(name, before.device)
                 step = flat_update(layer, layer.weight, layer.bias) - before
                 _write(layer, before + project_out(step, basis), grad=False)
+            for p, value in self._norms_before:
+                p.copy_(value)
         self._before = {}
+        self._norms_before = []
 
     @override
     def on_task_end(self, ctx: TaskContext) -> None:
+        self._release_norms()
+
         def first_samples() -> Iterator[tuple[Tensor, Tensor]]:
             # The training split's first samples in its fixed order (this process's share).
             for batch in task_batches(ctx, self.params.samples):
@@ -257,13 +342,20 @@ class GPM(Strategy[GPMParams]):
         self.bases = {k: v.clone() for k, v in state["bases"].items()}
 
     def basis_sizes(self) -> dict[str, tuple[int, int]]:
-        """Per layer: (directions kept, input dimension + 1): how much of it old tasks hold."""
+        """Per layer: (directions kept, input dimension, + 1 with a bias): how much of it old
+        tasks hold."""
         return {k: (v.shape[1], v.shape[0]) for k, v in self.bases.items()}
+
+
+def _evaluated(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """A forward pre-hook: the module runs in eval mode (a batch norm then normalises with its
+    running statistics and leaves them as they are)."""
+    module.train(False)
 
 
 def _write(layer: Layer, flat: Tensor, *, grad: bool) -> None:
     """Write an (out x d) matrix back into ``[W b]`` or into their gradients."""
-    w = flat[:, :-1].reshape(layer.weight.shape)
+    w = (flat if layer.bias is None else flat[:, :-1]).reshape(layer.weight.shape)
     if grad:
         assert layer.weight.grad is not None
         layer.weight.grad.copy_(w)

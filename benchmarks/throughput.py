@@ -12,6 +12,12 @@ include.
 
     make bench                       # MNIST, 1 epoch, 3 repeats
     .venv/bin/python benchmarks/throughput.py --dataset synthetic --repeats 1
+    # the reduced ResNet-18 on 32x32x3 batches with crop+flip (docs/measured/throughput-resnet.md)
+    .venv/bin/python benchmarks/throughput.py --resnet
+
+``--resnet``: the reduced ResNet-18 of ``conf/model/resnet18_reduced.yaml`` on a generated
+task of 3x32x32 images, with ``data.augment=crop_flip`` and SGD, as ``split_cifar10`` trains;
+the bare loop crops and flips its batches with the same function (:mod:`pipeline.augment`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import record
 import torch
 import torch.nn.functional as F
 
+from pipeline.augment import crop_flip
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.experiment import compose
 from pipeline.models import build_model
@@ -41,7 +48,15 @@ def bare_loop(cfg, epochs: int, device: torch.device) -> tuple[float, int]:
     task = dm.tasks[0]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, dm.input_shape, dm.classes_per_task).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    o = cfg.optim
+    if o.name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    augment = cfg.data.augment == "crop_flip"
+    crops = torch.Generator(device).manual_seed(1)
     images, labels = task.train.images.to(device), task.train.labels.to(device)
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (task.mean, task.std))
     g = torch.Generator().manual_seed(0)
@@ -51,6 +66,8 @@ def bare_loop(cfg, epochs: int, device: torch.device) -> tuple[float, int]:
         for idx in torch.randperm(len(labels), generator=g).split(cfg.data.batch_size):
             idx = idx.to(device, non_blocking=True)
             x = (images[idx].float() / 255 - mean) / std
+            if augment:  # black, normalised: what the pipeline pads with
+                x = crop_flip(x, cfg.data.crop_padding, crops, fill=(-mean / std).view(1, -1))
             loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -75,6 +92,11 @@ def main() -> None:
         "--dataset", default="mnist", choices=["mnist", "fashion_mnist", "synthetic"]
     )
     parser.add_argument("--experiment", default="lenet_forgetting")
+    parser.add_argument(
+        "--resnet",
+        action="store_true",
+        help="the reduced ResNet-18 on generated 3x32x32 tasks with crop+flip and SGD",
+    )
     parser.add_argument("--model", default="", help="conf/model/ name (default: the experiment's)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -89,6 +111,19 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     store = tempfile.mkdtemp(prefix="bench-mlruns-")
+    resnet = [
+        "model=resnet18_reduced",
+        "data.augment=crop_flip",
+        "data.synthetic.channels=3",
+        "data.synthetic.size=32",
+        "data.synthetic.n_train=10000",
+        "data.batch_size=32",
+        "optim.name=sgd",
+        "optim.lr=0.05",
+        "optim.momentum=0",
+    ]
+    if args.resnet:
+        args.dataset = "synthetic"
     cfg = compose(
         args.experiment,
         [
@@ -102,6 +137,7 @@ def main() -> None:
             "tracking.log_checkpoints=false",
             f"paths.store={store}",
             "data.synthetic.n_train=60000",
+            *(resnet if args.resnet else []),
         ],
     )
     bare, pipe = [], []
@@ -112,9 +148,19 @@ def main() -> None:
         pipe.append(n / s)
         print(f"repeat {r + 1}: bare {bare[-1]:,.0f} samples/s, pipeline {pipe[-1]:,.0f} samples/s")
     b, p = statistics.median(bare), statistics.median(pipe)
+    net = (
+        f"reduced ResNet-18 (width {cfg.model.width}), 3x32x32, crop+flip, SGD"
+        if args.resnet
+        else f"CNN {cfg.model.channels} ({args.experiment})"
+    )
     what = (
-        f"{args.dataset}, CNN {cfg.model.channels} ({args.experiment}), batch "
-        f"{cfg.data.batch_size}, {args.epochs} epoch(s), on {args.device}, "
+        f"{args.dataset} ({len(cfg.data.tasks)} task of {cfg.data.synthetic.n_train:,} "
+        f"generated samples less validation)"
+        if args.resnet
+        else args.dataset
+    )
+    what += (
+        f", {net}, batch {cfg.data.batch_size}, {args.epochs} epoch(s), on {args.device}, "
         f"{args.threads} threads"
     )
     print(f"\n{what}, median of {args.repeats}:")
@@ -133,7 +179,7 @@ def main() -> None:
         + f"\n\nRatio of the medians, pipeline / bare: {p / b:.3f}.\n"
     )
     print()
-    record.write("throughput", body, args.measured)
+    record.write("throughput-resnet" if args.resnet else "throughput", body, args.measured)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from pipeline.commands import (
     cmd_landscape,
     cmd_run,
     cmd_runs,
+    cmd_shards,
     cmd_sweep,
     cmd_sweep_worker,
     cmd_ui,
@@ -127,6 +128,11 @@ def _experiment_commands(sub: Any) -> None:
         "checkpoints (make forget)",
     )
     _experiment_command(sub, "config", cmd_config, "print an experiment's resolved config")
+    p = _experiment_command(
+        sub, "shards", cmd_shards, "write a task of an experiment as litdata shards, to stream"
+    )
+    p.add_argument("--task", required=True, help="the task's name (as its metrics name it)")
+    p.add_argument("--out", required=True, help="folder or s3:// prefix to write them to")
     p = _experiment_command(sub, "compare", cmd_compare, "compare strategies over seeds")
     p.add_argument(
         "--strategies", default="all", help="comma-separated names, a+b for a combination, or all"

@@ -244,6 +244,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return serve_dashboard(compose_paths(args.overrides), args.host, args.port)
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from pipeline.data.loading import write_task_shards
+    from pipeline.experiment import compose
+
+    cfg = compose(args.experiment, args.overrides)
+    names = [t.name for t in cfg.data.tasks]
+    if args.task not in names:
+        raise ConfigError(f"--task: '{args.task}' is not a task of {cfg.name} ({', '.join(names)})")
+    task = cfg.data.tasks[names.index(args.task)]
+    write_task_shards(task, cfg.data, cfg.paths.data_dir(), args.out)
+    print(f"{args.task}: shards written to {args.out}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from pipeline.config.schema import to_yaml
     from pipeline.experiment import compose

@@ -72,7 +72,7 @@ def check_machine(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"trainer.devices: {devices}, but this machine has {gpus} GPUs")
     if devices > 1 and accelerator == "mps":
         raise ConfigError("trainer.devices: Lightning's DDP does not run on MPS; use 1")
-    shape, classes_per_task = sequence_shape(cfg.data)
+    shape, classes_per_task = sequence_shape(cfg.data)  # reads each shards task's manifest
     params = parameter_count(cfg.model, shape, sum(classes_per_task))
     need, have = params * TRAINING_BYTES_PER_PARAMETER, available_memory()
     if have and need > have:

@@ -27,7 +27,7 @@ from mlflow.entities import Metric
 from pipeline import OMP_WAIT_POLICY, checkpoints, distributed, runfiles
 from pipeline.config.schema import ExperimentConfig, to_dict
 from pipeline.data.datamodule import ContinualDataModule
-from pipeline.data.tasks import Task
+from pipeline.data.tasks import Split, Task
 from pipeline.keys import SPLITS, table_columns
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
@@ -357,7 +357,9 @@ def log_run_info(run: Run, cfg: ExperimentConfig, tasks: list[Task], device: tor
     The config's file first: a run cut off after it (a server that went down, a kill) can be
     resumed from its first task."""
     runfiles.write_run_info(run, cfg, tasks)
-    run.log_params(flatten(to_dict(cfg)))
+    # where each task's training images are: what data.storage=auto chose
+    held = {f"held.{t.name}": "memory" if isinstance(t.train, Split) else "streamed" for t in tasks}
+    run.log_params({**flatten(to_dict(cfg)), **held})
     run.set_tags(
         {
             "mlflow.source.git.commit": git_commit(),

@@ -16,6 +16,7 @@ process and compares the weights.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,13 +40,19 @@ SHRINK = {
 
 
 def overrides(case: str, store: str, devices: int) -> list[str]:
-    """The config of one case (``strategy:scenario``, or ``strategy:scenario:augment``) on
-    ``devices`` processes."""
-    strategy, scenario, *augment = case.split(":")
+    """The config of one case (``strategy:scenario``, or ``strategy:scenario:augment``, or
+    ``strategy:scenario:streamed``) on ``devices`` processes."""
+    strategy, scenario, *extra = case.split(":")
+    shards = os.environ.get("PIPELINE_TEST_SHARDS", "").split(",")
+    streamed = [
+        "data.tasks=[" + ",".join(f"{{dataset: shards, path: '{p}'}}" for p in shards) + "]",
+        "data.storage=streamed",
+    ]
     return [
         f"strategy=[{strategy}]",
         f"scenario={scenario}",
-        *(f"data.augment={a}" for a in augment),
+        *(f"data.augment={a}" for a in extra if a != "streamed"),
+        *(streamed if "streamed" in extra else []),
         f"paths.store={store}",
         f"trainer.devices={devices}",
         "trainer.accelerator=cpu",

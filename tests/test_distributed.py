@@ -54,11 +54,31 @@ CASES = [
     "replay:class",
     # each process crops and flips its slice of the batch as one process crops the whole
     "naive:domain:crop_flip",
+    # streamed from shards: every process reads the stream and keeps its slice of each batch
+    "replay:domain:streamed",
 ]
 #: 1 and 2 processes sum the same gradients in another order: after 12 SGD steps the weights
 #: agree to float rounding (measured 2026-12-02: at most 3e-8, and 1.5e-6 with EWC, whose
 #: penalty scales the rounding by lam); a sample or a reduction missing shows as 1e-3 or more.
 ATOL = 1e-4
+
+
+def write_synthetic_shards(top: Path) -> str:
+    """The two synthetic tasks of the cases (256 training samples), written as shards; their
+    paths, comma-separated."""
+    from pipeline.config.schema import DataConfig, TaskConfig
+    from pipeline.config.validation import check_values
+    from pipeline.data.loading import write_task_shards
+
+    data = DataConfig()
+    data.synthetic.n_train, data.synthetic.n_test = 256, 64
+    paths = []
+    for seed in (0, 1):
+        task = TaskConfig(dataset="synthetic", seed=seed)
+        check_values(DataConfig(tasks=[task]))
+        write_task_shards(task, data, top, str(top / f"shards{seed}"))
+        paths.append(str(top / f"shards{seed}"))
+    return ",".join(paths)
 
 
 def env() -> dict[str, str]:
@@ -83,8 +103,9 @@ def test_a_global_batch_is_the_union_of_the_ranks_slices():
     assert len(BatchIndices(65, 8, shuffle=True, world=2, rank=1)) == 8
 
 
-def test_every_strategy_trains_on_two_processes_what_one_process_trains(tmp_path):
+def test_every_strategy_trains_on_two_processes_what_one_process_trains(tmp_path, monkeypatch):
     ddp, single, out = tmp_path / "ddp", tmp_path / "one", tmp_path / "out.json"
+    monkeypatch.setenv("PIPELINE_TEST_SHARDS", write_synthetic_shards(tmp_path))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "ddp_sequences.py"), str(ddp), str(out), *CASES],
         cwd=tmp_path,

@@ -38,6 +38,12 @@ class ModelName(StrEnum):
     resnet18 = "resnet18"
 
 
+class Storage(StrEnum):
+    auto = "auto"
+    memory = "memory"
+    streamed = "streamed"
+
+
 class Augment(StrEnum):
     none = "none"
     crop_flip = "crop_flip"
@@ -82,7 +88,7 @@ Scenario = StrEnum("Scenario", [("task", "task"), ("domain", "domain"), ("class"
 SCENARIOS = tuple(s.value for s in Scenario)
 BENCHMARKS = ("split", "split_mnist", "permuted_mnist", "rotated_mnist")
 #: The task kinds besides the catalogue's datasets: generated, an image folder, arrays.
-OTHER_KINDS = ("synthetic", "folder", "arrays")
+OTHER_KINDS = ("synthetic", "folder", "arrays", "shards")
 
 
 def dataset_kinds() -> tuple[str, ...]:
@@ -117,6 +123,9 @@ class TaskConfig:
             (``images``, ``labels``, and optionally ``test_images``, ``test_labels``) or an
             ``.npy`` of images with its labels in ``labels``.
         labels: the ``.npy`` of labels that goes with an ``.npy`` of images at ``path``.
+
+    A ``shards`` task reads the litdata shards at ``path`` (a folder or ``s3://`` prefix
+    written by ``python -m pipeline shards``): held in memory or streamed (``data.storage``).
     """
 
     dataset: str = MISSING
@@ -171,6 +180,10 @@ class DataConfig:
         augment: ``crop_flip``: each training batch is randomly cropped after zero-padding by
             ``crop_padding`` pixels and flipped horizontally, on the batch's device.
         crop_padding: the padding of ``crop_flip``.
+        storage: where a ``shards`` task's images are held: ``memory`` (read once), ``streamed``
+            (read from the shards as training goes, a few chunks in memory at a time) or
+            ``auto``: streamed when its training images exceed ``memory_limit_gb``.
+        memory_limit_gb: the size above which ``auto`` streams a task.
     """
 
     tasks: list[TaskConfig] = field(default_factory=list)
@@ -190,6 +203,8 @@ class DataConfig:
     channels: int = 0
     augment: Augment = Augment.none
     crop_padding: int = 4
+    storage: Storage = Storage.auto
+    memory_limit_gb: float = 2.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

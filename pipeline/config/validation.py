@@ -45,7 +45,7 @@ def check_task(task: TaskConfig) -> None:
         "data.tasks.dataset",
         f"'{task.dataset}' is not one of {', '.join(kinds)}",
     )
-    own = task.dataset in ("folder", "arrays")
+    own = task.dataset in ("folder", "arrays", "shards")
     require(
         bool(task.path) == own,
         "data.tasks.path",
@@ -88,8 +88,9 @@ def default_name(task: TaskConfig) -> str:
     the user's own data), its classes (``mnist_01``), its permutation and rotation."""
     if task.dataset == "synthetic":
         name = f"synthetic{task.seed}"
-    elif task.dataset in ("folder", "arrays"):
-        name = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(task.path).stem)
+    elif task.dataset in ("folder", "arrays", "shards"):
+        stem = Path(task.path.rstrip("/").split("://")[-1]).stem
+        name = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem)
     else:
         name = task.dataset
     if task.classes:
@@ -144,6 +145,14 @@ def check_data(data: DataConfig) -> None:
     )
     require(data.channels in (0, 1, 3), "data.channels", "must be 1, 3 or 0 (as the data is)")
     require(0 <= data.crop_padding <= 64, "data.crop_padding", "must be in 0..64")
+    require(data.memory_limit_gb > 0, "data.memory_limit_gb", "must be > 0")
+    for task in data.tasks:
+        require(
+            task.dataset != "shards" or (task.permutation < 0 and not task.rotation),
+            "data.tasks",
+            f"{task.name}: a shards task takes no permutation or rotation (they are fixed "
+            "transforms of a task held in memory: write them into the shards)",
+        )
     require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
     require(data.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
 

@@ -7,19 +7,67 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from pipeline import distributed
 from pipeline.config.schema import DataConfig
 from pipeline.data.loading import load_task, release_raw_datasets
+from pipeline.data.shards import ShardsError, StreamedSplit
 from pipeline.data.tasks import (
     Batch,
     BatchIndices,
+    DataError,
+    Split,
     Task,
     TaskDataset,
     normalise,
 )
+
+
+class StreamedBatches(IterableDataset[Batch]):
+    """The batches of a streamed split (:mod:`pipeline.data.shards`), normalised as a task held
+    in memory is. Each pass over it is an epoch in a new order, fixed by the seed and the
+    epoch's number; ``max_batches`` caps a pass (0: all)."""
+
+    def __init__(
+        self,
+        split: StreamedSplit,
+        task: Task,
+        tasks: list[Task],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        max_batches: int = 0,
+    ) -> None:
+        self.split, self.task, self.batch_size = split, task, batch_size
+        self.shuffle, self.seed, self.max_batches = shuffle, seed, max_batches
+        self.means = torch.tensor([t.mean for t in tasks])
+        self.stds = torch.tensor([t.std for t in tasks])
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        full = -(-len(self.split) // self.batch_size)
+        world = distributed.world()
+        if world > 1 and 0 < len(self.split) % self.batch_size < world:
+            full -= 1  # too small a last batch to give every process a sample (dropped)
+        return min(full, self.max_batches) if self.max_batches else full
+
+    @override
+    def __iter__(self):  # type: ignore[no-untyped-def]  # IterableDataset's own signature
+        seed, self.epoch = self.seed * 1000 + self.epoch, self.epoch + 1
+        batches = self.split.batches(
+            self.batch_size, self.shuffle, seed, distributed.rank(), distributed.world()
+        )
+        try:
+            for i, (images, targets, ids) in enumerate(batches):
+                if self.max_batches and i >= self.max_batches:
+                    return
+                task = torch.full_like(targets, self.task.index)
+                yield Batch(normalise(images, task, self.means, self.stds), targets, task, ids)
+        except ShardsError as e:  # the shards went away mid-run: the run fails, resumable
+            raise DataError(str(e)) from None
 
 
 class ContinualDataModule(pl.LightningDataModule):
@@ -60,6 +108,7 @@ class ContinualDataModule(pl.LightningDataModule):
         self.current = 0
         self.train_tasks: list[int] = [0]
         self._samplers: dict[tuple[int, ...], BatchIndices] = {}
+        self._streams: dict[tuple[str, int], StreamedBatches] = {}
 
     @override
     def setup(self, stage: str | None = None) -> None:
@@ -103,8 +152,11 @@ class ContinualDataModule(pl.LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader[Batch]:
-        parts = [(self.tasks[i].train, self.tasks[i]) for i in self.train_tasks]
-        dataset = TaskDataset(parts, self.tasks)
+        streamed = self._streamed_train()
+        if streamed is not None:
+            return DataLoader(streamed, batch_size=None)
+        parts = [(t.train, t) for t in (self.tasks[i] for i in self.train_tasks)]
+        dataset = TaskDataset([(s, t) for s, t in parts if isinstance(s, Split)], self.tasks)
         key = tuple(self.train_tasks)
         # One sampler per task set, kept across fits: its generator carries on from epoch to
         # epoch. A stream is served once, in its order.
@@ -122,6 +174,30 @@ class ContinualDataModule(pl.LightningDataModule):
         )
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
+    def _streamed_train(self) -> StreamedBatches | None:
+        """The current task's streamed batches (kept across fits: each pass is a new epoch),
+        or None when its training split is held in memory."""
+        task = self.tasks[self.current]
+        if not isinstance(task.train, StreamedSplit):
+            return None
+        if len(self.train_tasks) > 1:
+            raise DataError(
+                f"{task.name} is streamed: a strategy that trains on several tasks at once "
+                "(joint) needs them in memory (data.storage=memory)"
+            )
+        key = ("streamed", self.current)
+        if key not in self._streams:
+            self._streams[key] = StreamedBatches(
+                task.train,
+                task,
+                self.tasks,
+                self.cfg.batch_size,
+                shuffle=not self.cfg.stream,
+                seed=self.seed * 1000 + self.current,
+                max_batches=self.max_batches,
+            )
+        return self._streams[key]
+
     @override
     def val_dataloader(self) -> DataLoader[Batch]:
         return self.loader(self.tasks[self.current], "val")
@@ -132,10 +208,18 @@ class ContinualDataModule(pl.LightningDataModule):
         """An ordered loader over a task's ``train``, ``val`` or ``test`` split (its first
         ``limit`` samples; 0: all). In a distributed run each process gets a contiguous share
         of those samples (:mod:`pipeline.distributed`): the caller reduces what it computes."""
-        dataset = TaskDataset([(getattr(task, split), task)], self.tasks)
+        part = getattr(task, split)
+        size = batch_size or self.cfg.eval_batch_size
+        if isinstance(part, StreamedSplit):  # in the shards' order; each process its chunks
+            batches = -(-limit // size) if limit else 0
+            streamed = StreamedBatches(
+                part, task, self.tasks, size, shuffle=False, max_batches=batches
+            )
+            return DataLoader(streamed, batch_size=None)
+        dataset = TaskDataset([(part, task)], self.tasks)
         n = min(len(dataset), limit) if limit else len(dataset)
         rows = distributed.my_slice(torch.arange(n))
-        sampler = BatchIndices(n, batch_size or self.cfg.eval_batch_size, shuffle=False, rows=rows)
+        sampler = BatchIndices(n, size, shuffle=False, rows=rows)
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def eval_loaders(self, split: str) -> list[DataLoader[Batch]]:

@@ -11,10 +11,12 @@ loading it, for the checks made before any run.
 from __future__ import annotations
 
 import hashlib
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +26,15 @@ from pipeline.config.schema import SYNTHETIC_CLASSES, DataConfig, SyntheticConfi
 from pipeline.data.formats import FormatError, Images, read_dataset
 from pipeline.data.ownfiles import OwnData, peek_arrays, peek_folder, read_arrays, read_folder
 from pipeline.data.provision import problem, verify
+from pipeline.data.shards import (
+    SPLITS,
+    Manifest,
+    ShardsError,
+    StreamedSplit,
+    read_manifest,
+    write_shards,
+)
+from pipeline.data.streaming import shards_task
 from pipeline.data.tasks import DataError, Split, Task, carve_validation
 from pipeline.errors import ConfigError
 
@@ -234,6 +245,8 @@ def load_task(
     Raises:
         DataError: the dataset's files are missing or fail their MD5 check.
     """
+    if cfg.dataset == "shards":
+        return shards_task(index, cfg, data, scenario, offset)
     source = _source(cfg, data, root or PathsConfig().data_dir(), test_only)
     images, md5, mean, std, display = source[:5]
     ids = source.train_ids
@@ -255,6 +268,12 @@ def _task_shape(cfg: TaskConfig, data: DataConfig) -> tuple[tuple[int, int, int]
     if cfg.dataset == "synthetic":
         syn = data.synthetic
         return (syn.channels, syn.size, syn.size), SYNTHETIC_CLASSES
+    if cfg.dataset == "shards":
+        try:
+            manifest = read_manifest(cfg.path)
+        except ShardsError as e:
+            raise ConfigError(f"data.tasks.path: {e}") from None
+        return manifest.shape, manifest.classes
     if cfg.dataset in OWN_DATA:
         path = Path(cfg.path).expanduser()
         labels = Path(cfg.labels).expanduser() if cfg.labels else None
@@ -279,9 +298,13 @@ def sequence_shape(data: DataConfig) -> tuple[tuple[int, int, int], list[int]]:
     counts: list[int] = []
     for cfg in data.tasks:
         (c, h, w), classes = _task_shape(cfg, data)
-        if data.image_size:
-            h, w = data.image_size
-        shapes.append((data.channels or c, h, w))
+        ruled = (data.channels or c, *(data.image_size or (h, w)))
+        if cfg.dataset == "shards" and ruled != (c, h, w):
+            raise ConfigError(
+                f"data.tasks: {cfg.name}'s shards hold {c}x{h}x{w} images, read as written: "
+                "write them at the sequence's size and channels"
+            )
+        shapes.append((ruled[0], ruled[1], ruled[2]))
         outside = [k for k in cfg.classes if k >= classes]
         if outside:
             raise ConfigError(
@@ -297,3 +320,46 @@ def sequence_shape(data: DataConfig) -> tuple[tuple[int, int, int], list[int]]:
                 "set data.image_size=[height,width] and data.channels=1 or 3 to convert them"
             )
     return shapes[0], counts
+
+
+def write_task_shards(cfg: TaskConfig, data: DataConfig, root: Path, out: str) -> None:
+    """Load a task as a run would (its transform and classes; domain targets) and write its
+    three splits as litdata shards (:mod:`pipeline.data.shards`) at ``out``.
+
+    Raises:
+        DataError: the task cannot be loaded or the shards cannot be written.
+    """
+    task = load_task(0, cfg, data, "domain", 0, root)
+    chunk = 4096  # samples a writer input holds
+
+    Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    def chunks(split: Split | StreamedSplit) -> list[Chunk]:
+        assert isinstance(split, Split), "a task loaded to be written is held in memory"
+        labels = torch.tensor(task.classes)[split.labels]  # the original labels, not targets
+        return [
+            (
+                split.images[i : i + chunk].numpy(),
+                labels[i : i + chunk].numpy(),
+                split.ids[i : i + chunk].numpy(),
+            )
+            for i in range(0, len(split), chunk)
+        ]
+
+    total = max(task.classes) + 1
+    manifest = Manifest(
+        tuple(task.test.images.shape[1:]),  # type: ignore[arg-type]
+        total,
+        task.mean,
+        task.std,
+        {name: len(getattr(task, name)) for name in SPLITS},
+        data.val_fraction,
+        data.split_seed,
+        hashlib.md5(json.dumps(task.md5, sort_keys=True).encode()).hexdigest(),
+    )
+    try:
+        write_shards(out, {name: chunks(getattr(task, name)) for name in SPLITS}, manifest)
+    except Exception as e:  # litdata's writer, the object store
+        raise DataError(
+            f"{out}: writing the shards failed ({' '.join(str(e).split())[:200]})"
+        ) from None

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from typing_extensions import override
 
+from pipeline.data.shards import StreamedSplit
 from pipeline.errors import RunFailed
 
 
@@ -81,9 +82,9 @@ class Task:
     display: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    train: Split
-    val: Split
-    test: Split
+    train: Split | StreamedSplit
+    val: Split | StreamedSplit
+    test: Split | StreamedSplit
     md5: dict[str, str]
     classes: list[int] = field(default_factory=list)
     offset: int = 0

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pipeline.data.shards import StreamedImages
 from pipeline.strategies._reservoir import pair_key, water_fill
 from pipeline.strategies.base import Retention
 
@@ -177,7 +178,7 @@ class ReservoirBuffer:
 
     def add(
         self,
-        source: Tensor,
+        source: Tensor | StreamedImages,
         rows: Tensor,
         labels: Tensor,
         tasks: Tensor,
@@ -246,7 +247,7 @@ class ReservoirBuffer:
             refused |= torch.isin(who, pair_key(self.tasks, self.ids)[self.slots()])
         return keys.masked_fill(refused, _NEVER)
 
-    def _store_images(self, slots: Tensor, source: Tensor, rows: Tensor) -> None:
+    def _store_images(self, slots: Tensor, source: Tensor | StreamedImages, rows: Tensor) -> None:
         """Copy ``source[rows]`` into ``slots`` (a copy: later changes to ``source`` do not
         reach it); the pool is allocated at the first images, in their shape and type."""
         images = source[rows.to(source.device)].to(self.device)

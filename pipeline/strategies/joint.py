@@ -8,6 +8,9 @@ from typing import Any
 from typing_extensions import override
 
 from pipeline.config.schema import ExperimentConfig
+from pipeline.data.shards import ShardsError
+from pipeline.data.streaming import streamed_tasks
+from pipeline.data.tasks import Split
 from pipeline.strategies.base import (
     NoParams,
     Retention,
@@ -43,6 +46,15 @@ class Joint(Strategy[NoParams]):
             raise StrategyRefused(
                 f"strategy: '{cls.name}' re-reads earlier tasks, a stream is seen once"
             )
+        try:
+            streamed = streamed_tasks(cfg.data)
+        except ShardsError:  # a manifest that cannot be read is named by the data's checks
+            streamed = []
+        if streamed:
+            raise StrategyRefused(
+                f"strategy: '{cls.name}' trains on every task seen at once, held in memory; "
+                f"{', '.join(streamed)} would be streamed (data.storage=memory holds them)"
+            )
 
     @override
     def on_task_start(self, ctx: TaskContext) -> None:
@@ -51,6 +63,7 @@ class Joint(Strategy[NoParams]):
     @override
     def on_task_end(self, ctx: TaskContext) -> None:
         split = ctx.task.train
+        assert isinstance(split, Split), "joint refuses streamed tasks (pipeline.experiment)"
         nbytes = sum(t.numel() * t.element_size() for t in (split.images, split.labels, split.ids))
         self.kept[ctx.task.name] = (len(split), nbytes)
 

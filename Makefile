@@ -50,7 +50,7 @@ q = '$(subst ','\'',$(1))'
 # reach it as MLFLOW_TRACKING_URI and OPTUNA_STORAGE (exported above).
 pipeline = $(PY) -m pipeline $(1) $(call q,paths.data=$(DATA)) $(ARGS)
 
-.PHONY: help install data forget run runs compare erase landscape sweep best dashboard test test-slow lint format bench ui clean
+.PHONY: help install data forget run runs compare shards erase landscape sweep best dashboard test test-slow lint format bench ui clean
 .PHONY: server server-stop test-ui docs docs-serve
 
 help: ## list the targets
@@ -107,6 +107,9 @@ best: install ## choose from a study, write conf/experiment/best/<study>.yaml (g
 dashboard: install ## optuna-dashboard over the study storage (STORAGE=) [PORT=8080 HOST=127.0.0.1]
 	$(call pipeline,dashboard --port $(call q,$(if $(filter command line environment,$(origin PORT)),$(PORT),8080)) --host $(call q,$(HOST)))
 
+shards: install ## write a task as litdata shards, to stream it: make shards EXP=<name> TASK=<task> OUT=<folder or s3://bucket/prefix>
+	$(call pipeline,shards $(call q,$(EXP)) --task $(call q,$(TASK)) --out $(call q,$(OUT)))
+
 erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...> (ids: index in the dataset's training file; LIST=1: the ids each checkpoint holds)
 	$(call pipeline,erase $(call q,$(RUN)) --task $(call q,$(TASK)) $(if $(LIST),--list,--ids $(call q,$(IDS))))
 
@@ -136,12 +139,14 @@ format: install ## apply ruff's formatting and import order
 	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
 	$(VENV)/bin/ruff format pipeline tests benchmarks
 
-bench: install data ## pipeline vs a bare PyTorch loop: whole-process wall and memory, start-up, samples/s; strategy cost vs naive; study storages; a run beside 2 CPU-bound processes vs its fair share
+bench: install data ## pipeline vs a bare PyTorch loop: whole-process wall and memory, start-up, samples/s; strategy cost vs naive; study storages; a run beside 2 CPU-bound processes vs its fair share; the reduced ResNet-18 vs a bare loop; an 8 GB dataset streamed vs 1 GB, and vs memory
 	$(PY) benchmarks/overhead.py --root $(call q,$(DATA))
 	$(PY) benchmarks/throughput.py --root $(call q,$(DATA))
+	$(PY) benchmarks/throughput.py --resnet --repeats 9
 	$(PY) benchmarks/strategy_cost.py --root $(call q,$(DATA)) $(ARGS)
 	$(PY) benchmarks/storages.py
 	$(PY) benchmarks/contention.py --root $(call q,$(DATA))
+	$(PY) benchmarks/streaming.py
 
 ui: install ## the MLflow UI over mlruns/ (TRACKING=), opening on the training view [PORT=5000 HOST=127.0.0.1]
 	$(call pipeline,ui --port $(call q,$(PORT)) --host $(call q,$(HOST)))

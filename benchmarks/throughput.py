@@ -42,7 +42,12 @@ from pipeline.tracking import Run
 
 def bare_loop(cfg, epochs: int, device: torch.device) -> tuple[float, int]:
     """Plain PyTorch: slice, normalise, forward, backward, step, with the task held on
-    ``device`` (as the pipeline holds it on a GPU). Returns (seconds, samples)."""
+    ``device`` (as the pipeline holds it on a GPU). Returns (seconds, samples).
+
+    It runs with torch's deterministic algorithms when the pipeline does
+    (``trainer.deterministic``, on by default for exact resume): on a CPU they slow a ResNet's
+    step measurably, a cost of that setting and not of the pipeline."""
+    torch.use_deterministic_algorithms(cfg.trainer.deterministic)
     dm = ContinualDataModule(cfg.data, cfg.seed, root=cfg.paths.data_dir())
     dm.setup()
     task = dm.tasks[0]
@@ -75,7 +80,9 @@ def bare_loop(cfg, epochs: int, device: torch.device) -> tuple[float, int]:
             samples += len(idx)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start, samples
+    seconds = time.perf_counter() - start
+    torch.use_deterministic_algorithms(False)  # the pipeline's Trainer sets its own
+    return seconds, samples
 
 
 def pipeline_run(cfg) -> tuple[float, int]:
@@ -116,7 +123,7 @@ def main() -> None:
         "data.augment=crop_flip",
         "data.synthetic.channels=3",
         "data.synthetic.size=32",
-        "data.synthetic.n_train=10000",
+        "data.synthetic.n_train=6000",
         "data.batch_size=32",
         "optim.name=sgd",
         "optim.lr=0.05",
@@ -162,6 +169,7 @@ def main() -> None:
     what += (
         f", {net}, batch {cfg.data.batch_size}, {args.epochs} epoch(s), on {args.device}, "
         f"{args.threads} threads"
+        + (", torch's deterministic algorithms on both sides" if cfg.trainer.deterministic else "")
     )
     print(f"\n{what}, median of {args.repeats}:")
     print(f"  bare PyTorch loop  {b:10,.0f} training samples/s")

@@ -84,9 +84,12 @@ def test_a_streamed_run_records_it_and_replay_keeps_the_raw_samples(
         tmp_path / "mlruns", tasks_of(*shards), STREAMED, *SMALL, "strategy=[replay]"
     )
     result = run(cfg)
-    params = client(tmp_path / "mlruns").get_run(result.run_id).data.params
+    data = client(tmp_path / "mlruns").get_run(result.run_id).data
+    params = data.params
     assert (params["held.task0"], params["held.task1"], params["data.storage"]) == ("streamed",) * 3
     buf = checkpoint(tmp_path / "mlruns", result.run_id, 1)[0].strategies[0].buffer
+    # the retention ledger counts what the buffer keeps, as for tasks in memory
+    assert data.metrics["retention/raw_samples"] == int(buf.valid.sum()) > 0
     memory = ContinualDataModule(small_synthetic(tmp_path / "m", tasks_of(*shards)).data)
     memory.setup()
     first = memory.tasks[0].train

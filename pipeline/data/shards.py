@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,33 +128,42 @@ def _items(chunk: tuple[np.ndarray, np.ndarray, np.ndarray, int]) -> Iterator[di
         yield {"image": image, "label": int(label), "id": int(sample), "row": row}
 
 
-def write_split(
-    where: str, chunks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Write one split's litdata dataset from ``chunks`` of (images, labels, ids) arrays, in
-    order, and its labels and ids beside it; return those labels and ids.
-
-    The chunks may come from a generator that makes or reads them one at a time: only one is
-    in memory at once (litdata's writer pickles the inputs; pass arrays small enough).
-    """
+def write_items(
+    where: str, fn: Callable[[Any], Iterator[dict[str, Any]]], inputs: list[Any]
+) -> None:
+    """Write one split's litdata dataset: the items ``fn`` yields for each input, in order
+    (items of ``image``, ``label``, ``id`` and ``row``, the item's position in the split)."""
     from litdata import optimize
 
     _allow_plain_http(where)
-    labels = np.concatenate([c[1] for c in chunks]).astype(np.int64)
-    ids = np.concatenate([c[2] for c in chunks]).astype(np.int64)
-    starts = np.cumsum([0] + [len(c[1]) for c in chunks])[:-1]
     optimize(
-        fn=_items,
-        inputs=[(*c, int(start)) for c, start in zip(chunks, starts, strict=True)],
+        fn=fn,
+        inputs=inputs,
         output_dir=where,
         chunk_bytes=CHUNK_BYTES,
         num_workers=1,  # one writer keeps the items in the inputs' order
         mode="overwrite",
         verbose=False,
     )
+
+
+def write_rows(where: str, labels: np.ndarray, ids: np.ndarray) -> None:
+    """Write a split's labels and ids beside its dataset (``<split>-labels.npy``, ``-ids.npy``)."""
     base = where.rstrip("/")
-    _write_bytes(f"{base}-labels.npy", _npy(labels))
-    _write_bytes(f"{base}-ids.npy", _npy(ids))
+    _write_bytes(f"{base}-labels.npy", _npy(labels.astype(np.int64)))
+    _write_bytes(f"{base}-ids.npy", _npy(ids.astype(np.int64)))
+
+
+def write_split(
+    where: str, chunks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write one split from ``chunks`` of (images, labels, ids) arrays, in order, and its
+    labels and ids beside it; return those labels and ids."""
+    labels = np.concatenate([c[1] for c in chunks]).astype(np.int64)
+    ids = np.concatenate([c[2] for c in chunks]).astype(np.int64)
+    starts = np.cumsum([0] + [len(c[1]) for c in chunks])[:-1]
+    write_items(where, _items, [(*c, int(start)) for c, start in zip(chunks, starts, strict=True)])
+    write_rows(where, labels, ids)
     return labels, ids
 
 

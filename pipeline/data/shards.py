@@ -2,7 +2,7 @@
 or an object store (``s3://``) while training.
 
 A task's shards are one folder (or prefix) holding, per split (``train``, ``val``, ``test``),
-a litdata dataset written by :func:`litdata.optimize` (items of a uint8 image, its label and
+a litdata dataset written by litdata's ``BinaryWriter`` (items of a uint8 image, its label and
 its id), each split's labels and ids as ``.npy`` files (a few bytes a sample: what replay's
 bookkeeping, erasure and the class subsets need without reading the images), and
 ``pipeline-shards.json``, the manifest: the format version, the image shape, the classes, the
@@ -23,6 +23,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,19 +134,37 @@ def write_items(
     where: str, fn: Callable[[Any], Iterator[dict[str, Any]]], inputs: list[Any]
 ) -> None:
     """Write one split's litdata dataset: the items ``fn`` yields for each input, in order
-    (items of ``image``, ``label``, ``id`` and ``row``, the item's position in the split)."""
-    from litdata import optimize
+    (items of ``image``, ``label``, ``id`` and ``row``, the item's position in the split).
 
-    _allow_plain_http(where)
-    optimize(
-        fn=fn,
-        inputs=inputs,
-        output_dir=where,
-        chunk_bytes=CHUNK_BYTES,
-        num_workers=1,  # one writer keeps the items in the inputs' order
-        mode="overwrite",
-        verbose=False,
-    )
+    litdata's :class:`~litdata.streaming.writer.BinaryWriter` writes the chunks in this
+    process: ``litdata.optimize`` would start a worker process and poll it, seconds a call for
+    the small tasks of the tests. An ``s3://`` destination is written to a scratch folder, then
+    each file uploaded.
+    """
+    from litdata.streaming.writer import BinaryWriter
+
+    remote = _is_remote(where)
+    with tempfile.TemporaryDirectory(prefix="shards-") as scratch:
+        local = Path(scratch) if remote else Path(where)
+        if local.exists() and not remote:
+            shutil.rmtree(local)  # a split written again replaces the old one whole
+        local.mkdir(parents=True, exist_ok=True)
+        writer = BinaryWriter(str(local), chunk_bytes=CHUNK_BYTES)
+        index = 0
+        for spec in inputs:
+            for item in fn(spec):
+                writer[index] = item
+                index += 1
+        writer.done()
+        writer.merge()
+        if remote:
+            bucket, key = _split_uri(where)
+            client = _s3()
+            for path in sorted(local.rglob("*")):
+                if path.is_file():
+                    client.upload_file(
+                        str(path), bucket, f"{key.rstrip('/')}/{path.relative_to(local)}"
+                    )
 
 
 def write_rows(where: str, labels: np.ndarray, ids: np.ndarray) -> None:

@@ -331,6 +331,13 @@ class StreamedSplit:
     def move_to(self, device: torch.device) -> None:
         """Streamed images stay where they are; batches go to the device as they are read."""
 
+    def positions(self) -> Tensor:
+        """Each row of the split's position among the kept rows (-1: a row the task leaves
+        out), indexed by the row a streamed item carries."""
+        position = torch.full((int(self.rows.max()) + 1 if len(self) else 1,), -1, dtype=torch.long)
+        position[self.rows] = torch.arange(len(self))
+        return position
+
     def batches(
         self, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
@@ -338,8 +345,7 @@ class StreamedSplit:
         In a distributed run every process reads the same global batches of ``batch_size`` and
         keeps its contiguous slice of each (as :class:`pipeline.data.tasks.BatchIndices` does);
         a last batch too small to give every process a sample is dropped."""
-        position = torch.full((int(self.rows.max()) + 1 if len(self) else 1,), -1, dtype=torch.long)
-        position[self.rows] = torch.arange(len(self))
+        position = self.positions()
         keep = position >= 0
         images: list[np.ndarray] = []
         rows: list[int] = []

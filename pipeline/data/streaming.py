@@ -63,8 +63,7 @@ def shards_task(index: int, cfg: TaskConfig, data: DataConfig, scenario: str, of
 def _read_whole(split: StreamedSplit) -> Split:
     """A split of shards read into memory, in its rows' order."""
     images = torch.empty(split.images.shape, dtype=torch.uint8)
-    position = torch.full((int(split.rows.max()) + 1 if len(split) else 1,), -1, dtype=torch.long)
-    position[split.rows] = torch.arange(len(split))
+    position = split.positions()
     keep = position >= 0
     for image, _, row in stream(split.where, keep, shuffle=False, seed=0):
         images[int(position[row])] = torch.from_numpy(image)

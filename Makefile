@@ -22,6 +22,7 @@ WORKERS ?= 1
 STUDY ?=
 RULE ?= knee
 RESUME ?=
+UNLEARN ?= exact
 TEST_WORKERS ?= 2
 DOCS_PORT ?= 8000
 # Team mode: the tracking server and the study storage every command uses (see docs/team-mode.md).
@@ -110,8 +111,8 @@ dashboard: install ## optuna-dashboard over the study storage (STORAGE=) [PORT=8
 shards: install ## write a task as litdata shards, to stream it: make shards EXP=<name> TASK=<task> OUT=<folder or s3://bucket/prefix>
 	$(call pipeline,shards $(call q,$(EXP)) --task $(call q,$(TASK)) --out $(call q,$(OUT)))
 
-erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,id,...> (ids: index in the dataset's training file; LIST=1: the ids each checkpoint holds)
-	$(call pipeline,erase $(call q,$(RUN)) --task $(call q,$(TASK)) $(if $(LIST),--list,--ids $(call q,$(IDS))))
+erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,...> or IDS_FILE=<file>: retrains without them in a new run (UNLEARN=buffers: stored samples only; LIST=1: the ids each checkpoint holds)
+	$(call pipeline,erase $(call q,$(RUN)) $(if $(TASK),--task $(call q,$(TASK))) $(if $(LIST),--list,$(if $(IDS_FILE),--ids-file $(call q,$(IDS_FILE)),--ids $(call q,$(IDS)))) --mode $(call q,$(UNLEARN)))
 
 test: install ## the test suite on synthetic data, 2 processes (real data: `make test-slow`; the linters: `make lint`)
 	$(PY) -m pytest -m "not slow and not browser" -q -n $(TEST_WORKERS) --dist loadfile

@@ -117,6 +117,21 @@ def _upload(run: Run, payload: dict[str, Any], file: CheckpointFile) -> None:
         run.log_file(path, CHECKPOINT_DIR)
 
 
+def copy_checkpoint(source: Run, file: CheckpointFile, target: Run, config: dict[str, Any]) -> None:
+    """Log ``source``'s checkpoint ``file`` in ``target`` (as revision 0), its metadata naming
+    ``target`` and ``config``: a run that carries on from it (an unlearning) resumes with its
+    own config.
+
+    Raises:
+        LookupError: it cannot be downloaded.
+        ValueError: it does not load.
+    """
+    with scratch_dir() as tmp:
+        payload = _read(source.download(file.path, tmp))
+    payload["pipeline"] |= {"run_id": target.run_id, "config": config}
+    _upload(target, payload, CheckpointFile(file.index, file.task))
+
+
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild the module (network and strategy state) from a checkpoint file.
 

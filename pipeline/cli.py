@@ -160,12 +160,25 @@ def _run_commands(sub: Any) -> None:
     p.add_argument("--samples", type=int, default=2000, help="test samples per task (2000)")
     p.add_argument("--out", default="", help="folder (default <reports>/landscape-<run[:8]>)")
     p = _paths_command(
-        sub, "erase", cmd_erase, "erase samples from every checkpoint of a run", [("run", RUN_ID)]
+        sub,
+        "erase",
+        cmd_erase,
+        "erase training samples from a run: retrain it without them (exact unlearning)",
+        [("run", RUN_ID)],
     )
-    p.add_argument("--task", required=True, help="task name (e.g. mnist)")
+    p.add_argument("--task", default="", help="task name (e.g. mnist); optional with --ids-file")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--ids", help="comma-separated sample ids (see the note below)")
+    what.add_argument("--ids-file", help="a file of ids: one per line, '<id>' or '<task>,<id>'")
     what.add_argument("--list", action="store_true", help="print the ids each checkpoint holds")
+    p.add_argument(
+        "--mode",
+        choices=("exact", "buffers"),
+        default="exact",
+        help="exact (default): a new run retrained from the last checkpoint before the "
+        "samples, the original's later checkpoints deleted; buffers: remove them from the "
+        "checkpoints' stored samples only (the weights still depend on them)",
+    )
     p.epilog = ERASE_IDS
 
 

@@ -5,6 +5,7 @@ imported inside each command, once its arguments have passed."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,24 +176,62 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     from pipeline.erasure import ErasureError, erase, stored
+    from pipeline.unlearning import Request, summary, unlearn
 
     try:
-        ids = [int(x) for x in (args.ids or "").split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--ids: expected comma-separated integers, got '{args.ids}'") from None
-    try:
         paths = compose_paths(args.overrides)
+        if args.list or args.mode == "buffers" or args.ids is not None:
+            _need_task(args)
         if args.list:
             print("\n".join(stored(_store(paths, False), args.run, args.task)))
             return 0
-        record = erase(_store(paths, False), args.run, args.task, ids, paths.data_dir())
+        ids = _erase_ids(args)
+        if args.mode == "buffers":
+            (task, wanted), *more = ids.items()
+            if more:
+                raise ConfigError("--mode buffers: one task at a time (--task)")
+            record = erase(_store(paths, False), args.run, task, wanted, paths.data_dir())
+        else:
+            done = unlearn(_store(paths, False), args.run, Request(ids), paths)
+            print("\n".join(summary(done)))
+            return 0
     except ErasureError as e:
         raise ConfigError(str(e)) from e
     for name, n in record["removed"].items():
         print(f"{name}: removed {n} stored sample(s)")
-    done = f"recorded in run {args.run}: erasures.json, retention/erased_samples"
-    print(record.get("note", done))  # nothing removed: why (the request is recorded all the same)
+    done_line = f"recorded in run {args.run}: erasures.json, retention/erased_samples"
+    print(
+        record.get("note", done_line)
+    )  # nothing removed: why (the request is recorded all the same)
+    print(
+        "the weights were still trained on these samples: --mode exact (the default) retrains "
+        "without them",
+        file=sys.stderr,
+    )
     return 0
+
+
+def _need_task(args: argparse.Namespace) -> None:
+    if not args.task:
+        raise ConfigError("erase: --task is required (with --ids, --list and --mode buffers)")
+
+
+def _erase_ids(args: argparse.Namespace) -> dict[str, list[int]]:
+    """The request's ids per task, from ``--ids`` (of ``--task``) or ``--ids-file``."""
+    from pipeline.unlearning import read_ids
+
+    if args.ids is not None:
+        try:
+            return {args.task: [int(x) for x in args.ids.split(",") if x.strip()]}
+        except ValueError:
+            raise ConfigError(
+                f"--ids: expected comma-separated integers, got '{args.ids}'"
+            ) from None
+    try:
+        text = Path(args.ids_file).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--ids-file: cannot read {args.ids_file}: {e}") from None
+    return read_ids(text, args.task)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import torch
 from pipeline import checkpoints, runfiles
 from pipeline.config.schema import ExperimentConfig, dataset_classes
 from pipeline.data.datamodule import ContinualDataModule
+from pipeline.data.tasks import Task
 from pipeline.module import ContinualModule
 from pipeline.store import Store
 from pipeline.tracking import Run, scratch_dir
@@ -68,7 +69,7 @@ def erase(
     except LookupError as e:
         raise ErasureError(str(e)) from None
     cfg, index = _task_of(run, task)
-    trained = _training_ids(cfg, index, ids, data_dir)
+    trained = training_ids(cfg, index, ids, data_dir)
     wanted = torch.tensor(list(ids), dtype=torch.long)
     held: list[int | None] = []  # per checkpoint: this task's samples it held (None: no buffer)
 
@@ -100,10 +101,22 @@ def erase(
     return record
 
 
-def _training_ids(
+def training_ids(
     cfg: ExperimentConfig, index: int, ids: Sequence[int], data_dir: Path | None
 ) -> int:
     """Check that ``ids`` are samples task ``index`` trains on; how many it trains on.
+
+    Raises:
+        ErasureError: as :func:`checked_task`.
+    """
+    return len(checked_task(cfg, index, ids, data_dir).train)
+
+
+def checked_task(
+    cfg: ExperimentConfig, index: int, ids: Sequence[int], data_dir: Path | None
+) -> Task:
+    """Task ``index`` as the run trains it, once ``ids`` are checked to be samples it trains
+    on.
 
     Raises:
         ErasureError: an id of the validation split, of a class the task leaves out, or of no
@@ -114,7 +127,7 @@ def _training_ids(
     task = data.tasks[index]
     unknown = sorted(set(ids) - set(task.train.ids.tolist()))
     if not unknown:
-        return len(task.train)
+        return task
     val = set(task.val.ids.tolist())
     in_val = [i for i in unknown if i in val]
     other = [i for i in unknown if i not in val]

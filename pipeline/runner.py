@@ -107,6 +107,8 @@ class Resume:
     weights, strategy states, progress), or nothing when the run died before its first one."""
 
     checkpoint: dict[str, Any] | None = None
+    #: carry on in a new run (:mod:`pipeline.unlearning`): it logs its config and every task's
+    new_run: bool = False
 
     @property
     def progress(self) -> Progress | None:
@@ -201,7 +203,8 @@ def run_sequence(
         run_id, experiment_id = distributed.broadcast_object(
             (run.run_id, run.experiment_id) if run is not None else None
         )
-        loop = Loop(cfg, run, data, module, device, splits, tmp, resume is not None)
+        resumed = resume is not None and not resume.new_run
+        loop = Loop(cfg, run, data, module, device, splits, tmp, resumed)
         # 2. begin: task 0 of a new run, or the task after a resumed run's last checkpoint
         loop.progress = begin(loop, resume)
         for task in data.tasks[loop.progress.next_task :]:
@@ -226,14 +229,23 @@ def begin(loop: Loop, resume: Resume | None) -> Progress:
     generators as they were, and the last task's metrics logged where the cut-off process had
     not logged them."""
     progress = resume.progress if resume is not None else None
+    # a resumed run has its config and tags; a new one (a first, an unlearning) logs them
+    if loop.run is not None and not loop.resumed:
+        log_run_info(loop.run, loop.cfg, loop.data.tasks, loop.device, loop.splits)
     if progress is None:
-        if resume is None and loop.run is not None:  # a resumed run has its config and tags
-            log_run_info(loop.run, loop.cfg, loop.data.tasks, loop.device)
         init = evaluate(loop.module, loop.data, loop.device, loop.splits)
         return Progress(0, {s: [] for s in loop.splits}, init)
     restore_rng(progress.rng)
-    if loop.run is not None:
+    if loop.run is not None and loop.resumed:
         loop.run.log_missing(records_of(progress.logged))
+    elif loop.run is not None:  # the tasks it carries over: as if it had trained them
+        tasks, done = loop.data.tasks, progress.next_task
+        for t in tasks[: done - 1]:
+            rows = {s: progress.rows[s][: t.index + 1] for s in progress.rows}
+            values = task_metrics(t, tasks, rows, progress.records[t.index])
+            loop.run.log_records(metric_records(values, t.index))
+        loop.run.log_records(records_of(progress.logged))
+        loop.run.set_tags({TASKS_DONE_TAG: done})
     return progress
 
 
@@ -351,19 +363,30 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(values), gauss_next))
 
 
-def log_run_info(run: Run, cfg: ExperimentConfig, tasks: list[Task], device: torch.device) -> None:
-    """Config (YAML artifact + params), data checksums, commit, package versions, device.
+def log_run_info(
+    run: Run,
+    cfg: ExperimentConfig,
+    tasks: list[Task],
+    device: torch.device,
+    splits: tuple[str, ...] = SPLITS,
+) -> None:
+    """Config (YAML artifact + params), data checksums, commit, package versions, device, the
+    splits evaluated (a resume evaluates the same).
 
     The config's file first: a run cut off after it (a server that went down, a kill) can be
     resumed from its first task."""
     runfiles.write_run_info(run, cfg, tasks)
     # where each task's training images are: what data.storage=auto chose
     held = {f"held.{t.name}": "memory" if isinstance(t.train, Split) else "streamed" for t in tasks}
-    run.log_params({**flatten(to_dict(cfg)), **held})
+    # erased ids are in config.yaml; their param is their count (thousands of ids are past
+    # what an MLflow param holds)
+    erased = {f"data.erased.{t}": len(ids) for t, ids in cfg.data.erased.items()}
+    run.log_params({**flatten(to_dict(cfg)), **held, **erased})
     run.set_tags(
         {
             "mlflow.source.git.commit": git_commit(),
             "scenario": cfg.scenario,
+            "splits": ",".join(splits),
             "strategy": "+".join(cfg.strategy),
             "tasks": " -> ".join(t.name for t in tasks),
             "device": str(device),

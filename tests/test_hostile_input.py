@@ -140,6 +140,8 @@ CASES: list[tuple[str, list[str]]] = [
     ("a sample id the task lacks", ["erase", RUN, "--task", "synthetic0", "--ids", "99999", WHERE]),
     ("a task the run lacks", ["erase", RUN, "--task", "nope", "--ids", "1", WHERE]),
     ("a run the store lacks", ["erase", "0" * 32, "--task", "synthetic0", "--ids", "1", WHERE]),
+    ("an ids file that is not there", ["erase", RUN, "--ids-file", "/no/such/ids", WHERE]),
+    ("ids without their task", ["erase", RUN, "--ids", "1", WHERE]),
     ("a landscape of a run the store lacks", ["landscape", "0" * 32, WHERE]),
     ("a landscape of one point", ["landscape", RUN, "--points", "1", WHERE]),
     ("a plane of one cell", ["landscape", RUN, "--vs", RUN, "--grid", "1", WHERE]),

@@ -87,7 +87,22 @@ def test_erasure_removes_samples_from_every_checkpoint(tmp_path, capsys):
     assert found(patterns, written_bytes(store, result.run_id)) == 5
 
     ids = ",".join(map(str, victims))
-    assert main(["erase", result.run_id, "--task", "synthetic0", "--ids", ids, where]) == 0
+    assert (
+        main(
+            [
+                "erase",
+                result.run_id,
+                "--task",
+                "synthetic0",
+                "--ids",
+                ids,
+                "--mode",
+                "buffers",
+                where,
+            ]
+        )
+        == 0
+    )
     for index in (0, 1):
         assert not stored_ids(index) & set(victims)
     assert found(patterns, written_bytes(store, result.run_id)) == 0

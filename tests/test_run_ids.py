@@ -11,7 +11,7 @@ from helpers.stores import checkpoint
 
 from pipeline.cli import main
 from pipeline.data.datamodule import ContinualDataModule
-from pipeline.erasure import ErasureError, _training_ids
+from pipeline.erasure import ErasureError, training_ids
 from pipeline.runids import resolve_run_id
 
 
@@ -75,7 +75,7 @@ def replay(tmp_path_factory):
 
 
 def erase(capsys, store, *argv: str) -> tuple[int, str, str]:
-    code = main(["erase", *argv, f"paths.store={store}"])
+    code = main(["erase", *argv, "--mode", "buffers", f"paths.store={store}"])
     out, err = capsys.readouterr()
     return code, out, err.strip()
 
@@ -114,7 +114,7 @@ def test_ids_of_classes_a_task_leaves_out_are_named_as_such(tmp_path):
     kept = set(dm.tasks[0].train.ids.tolist()) | set(dm.tasks[0].val.ids.tolist())
     other = min(set(range(200)) - kept)
     with pytest.raises(ErasureError, match=f"{other} are samples of classes it leaves out "):
-        _training_ids(cfg, 0, [other], None)
+        training_ids(cfg, 0, [other], None)
 
 
 def test_an_erasure_that_finds_nothing_stored_says_why(replay, tmp_path, capsys):

@@ -211,12 +211,35 @@ def test_a_sequence_on_the_server_reads_back_draws_and_erases(
     buf = checkpoint(uri, result.run_id, 1).module.strategies[0].buffer
     victims = sorted(set(buf.ids[buf.valid & (buf.tasks == 0)].tolist()))[:3]
     ids = ",".join(map(str, victims))
-    assert main(["erase", result.run_id, "--task", "synthetic0", "--ids", ids, where]) == 0
+    assert (
+        main(
+            [
+                "erase",
+                result.run_id,
+                "--task",
+                "synthetic0",
+                "--ids",
+                ids,
+                "--mode",
+                "buffers",
+                where,
+            ]
+        )
+        == 0
+    )
     buf = checkpoint(uri, result.run_id, 1).module.strategies[0].buffer
     assert not set(buf.ids[buf.valid & (buf.tasks == 0)].tolist()) & set(victims)
     files = checkpoints.checkpoint_files(Run.get(Store.at(uri), result.run_id))
     assert [len(revisions) for revisions in files.values()] == [1, 1]  # old revisions removed
     assert files[1][0].revision == 1
+    # exact unlearning on the server: a new run, the original's later checkpoint and its
+    # landscape deleted through the proxied artifacts
+    assert main(["erase", result.run_id, "--task", "synthetic1", "--ids", "1,2", where]) == 0
+    source = Run.get(Store.at(uri), result.run_id)
+    assert sorted(checkpoints.checkpoint_files(source)) == [0]
+    assert not source.list_files("landscape")
+    new = Run.get(Store.at(uri), source.tags["pipeline.unlearned_to"])
+    assert sorted(checkpoints.checkpoint_files(new)) == [0, 1]
 
 
 def test_three_workers_on_a_postgres_study_survive_a_killed_one(

@@ -108,10 +108,27 @@ def test_erasure_reaches_a_streamed_run(shards: tuple[Path, Path], tmp_path: Pat
     kept = buffer.ids[buffer.valid & (buffer.tasks == 0)][:3].tolist()
     ids = ",".join(map(str, kept))
     assert (
-        main(["erase", result.run_id, "--task", "task0", "--ids", ids, f"paths.store={store}"]) == 0
+        main(
+            [
+                "erase",
+                result.run_id,
+                "--task",
+                "task0",
+                "--ids",
+                ids,
+                "--mode",
+                "buffers",
+                f"paths.store={store}",
+            ]
+        )
+        == 0
     )
     after = checkpoint(store, result.run_id, 1)[0].strategies[0].buffer
     assert not set(kept) & set(after.ids[after.valid & (after.tasks == 0)].tolist())
+    # exact unlearning retrains the task without them: refused for a streamed one, in one line
+    assert (
+        main(["erase", result.run_id, "--task", "task1", "--ids", "1", f"paths.store={store}"]) == 2
+    )
 
 
 def test_a_killed_streamed_run_resumes_to_the_uninterrupted_result(

@@ -241,7 +241,7 @@ def erased_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, 
     runfiles.write_erasures(run, RECORDS)
     (file,) = folder.rglob(runfiles.ERASURES_FILE)
     monkeypatch.setattr("pipeline.erasure._task_of", lambda run, task: (None, 0))
-    monkeypatch.setattr("pipeline.erasure._training_ids", lambda cfg, index, ids, data: 3)
+    monkeypatch.setattr("pipeline.erasure.training_ids", lambda cfg, index, ids, data: 3)
     monkeypatch.setattr(checkpoints, "rewrite_checkpoints", lambda run, fn: {"task00": 1})
     return store, run, file
 
@@ -283,7 +283,12 @@ def test_an_erasures_json_that_is_no_list_is_one_error_line(
     with pytest.raises(ErasureError, match=r"erasures\.json is not a JSON list of erasure records"):
         erase(store, run.run_id, "synthetic0", [2])
     where = f"paths.store={store.folder}"
-    assert main(["erase", run.run_id, "--task", "synthetic0", "--ids", "2", where]) == 2
+    assert (
+        main(
+            ["erase", run.run_id, "--task", "synthetic0", "--ids", "2", "--mode", "buffers", where]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: run {run.run_id}: erasures.json ")
     assert file.read_bytes() == b'{"not": "a list"}'  # left as it was

@@ -184,6 +184,10 @@ class DataConfig:
             (read from the shards as training goes, a few chunks in memory at a time) or
             ``auto``: streamed when its training images exceed ``memory_limit_gb``.
         memory_limit_gb: the size above which ``auto`` streams a task.
+        erased: per task name, the ids of training samples removed from it (the right to
+            erasure: ``make erase`` sets it on the run that unlearns them; a run from scratch
+            with the same ids is what that run equals). Ids as ``Batch.id``: indices in the
+            dataset's training file.
     """
 
     tasks: list[TaskConfig] = field(default_factory=list)
@@ -205,6 +209,7 @@ class DataConfig:
     crop_padding: int = 4
     storage: Storage = Storage.auto
     memory_limit_gb: float = 2.0
+    erased: dict[str, list[int]] = field(default_factory=dict)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

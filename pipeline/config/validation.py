@@ -136,6 +136,17 @@ def check_data(data: DataConfig) -> None:
         "data.tasks",
         f"task names must be unique, got {names} (set `name:` on repeated datasets)",
     )
+    unknown = sorted(set(data.erased) - set(names))
+    require(
+        not unknown,
+        "data.erased",
+        f"no task named {', '.join(unknown)} (tasks: {', '.join(names)})",
+    )
+    require(
+        all(i >= 0 for ids in data.erased.values() for i in ids),
+        "data.erased",
+        "sample ids are indices >= 0 in the dataset's training file",
+    )
     require(0.0 < data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
     require(0.0 < data.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
     require(

@@ -22,6 +22,7 @@ from pipeline.data.tasks import (
     Task,
     TaskDataset,
     normalise,
+    without_samples,
 )
 
 
@@ -121,7 +122,8 @@ class ContinualDataModule(pl.LightningDataModule):
                 i, task_cfg, self.cfg, self.scenario, offset, self.root, self.test_only
             )
             offset += task.num_classes
-            self.tasks.append(task)
+            erased = [] if self.test_only else self.cfg.erased.get(task.name, [])
+            self.tasks.append(without_samples(task, erased))
         release_raw_datasets()  # the tasks hold what they use; the files' copies can go
 
     def move_to(self, device: torch.device) -> None:

@@ -7,8 +7,8 @@ more than a small CNN's step. Where a task's images come from is :mod:`pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -92,6 +92,40 @@ class Task:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def without_samples(task: Task, ids: Sequence[int]) -> Task:
+    """The task less the training samples ``ids`` (``data.erased``: what an erasure request
+    removes, the same way in the run that unlearns them and in a run trained from scratch
+    without them). The validation split and the order of the samples that stay are those of
+    the whole task, so that every other sample is trained on as it was.
+
+    Raises:
+        DataError: an id the task does not train on, a task left with no training sample, a
+            streamed task (its shards are read in their order: write them without the samples).
+    """
+    if not ids:
+        return task
+    train = task.train
+    if not isinstance(train, Split):
+        raise DataError(
+            f"data.erased: task '{task.name}' is streamed from its shards; erasing samples "
+            "needs it in memory (data.storage=memory) or shards written without them"
+        )
+    wanted = torch.tensor(sorted(set(ids)), dtype=torch.long)
+    drop = torch.isin(train.ids, wanted.to(train.ids.device))
+    if int(drop.sum()) != len(wanted):
+        missing = sorted(set(wanted.tolist()) - set(train.ids[drop].tolist()))
+        raise DataError(
+            f"data.erased: task '{task.name}' does not train on sample(s) "
+            f"{', '.join(map(str, missing[:5]))}{' and more' if len(missing) > 5 else ''}"
+        )
+    if bool(drop.all()):
+        raise DataError(
+            f"data.erased: erasing {len(wanted)} sample(s) would leave task '{task.name}' "
+            "with no training sample"
+        )
+    return replace(task, train=train.subset(torch.nonzero(~drop).squeeze(1)))
 
 
 def normalise(images: Tensor, task: Tensor, means: Tensor, stds: Tensor) -> Tensor:

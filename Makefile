@@ -51,7 +51,7 @@ q = '$(subst ','\'',$(1))'
 # reach it as MLFLOW_TRACKING_URI and OPTUNA_STORAGE (exported above).
 pipeline = $(PY) -m pipeline $(1) $(call q,paths.data=$(DATA)) $(ARGS)
 
-.PHONY: help install data forget run runs compare shards erase landscape sweep best dashboard test test-slow lint format bench ui clean
+.PHONY: help install data forget run runs compare shards erase audit landscape sweep best dashboard test test-slow lint format bench ui clean
 .PHONY: server server-stop test-ui docs docs-serve
 
 help: ## list the targets
@@ -111,8 +111,11 @@ dashboard: install ## optuna-dashboard over the study storage (STORAGE=) [PORT=8
 shards: install ## write a task as litdata shards, to stream it: make shards EXP=<name> TASK=<task> OUT=<folder or s3://bucket/prefix>
 	$(call pipeline,shards $(call q,$(EXP)) --task $(call q,$(TASK)) --out $(call q,$(OUT)))
 
-erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,...> or IDS_FILE=<file>: retrains without them in a new run (UNLEARN=buffers: stored samples only; LIST=1: the ids each checkpoint holds)
-	$(call pipeline,erase $(call q,$(RUN)) $(if $(TASK),--task $(call q,$(TASK))) $(if $(LIST),--list,$(if $(IDS_FILE),--ids-file $(call q,$(IDS_FILE)),--ids $(call q,$(IDS)))) --mode $(call q,$(UNLEARN)))
+erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,...> (or IDS_FILE=<file>, CANARIES=1): retrains without them in a new run, then audits it (AUDIT=0: not; UNLEARN=buffers: stored samples only; LIST=1: the ids each checkpoint holds)
+	$(call pipeline,erase $(call q,$(RUN)) $(if $(TASK),--task $(call q,$(TASK))) $(if $(LIST),--list,$(if $(CANARIES),--canaries,$(if $(IDS_FILE),--ids-file $(call q,$(IDS_FILE)),--ids $(call q,$(IDS))))) --mode $(call q,$(UNLEARN)) $(if $(filter 0,$(AUDIT)),--no-audit))
+
+audit: install ## membership audit of an unlearned run against runs retrained without the samples: make audit RUN=<run id>
+	$(call pipeline,audit $(call q,$(RUN)))
 
 test: install ## the test suite on synthetic data, 2 processes (real data: `make test-slow`; the linters: `make lint`)
 	$(PY) -m pytest -m "not slow and not browser" -q -n $(TEST_WORKERS) --dist loadfile

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     pass
 
 from pipeline.commands import (
+    cmd_audit,
     cmd_best,
     cmd_compare,
     cmd_config,
@@ -171,6 +172,8 @@ def _run_commands(sub: Any) -> None:
     what.add_argument("--ids", help="comma-separated sample ids (see the note below)")
     what.add_argument("--ids-file", help="a file of ids: one per line, '<id>' or '<task>,<id>'")
     what.add_argument("--list", action="store_true", help="print the ids each checkpoint holds")
+    what.add_argument("--canaries", action="store_true", help="the canaries the run planted")
+    p.add_argument("--no-audit", action="store_true", help="skip the audit after unlearning")
     p.add_argument(
         "--mode",
         choices=("exact", "buffers"),
@@ -180,6 +183,13 @@ def _run_commands(sub: Any) -> None:
         "checkpoints' stored samples only (the weights still depend on them)",
     )
     p.epilog = ERASE_IDS
+    _paths_command(
+        sub,
+        "audit",
+        cmd_audit,
+        "membership audit of an unlearned run against models retrained without the samples",
+        [("run", RUN_ID)],
+    )
 
 
 def _study_commands(sub: Any) -> None:

@@ -176,7 +176,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     from pipeline.erasure import ErasureError, erase, stored
-    from pipeline.unlearning import Request, summary, unlearn
+    from pipeline.unlearning import Request, canaries_of, summary, unlearn
 
     try:
         paths = compose_paths(args.overrides)
@@ -185,15 +185,21 @@ def cmd_erase(args: argparse.Namespace) -> int:
         if args.list:
             print("\n".join(stored(_store(paths, False), args.run, args.task)))
             return 0
-        ids = _erase_ids(args)
+        ids = (
+            canaries_of(_store(paths, False), args.run, paths)
+            if args.canaries
+            else _erase_ids(args)
+        )
         if args.mode == "buffers":
             (task, wanted), *more = ids.items()
             if more:
                 raise ConfigError("--mode buffers: one task at a time (--task)")
             record = erase(_store(paths, False), args.run, task, wanted, paths.data_dir())
         else:
-            done = unlearn(_store(paths, False), args.run, Request(ids), paths)
+            done = unlearn(_store(paths, False), args.run, Request(ids), paths, not args.no_audit)
             print("\n".join(summary(done)))
+            if done.audit is not None and not done.audit.passed:
+                raise RunFailed(f"audit of run {done.run_id}: " + "; ".join(done.audit.failures))
             return 0
     except ErasureError as e:
         raise ConfigError(str(e)) from e
@@ -211,6 +217,17 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import audit, format_audit
+
+    paths = compose_paths(args.overrides)
+    report = audit(_store(paths, False), args.run, paths)
+    print("\n".join(format_audit(report)))
+    if not report.passed:
+        raise RunFailed(f"audit of run {report.run_id}: " + "; ".join(report.failures))
+    return 0
+
+
 def _need_task(args: argparse.Namespace) -> None:
     if not args.task:
         raise ConfigError("erase: --task is required (with --ids, --list and --mode buffers)")
@@ -218,7 +235,7 @@ def _need_task(args: argparse.Namespace) -> None:
 
 def _erase_ids(args: argparse.Namespace) -> dict[str, list[int]]:
     """The request's ids per task, from ``--ids`` (of ``--task``) or ``--ids-file``."""
-    from pipeline.unlearning import read_ids
+    from pipeline.ids_help import read_ids
 
     if args.ids is not None:
         try:

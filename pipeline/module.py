@@ -286,6 +286,17 @@ class ContinualModule(pl.LightningModule):
         distributed.sum_([counts])
         return int(counts[0]) / max(int(counts[1]), 1)
 
+    @torch.no_grad()
+    def sample_losses(self, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Each sample's cross-entropy and whether it is classified right (eval mode): what a
+        membership audit reads (:mod:`pipeline.membership`)."""
+        was_training = self.training
+        self.eval()
+        x, y, task = (t.to(device) for t in batch[:3])
+        logits = self.model(x, task)
+        self.train(was_training)
+        return F.cross_entropy(logits, y, reduction="none").cpu(), (logits.argmax(1) == y).cpu()
+
     def erase_samples(self, task: int, ids: Tensor) -> int:
         """Remove the stored samples ``ids`` of task ``task`` from every strategy (the right to
         erasure); how many were removed."""

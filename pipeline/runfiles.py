@@ -14,7 +14,10 @@ A task sequence's run holds::
                                   per task trained; the figure, a line per task (test split)
     retention.json                the retention ledger and cost of every task
     erasures.json                 every erasure request carried out on the run
+    audit.json                    the audit of the erasures that made the run (make audit)
     landscape/                    line and plane figures with their values (make landscape)
+    model/                        the final model as an MLflow pyfunc model, once registered
+                                  in the Model Registry (make register: pipeline.registry)
 
 A comparison's parent run holds the report (``report.md``, ``table.txt``, its figures,
 ``landscape/plane-<strategy>.png``); a sweep's parent run the study's settings, summary, trials
@@ -58,7 +61,9 @@ ALONG_TABLE = "accuracy_along.csv"  # a run's own; a comparison's is ALONG_SEQUE
 ALONG_FIGURE = "accuracy_along.png"
 LEDGER_FILE = "retention.json"
 ERASURES_FILE = "erasures.json"
+AUDIT_FILE = "audit.json"  # an erasure's audit (pipeline.audit)
 LANDSCAPE_DIR = "landscape"
+MODEL_DIR = "model"  # the pyfunc model a registered model version serves (pipeline.registry)
 # a comparison's parent run (and its report folder)
 REPORT_FILE = "report.md"
 TABLE_FILE = "table.txt"

@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import checkpoints, runfiles
+from pipeline.audit import Audit, audit, format_audit
 from pipeline.config.paths import PathsConfig
 from pipeline.config.schema import ExperimentConfig, to_dict
+from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Split
 from pipeline.erasure import ErasureError, checked_task
 from pipeline.experiment import check_machine, from_dict
@@ -107,6 +109,7 @@ class Unlearned:
     seconds: float
     original_seconds: float
     resumed: bool
+    audit: Audit | None = None
 
 
 def plan(store: Store, run_id: str, request: Request, paths: PathsConfig) -> Plan:
@@ -194,11 +197,15 @@ def _check_ids(
         )
 
 
-def unlearn(store: Store, run_id: str, request: Request, paths: PathsConfig) -> Unlearned:
+def unlearn(
+    store: Store, run_id: str, request: Request, paths: PathsConfig, audited: bool = True
+) -> Unlearned:
     """Erase ``request`` from run ``run_id`` exactly: retrain from the last checkpoint that
     never saw the samples, in a new run, then delete what still depends on them.
 
     A killed unlearning of the same request is resumed (exactly) rather than started again.
+    Unless ``audited`` is false or the run's ``audit.after_erase`` is, the new run is audited
+    (:mod:`pipeline.audit`) before the original's weights are deleted.
 
     Raises:
         ErasureError: as :func:`plan` (nothing changed).
@@ -216,7 +223,38 @@ def unlearn(store: Store, run_id: str, request: Request, paths: PathsConfig) -> 
     else:  # trained, then cut off before the original was cleared: finish that
         new_id = earlier.run_id
     seconds = time.perf_counter() - started
-    return _replace(p, Run.get(store, new_id), seconds, resumed=earlier is not None)
+    report = None
+    if (
+        audited and p.cfg.audit.after_erase
+    ):  # while the original's weights are there to be scored too
+        files = checkpoints.latest_checkpoints(p.source)
+        with scratch_dir() as tmp:
+            original = checkpoints.fetch_checkpoint(p.source, files[max(files)], tmp).module
+        report = audit(store, new_id, paths, original)
+    done = _replace(p, Run.get(store, new_id), seconds, resumed=earlier is not None)
+    done.audit = report
+    return done
+
+
+def canaries_of(store: Store, run_id: str, paths: PathsConfig) -> dict[str, list[int]]:
+    """The ids of the canaries run ``run_id`` planted (``data.canaries``), by task.
+
+    Raises:
+        ErasureError: an unknown run, one without checkpoints, one that planted none.
+    """
+    try:
+        source = Run.get(store, run_id)
+    except LookupError as e:
+        raise ErasureError(str(e)) from None
+    files = checkpoints.latest_checkpoints(source)
+    if not files:
+        raise ErasureError(f"run {source.run_id} has no checkpoints")
+    cfg, _ = _config(source, files, paths)
+    if not cfg.data.canaries:
+        raise ErasureError(f"run {source.run_id} planted no canaries (data.canaries=0)")
+    data = ContinualDataModule(cfg.data, cfg.seed, 0, cfg.scenario, paths.data_dir())
+    data.setup()
+    return data.canaries
 
 
 def _config(
@@ -333,43 +371,22 @@ def _ledger(run: Run) -> list[dict[str, Any]]:
     return list(found) if isinstance(found, list) else []
 
 
-def read_ids(text: str, task: str) -> dict[str, list[int]]:
-    """The ids of an ``IDS_FILE``: one sample per line, ``<id>`` (of ``task``) or
-    ``<task>,<id>``; blank lines and ``#`` comments are skipped.
-
-    Raises:
-        ErasureError: a line that is neither, or a bare id with no ``task``.
-    """
-    found: dict[str, list[int]] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, _, value = line.rpartition(",")
-        name = name.strip() or task
-        if not name:
-            raise ErasureError(
-                f"ids file line {n}: '{line}' names no task (give --task or 'task,id')"
-            )
-        try:
-            found.setdefault(name, []).append(int(value))
-        except ValueError:
-            raise ErasureError(
-                f"ids file line {n}: '{line}' is not '<id>' or '<task>,<id>'"
-            ) from None
-    return found
-
-
 def summary(done: Unlearned) -> list[str]:
     """What ``make erase`` prints."""
     ratio = done.seconds / done.original_seconds if done.original_seconds else float("nan")
     again = "resumed and finished" if done.resumed else "trained"
+    names = ", ".join(Path(d).name for d in done.deleted[:4])
+    audited = (
+        format_audit(done.audit)
+        if done.audit
+        else ["not audited (--no-audit or audit.after_erase=false)"]
+    )
     return [
         f"unlearned: run {done.run_id} {again} from task {done.tasks[done.rewind]} "
         f"({done.rewind} of {len(done.tasks)} task(s) carried over), in {done.seconds:.1f} s "
         f"= {ratio:.0%} of the original run's {done.original_seconds:.1f} s",
         f"deleted from run {done.source}: {len(done.deleted)} file(s) that depended on the "
-        "samples"
-        + (f" ({', '.join(Path(d).name for d in done.deleted[:4])}...)" if done.deleted else ""),
+        f"samples ({names}{'...' if len(done.deleted) > 4 else ''})",
         f"recorded in both runs: erasures.json; run {done.source[:8]} is tagged {TO_TAG}",
+        *audited,
     ]

@@ -106,6 +106,7 @@ TARGETS = {
     "sweep": [],
     "best": ["STUDY=s"],
     "erase": ["RUN=abcdefgh", "TASK=mnist", "IDS=1"],
+    "audit": ["RUN=abcdefgh"],
     "shards": ["EXP=split_cifar10", "TASK=cifar10_01", "OUT=/s"],
     "dashboard": [],
     "ui": [],

@@ -15,15 +15,33 @@ from helpers.runs import TINY, run, small_synthetic
 from helpers.stores import client
 
 from pipeline import checkpoints, runfiles
+from pipeline.audit import Audit, Scores, verdict
 from pipeline.cli import main
 from pipeline.config.paths import PathsConfig
+from pipeline.ids_help import read_ids
 from pipeline.results import SequenceResult
 from pipeline.store import Store
 from pipeline.tracking import Run, scratch_dir
-from pipeline.unlearning import FROM_TAG, TO_TAG, Request, read_ids, unlearn
+from pipeline.unlearning import FROM_TAG, TO_TAG, Request, unlearn
 
 TASKS = "data.tasks=[" + ",".join(f"{{dataset: synthetic, seed: {i}}}" for i in range(3)) + "]"
-SETTING = (TASKS, "strategy=[replay]", "strategies.replay.size=40", *TINY)
+SETTING = (
+    TASKS,
+    "strategy=[replay]",
+    "strategies.replay.size=40",
+    *TINY,
+    "audit.after_erase=false",
+)
+#: Two tasks trained long enough to fit 30 canaries planted in the second (the last trained,
+#: so the final model still remembers them).
+CANARIES = (
+    "data.synthetic.n_train=300",
+    "trainer.epochs=8",
+    "data.batch_size=32",
+    "data.canaries=30",
+    "data.canary_task=synthetic1",
+    "audit.references=2",
+)
 
 
 def weights(store: Path, run_id: str) -> list[dict[str, torch.Tensor]]:
@@ -220,3 +238,45 @@ def test_an_ids_file_names_tasks_or_takes_the_given_one() -> None:
         read_ids("3\n", "")
     with pytest.raises(Exception, match="line 2"):
         read_ids("1\nx,y\n", "t")
+
+
+def test_the_audit_catches_canaries_the_original_remembers_and_passes_the_unlearned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "mlruns"
+    run_id = run(small_synthetic(store, *CANARIES)).run_id
+    assert main(["erase", run_id, "--canaries", f"paths.store={store}"]) == 0
+    out = capsys.readouterr().out
+    assert "passed: the unlearned model is within the retrained references' spread" in out
+    new = Run.get(Store.at(store), Run.get(Store.at(store), run_id).tags[TO_TAG])
+    found = new.read_json(runfiles.AUDIT_FILE)
+    assert found["members"] == 30 and found["canaries"] == 30 and found["held_out"] == 30
+    refs = [r["auc"] for r in found["references"]]
+    assert len(refs) == 2
+    assert found["original"]["auc"] > max(refs) + 0.2  # the test has power
+    assert found["original"]["erased_loss"] < found["unlearned"]["erased_loss"] / 2
+    # run again, it reuses the references and keeps the original's scores
+    assert main(["audit", new.run_id, f"paths.store={store}"]) == 0
+    again = new.read_json(runfiles.AUDIT_FILE)
+    assert again["original"] == found["original"] and again["references"] == found["references"]
+    c = client(store)
+    every = c.search_runs([c.get_run(run_id).info.experiment_id])
+    assert len(every) == 4  # original, unlearned, two references
+
+
+def test_the_verdict_fails_a_model_outside_the_references_spread() -> None:
+    refs = [Scores(f"r{i}", 0.1, 2.0, 0.1, 2.0, auc) for i, auc in enumerate((0.45, 0.52))]
+    remembers = Scores("unlearned", 0.9, 0.2, 0.1, 2.0, 0.97)
+    failed = verdict(Audit("r", 200, 200, 200, remembers, refs))
+    assert not failed.passed and len(failed.failures) == 2
+    forgot = Scores("unlearned", 0.12, 2.0, 0.1, 2.0, 0.5)
+    assert verdict(Audit("r", 200, 200, 200, forgot, refs)).passed
+
+
+def test_an_audit_of_a_run_that_erased_nothing_is_one_line(
+    original: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, run_id = original
+    assert main(["audit", run_id, f"paths.store={store}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "erased no sample" in err

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
 from omegaconf import MISSING, OmegaConf
 
 from pipeline.catalogue import datasets
@@ -188,6 +187,11 @@ class DataConfig:
             erasure: ``make erase`` sets it on the run that unlearns them; a run from scratch
             with the same ids is what that run equals). Ids as ``Batch.id``: indices in the
             dataset's training file.
+        canaries: training samples of ``canary_task`` planted with a wrong label (a membership
+            audit's canaries: a model that still fits them remembers them; ``make audit``).
+            Which samples and labels is fixed by ``canary_seed``, whatever the run's seed.
+        canary_task: the task they are planted in (empty: the first).
+        canary_seed: chooses the canaries and their labels.
     """
 
     tasks: list[TaskConfig] = field(default_factory=list)
@@ -210,44 +214,10 @@ class DataConfig:
     storage: Storage = Storage.auto
     memory_limit_gb: float = 2.0
     erased: dict[str, list[int]] = field(default_factory=dict)
+    canaries: int = 0
+    canary_task: str = ""
+    canary_seed: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-
-def benchmark_tasks(data: DataConfig) -> list[TaskConfig]:
-    """The task list of a standard benchmark (see :class:`DataConfig`)."""
-    benchmark, n_tasks, seed = data.benchmark, data.n_tasks, data.benchmark_seed
-    if benchmark in ("split", "split_mnist"):
-        return split_tasks(
-            data.dataset or "mnist", n_tasks, data.classes_per_task, data.class_order_seed
-        )
-    if benchmark == "permuted_mnist":
-        return [TaskConfig(dataset="mnist", permutation=seed + i) for i in range(n_tasks)]
-    return [TaskConfig(dataset="mnist", rotation=i * 180.0 / n_tasks) for i in range(n_tasks)]
-
-
-def split_tasks(dataset: str, n_tasks: int, per_task: int, order_seed: int) -> list[TaskConfig]:
-    """Class-incremental splits of a dataset: ``n_tasks`` tasks of ``per_task`` classes each
-    (0: the classes spread evenly over the tasks), in the labels' order or, with
-    ``order_seed >= 0``, in an order shuffled by it (numpy's ``RandomState``, as the field's
-    code fixes its class orders). Tasks are named by their classes (``mnist_01``) where every
-    class is one digit, else by their position (``cifar100_t0``)."""
-    total = dataset_classes(dataset)
-    order = np.arange(total)
-    if order_seed >= 0:
-        order = np.random.RandomState(order_seed).permutation(total)
-    if per_task:
-        chunks = [order[i * per_task : (i + 1) * per_task] for i in range(n_tasks)]
-    else:
-        chunks = np.array_split(order, n_tasks)
-    named = total <= 10
-    return [
-        TaskConfig(
-            dataset=dataset,
-            name="" if named else f"{dataset}_t{i}",
-            classes=[int(c) for c in chunk],
-        )
-        for i, chunk in enumerate(chunks)
-    ]
 
 
 @dataclass
@@ -347,6 +317,20 @@ class TrackingConfig:
 
 
 @dataclass
+class AuditConfig:
+    """The audit of an erasure (``make audit``; run after every exact unlearning).
+
+    Attributes:
+        references: runs retrained from scratch without the erased samples, with seeds
+            ``seed + 1 ...``: the spread the unlearned model must fall in.
+        after_erase: audit every unlearning before the original's weights are deleted.
+    """
+
+    references: int = 3
+    after_erase: bool = True
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: the task sequence, the model, the strategies and how to train.
 
@@ -363,6 +347,7 @@ class ExperimentConfig:
         strategies: hyperparameters per strategy: as composed, the values the experiment and
             the overrides set; once resolved (:func:`pipeline.experiment.compose`), each
             strategy's ``Params`` with its defaults filled in.
+        audit: how an erasure is audited.
         paths: where the data, the stores and the reports are.
     """
 
@@ -378,6 +363,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

@@ -11,10 +11,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.benchmarks import benchmark_tasks
 from pipeline.config.paths import PathsConfig
 from pipeline.config.schema import (
     BENCHMARKS,
     PRECISIONS,
+    AuditConfig,
     DataConfig,
     ExperimentConfig,
     ModelConfig,
@@ -23,7 +25,6 @@ from pipeline.config.schema import (
     TaskConfig,
     TrackingConfig,
     TrainerConfig,
-    benchmark_tasks,
     dataset_classes,
     dataset_kinds,
 )
@@ -136,17 +137,7 @@ def check_data(data: DataConfig) -> None:
         "data.tasks",
         f"task names must be unique, got {names} (set `name:` on repeated datasets)",
     )
-    unknown = sorted(set(data.erased) - set(names))
-    require(
-        not unknown,
-        "data.erased",
-        f"no task named {', '.join(unknown)} (tasks: {', '.join(names)})",
-    )
-    require(
-        all(i >= 0 for ids in data.erased.values() for i in ids),
-        "data.erased",
-        "sample ids are indices >= 0 in the dataset's training file",
-    )
+    check_erasure(data, names)
     require(0.0 < data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)")
     require(0.0 < data.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
     require(
@@ -166,6 +157,27 @@ def check_data(data: DataConfig) -> None:
         )
     require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
     require(data.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+
+
+def check_erasure(data: DataConfig, names: list[str]) -> None:
+    """The erased samples and the canaries name tasks of the sequence."""
+    unknown = sorted(set(data.erased) - set(names))
+    require(
+        not unknown,
+        "data.erased",
+        f"no task named {', '.join(unknown)} (tasks: {', '.join(names)})",
+    )
+    require(
+        all(i >= 0 for ids in data.erased.values() for i in ids),
+        "data.erased",
+        "sample ids are indices >= 0 in the dataset's training file",
+    )
+    require(data.canaries >= 0, "data.canaries", "must be >= 0")
+    require(
+        not data.canary_task or data.canary_task in names,
+        "data.canary_task",
+        f"no task named {data.canary_task} (tasks: {', '.join(names)})",
+    )
 
 
 def check_split(data: DataConfig) -> None:
@@ -243,6 +255,10 @@ def check_tracking(tracking: TrackingConfig) -> None:
     require_length(tracking.run_name, "tracking.run_name", "run_name")
 
 
+def check_audit(audit: AuditConfig) -> None:
+    require(1 <= audit.references <= 20, "audit.references", "must be in 1..20")
+
+
 def check_experiment(cfg: ExperimentConfig) -> None:
     require(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}, got {cfg.seed}")
     require_length(cfg.description, "description", "description")  # the experiment's
@@ -312,6 +328,7 @@ RULES: dict[type, Callable[[Any], None]] = {
     OptimConfig: check_optim,
     TrainerConfig: check_trainer,
     TrackingConfig: check_tracking,
+    AuditConfig: check_audit,
     ExperimentConfig: check_experiment,
     PathsConfig: PathsConfig.check,
 }

@@ -21,7 +21,9 @@ from pipeline.data.tasks import (
     Split,
     Task,
     TaskDataset,
+    canary_rows,
     normalise,
+    plant_canaries,
     without_samples,
 )
 
@@ -110,6 +112,8 @@ class ContinualDataModule(pl.LightningDataModule):
         self.train_tasks: list[int] = [0]
         self._samplers: dict[tuple[int, ...], BatchIndices] = {}
         self._streams: dict[tuple[str, int], StreamedBatches] = {}
+        #: the ids of the canaries planted (``data.canaries``), by task name
+        self.canaries: dict[str, list[int]] = {}
 
     @override
     def setup(self, stage: str | None = None) -> None:
@@ -122,9 +126,18 @@ class ContinualDataModule(pl.LightningDataModule):
                 i, task_cfg, self.cfg, self.scenario, offset, self.root, self.test_only
             )
             offset += task.num_classes
-            erased = [] if self.test_only else self.cfg.erased.get(task.name, [])
-            self.tasks.append(without_samples(task, erased))
+            self.tasks.append(task if self.test_only else self._as_trained(task))
         release_raw_datasets()  # the tasks hold what they use; the files' copies can go
+
+    def _as_trained(self, task: Task) -> Task:
+        """The task with its canaries planted (``data.canaries``), then less its erased
+        samples (``data.erased``): the canaries are the same samples whatever is erased."""
+        cfg = self.cfg
+        if cfg.canaries and task.name == (cfg.canary_task or cfg.tasks[0].name):
+            task = plant_canaries(task, cfg.canaries, cfg.canary_seed)
+            rows = canary_rows(task.train, cfg.canaries, cfg.canary_seed)[0]  # type: ignore[arg-type]
+            self.canaries = {task.name: sorted(task.train.ids[rows].tolist())}
+        return without_samples(task, cfg.erased.get(task.name, []))
 
     def move_to(self, device: torch.device) -> None:
         """Hold every task on ``device``. On a GPU the batches are then sliced and normalised

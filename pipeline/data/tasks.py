@@ -128,6 +128,41 @@ def without_samples(task: Task, ids: Sequence[int]) -> Task:
     return replace(task, train=train.subset(torch.nonzero(~drop).squeeze(1)))
 
 
+def canary_rows(split: Split, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Rows of ``n`` samples of ``split`` chosen by ``seed``, in ascending order, and a wrong
+    target for each (another class of the same task, chosen by ``seed`` too): a membership
+    audit's canaries (``data.canaries``), fixed whatever the run's seed.
+
+    Raises:
+        DataError: ``n`` is not below the split's size, or the task has one class.
+    """
+    classes = torch.unique(split.labels)
+    if n >= len(split) or len(classes) < 2:
+        raise DataError(
+            f"data.canaries={n}: a task of {len(split)} samples and {len(classes)} class(es) "
+            "takes fewer canaries than samples, and needs two classes to flip a label"
+        )
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(split), generator=g)[:n].sort().values
+    low, count = int(classes.min()), int(classes.max()) + 1 - int(classes.min())
+    shift = 1 + torch.randint(0, count - 1, (n,), generator=g)  # never 0: always another label
+    labels = low + (split.labels[rows].cpu() - low + shift) % count
+    return rows, labels
+
+
+def plant_canaries(task: Task, n: int, seed: int) -> Task:
+    """The task with ``n`` canaries among its training samples (:func:`canary_rows`)."""
+    train = task.train
+    if not n:
+        return task
+    if not isinstance(train, Split):
+        raise DataError(f"data.canaries: task '{task.name}' is streamed; plant them in memory")
+    rows, labels = canary_rows(train, n, seed)
+    targets = train.labels.clone()
+    targets[rows.to(targets.device)] = labels.to(targets.device)
+    return replace(task, train=Split(train.images, targets, train.ids))
+
+
 def normalise(images: Tensor, task: Tensor, means: Tensor, stds: Tensor) -> Tensor:
     """uint8 images -> floats normalised with each sample's task statistics.
 

@@ -51,7 +51,7 @@ q = '$(subst ','\'',$(1))'
 # reach it as MLFLOW_TRACKING_URI and OPTUNA_STORAGE (exported above).
 pipeline = $(PY) -m pipeline $(1) $(call q,paths.data=$(DATA)) $(ARGS)
 
-.PHONY: help install data forget run runs compare shards erase audit landscape sweep best dashboard test test-slow lint format bench ui clean
+.PHONY: help install data forget run runs compare shards erase audit register landscape sweep best dashboard test test-slow lint format bench ui clean
 .PHONY: server server-stop test-ui docs docs-serve
 
 help: ## list the targets
@@ -111,8 +111,14 @@ dashboard: install ## optuna-dashboard over the study storage (STORAGE=) [PORT=8
 shards: install ## write a task as litdata shards, to stream it: make shards EXP=<name> TASK=<task> OUT=<folder or s3://bucket/prefix>
 	$(call pipeline,shards $(call q,$(EXP)) --task $(call q,$(TASK)) --out $(call q,$(OUT)))
 
-erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,...> (or IDS_FILE=<file>, CANARIES=1): retrains without them in a new run, then audits it (AUDIT=0: not; UNLEARN=buffers: stored samples only; LIST=1: the ids each checkpoint holds)
-	$(call pipeline,erase $(call q,$(RUN)) $(if $(TASK),--task $(call q,$(TASK))) $(if $(LIST),--list,$(if $(CANARIES),--canaries,$(if $(IDS_FILE),--ids-file $(call q,$(IDS_FILE)),--ids $(call q,$(IDS))))) --mode $(call q,$(UNLEARN)) $(if $(filter 0,$(AUDIT)),--no-audit))
+erase: install ## right to erasure: make erase RUN=<run id> TASK=<task> IDS=<id,...> (or IDS_FILE=<file>, CANARIES=1): retrains without them in a new run, then audits it (AUDIT=0: not; UNLEARN=approx [BUDGET=0.2] [FALLBACK=0]: NegGrad+, audited; UNLEARN=buffers: stored samples only; LIST=1: the ids each checkpoint holds)
+	$(call pipeline,erase $(call q,$(RUN)) $(if $(TASK),--task $(call q,$(TASK))) $(if $(LIST),--list,$(if $(CANARIES),--canaries,$(if $(IDS_FILE),--ids-file $(call q,$(IDS_FILE)),--ids $(call q,$(IDS))))) --mode $(call q,$(UNLEARN)) $(if $(filter 0,$(AUDIT)),--no-audit) $(if $(BUDGET),--budget $(call q,$(BUDGET))) $(if $(filter 0,$(FALLBACK)),--no-fallback))
+
+unlearn-tune: install ## Optuna study of UNLEARN=approx's settings against exact unlearning: make unlearn-tune RUN=<run id> TASK=<task> [SIZE=100] [TRIALS=20]
+	$(call pipeline,unlearn-tune $(call q,$(RUN)) --task $(call q,$(TASK)) --size $(call q,$(or $(SIZE),100)) --trials $(call q,$(or $(TRIALS),20)))
+
+register: install ## the MLflow Model Registry: make register RUN=<run id> [NAME=<model name>]: the run's final model as a new version of NAME (default: its experiment) with alias champion and its lineage tags
+	$(call pipeline,register $(call q,$(RUN)) $(if $(filter command line,$(origin NAME)),--name $(call q,$(NAME))))
 
 audit: install ## membership audit of an unlearned run against runs retrained without the samples: make audit RUN=<run id>
 	$(call pipeline,audit $(call q,$(RUN)))

@@ -7,7 +7,8 @@ validation splits, never trained on): accuracy, mean loss and the AUC of the los
 membership attack (:mod:`pipeline.membership`). It does so for the original model (while its
 weights exist), for the unlearned one and for ``audit.references`` models retrained from
 scratch without the samples, seeds ``seed + 1 ...`` (runs of the same experiment, tagged
-``pipeline.audit_reference_for``; an audit run again reuses them). The unlearned model passes
+``pipeline.audit_reference`` with the config they train: every audit of the same erasure reuses
+them). The unlearned model passes
 when its AUC and its accuracy on the erased samples lie within the references' spread
 (:func:`pipeline.membership.within_spread`); else the command exits 1.
 
@@ -22,6 +23,8 @@ erases them. The result goes to the run: ``audit.json`` and ``audit/*`` metrics.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,7 +32,7 @@ import torch
 
 from pipeline import checkpoints, membership, runfiles
 from pipeline.config.paths import PathsConfig
-from pipeline.config.schema import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig, to_dict
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Batch, Split, canary_rows
 from pipeline.errors import ConfigError
@@ -38,7 +41,9 @@ from pipeline.runner import run_sequence
 from pipeline.store import Store
 from pipeline.tracking import Run, scratch_dir
 
-REFERENCE_TAG = "pipeline.audit_reference_for"  # on a reference: the audited run
+#: on a reference: what it was trained as (:func:`reference_key`), shared by every audit of the
+#: same erasure (the exact and the approximate unlearning of one request)
+REFERENCE_TAG = "pipeline.audit_reference"
 SEED_TAG = "pipeline.audit_seed"
 
 
@@ -210,6 +215,24 @@ def audit(
     return result
 
 
+def canaries_of(store: Store, run_id: str, paths: PathsConfig) -> dict[str, list[int]]:
+    """The ids of the canaries run ``run_id`` planted (``data.canaries``), by task: what
+    ``make erase CANARIES=1`` erases.
+
+    Raises:
+        ConfigError: an unknown run, one without checkpoints, one that planted none.
+    """
+    try:
+        _, cfg = _last_model(Run.get(store, run_id))
+    except LookupError as e:
+        raise ConfigError(f"erase: {e}") from None
+    if not cfg.data.canaries:
+        raise ConfigError(f"erase: run {run_id} planted no canaries (data.canaries=0)")
+    data = ContinualDataModule(cfg.data, cfg.seed, 0, cfg.scenario, paths.data_dir())
+    data.setup()
+    return data.canaries
+
+
 def _last_model(run: Run) -> tuple[ContinualModule, ExperimentConfig]:
     files = checkpoints.latest_checkpoints(run)
     if not files:
@@ -225,14 +248,14 @@ def _last_model(run: Run) -> tuple[ContinualModule, ExperimentConfig]:
 def _references(run: Run, cfg: ExperimentConfig) -> list[tuple[int, ContinualModule]]:
     """The models retrained from scratch without the samples, one per seed: reused when an
     earlier audit of the run trained them, else trained now (runs of the same experiment)."""
-    client = run.client
+    client, key = run.client, reference_key(cfg)
     experiment = client.get_experiment(run.experiment_id).name
     name = client.get_run(run.run_id).info.run_name or run.run_id[:8]
     found = {
         r.data.tags.get(SEED_TAG): r.info.run_id
         for r in client.search_runs(
             [run.experiment_id],
-            filter_string=f"tags.`{REFERENCE_TAG}` = '{run.run_id}' and status = 'FINISHED'",
+            filter_string=f"tags.`{REFERENCE_TAG}` = '{key}' and status = 'FINISHED'",
         )
     }
     out = []
@@ -241,11 +264,23 @@ def _references(run: Run, cfg: ExperimentConfig) -> list[tuple[int, ContinualMod
         if ref_id is None:
             ref = copy.deepcopy(cfg)
             ref.seed, ref.tracking.log_checkpoints = seed, True
-            tags = {REFERENCE_TAG: run.run_id, SEED_TAG: str(seed)}
+            tags = {REFERENCE_TAG: key, SEED_TAG: str(seed)}
             opened = Run.factory(run.store, experiment, f"{name}-reference-s{seed}", None, tags)
             ref_id = run_sequence(ref, opened, splits=("val",)).run_id
         out.append((seed, _last_model(Run.get(run.store, ref_id))[0]))
     return out
+
+
+def reference_key(cfg: ExperimentConfig) -> str:
+    """What names a reference: the config it trains (erased samples included), less what
+    does not change what it learns (the seed, which each reference sets, the paths, the
+    tracking, the audit)."""
+    tree = to_dict(cfg)
+    for key in ("seed", "paths", "tracking", "audit", "name", "description"):
+        tree.pop(key, None)
+    for key in ("threads", "progress_bar"):  # where it runs, as a resume may change
+        tree["trainer"].pop(key, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _earlier(run: Run) -> dict[str, Any]:

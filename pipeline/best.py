@@ -17,7 +17,9 @@ The choice reads only what the trials recorded: validation scores. Rules:
 overrides and the chosen hyperparameters, on the whole sequence for the prefix protocol), runs it
 once with the test split evaluated, and runs the strategy's defaults the same way beside it.
 That folder is git-ignored: a generated file is never a tracked one (a tracked file rewritten by
-a command would tag every later run with a ``-dirty`` commit).
+a command would tag every later run with a ``-dirty`` commit). The chosen run's model is then
+registered in the MLflow Model Registry under the study's name, alias ``champion``
+(:mod:`pipeline.registry`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from pipeline.config.schema import ExperimentConfig
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.metrics import percent
+from pipeline.registry import check_name, default_name, register
+from pipeline.store import Store
 from pipeline.sweep.config import Settings
 from pipeline.sweep.report import default_trial, front
 from pipeline.sweep.space import lookup, override_value, trial_config
@@ -227,8 +231,11 @@ def best(
 
     Returns:
         ``trial``, ``config`` (path), ``params``, ``defaults``, ``val`` (chosen and default
-        validation scores), ``test`` (chosen and default test summaries, when evaluated).
+        validation scores), ``test`` (chosen and default test summaries, when evaluated),
+        ``registered`` (the chosen test run's model in the Model Registry, under the study's
+        name: ``name``, ``version``, ``uri``; empty when not evaluated).
     """
+    model = check_name(default_name(name))  # before any training: a name the registry takes
     study = load_study(name, paths.studies_uri())
     settings = load_settings(study)
     rule = parse_rule(rule_text)
@@ -248,12 +255,14 @@ def best(
         "defaults": dict(settings.defaults),
         "val": {"chosen": _val_metrics(trial), "default": _val_metrics(default) if default else {}},
         "test": {},
+        "registered": {},
     }
     if evaluate:
         runs = [("chosen", cfg)]
         if with_default:
             runs.append(("default", trial_config(settings, settings.defaults, paths, prefix=False)))
         out["test"] = evaluate_on_test(study, runs, log)
+        out["registered"] = register_chosen(model, cfg, out["test"]["chosen"], log)
     study.set_user_attr("pipeline.best", out)
     return out
 
@@ -285,6 +294,20 @@ def evaluate_on_test(
     return out
 
 
+def register_chosen(
+    model: str, cfg: ExperimentConfig, chosen: dict[str, Any], log: Callable[[str], None]
+) -> dict[str, str]:
+    """Register the chosen test run's model as a new version of ``model`` (alias
+    ``champion``: :func:`pipeline.registry.register`); what was registered (empty when the
+    run logged no checkpoint)."""
+    if not cfg.tracking.log_checkpoints:
+        log("not registered: the chosen run logged no checkpoint (tracking.log_checkpoints)")
+        return {}
+    done = register(Store.of(cfg.paths), chosen["mlflow_run_id"], model)
+    log(f"registered the chosen model as version {done.version} of '{done.name}' (champion)")
+    return {"name": done.name, "version": done.version, "uri": done.uri}
+
+
 def format_best(out: dict[str, Any]) -> str:
     """The chosen trial beside the strategy's defaults: hyperparameters, validation scores
     (from the study) and test scores (from the one evaluation)."""
@@ -304,6 +327,8 @@ def format_best(out: dict[str, Any]) -> str:
             )
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{a:<{width[0]}}  {b:>{width[1]}}  {c:>{width[2]}}" for a, b, c in rows]
+    registered = out.get("registered") or {}
+    model = [f"model: {registered['uri']} (version {registered['version']})"] if registered else []
     return "\n".join(
-        [f"rule {out['rule']}: trial {out['trial']}", *lines, f"config: {out['config']}"]
+        [f"rule {out['rule']}: trial {out['trial']}", *lines, f"config: {out['config']}", *model]
     )

@@ -132,8 +132,14 @@ def copy_checkpoint(source: Run, file: CheckpointFile, target: Run, config: dict
     _upload(target, payload, CheckpointFile(file.index, file.task))
 
 
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+def load_checkpoint(path: str | Path, *, strategies: bool = True) -> LoadedCheckpoint:
     """Rebuild the module (network and strategy state) from a checkpoint file.
+
+    Args:
+        path: the checkpoint file.
+        strategies: rebuild the strategies and their state too; ``False``: the network alone
+            (a module without strategies, as the Model Registry serves it, from a checkpoint
+            that may hold no strategy state: :mod:`pipeline.registry`).
 
     Raises:
         ValueError: the file is not a checkpoint written by the pipeline (or is truncated).
@@ -145,7 +151,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     model = build_model(
         cfg.model, (shape[0], shape[1], shape[2]), meta["classes_per_task"], cfg.scenario
     )
-    module = ContinualModule(model, build_strategies(cfg), cfg.optim)
+    module = ContinualModule(model, build_strategies(cfg) if strategies else [], cfg.optim)
     module.load_state_dict(ckpt["state_dict"])
     module.load_strategy_states(ckpt.get("strategies", {}))
     return LoadedCheckpoint(module.eval(), cfg, {k: v for k, v in meta.items() if k != "config"})

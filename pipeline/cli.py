@@ -1,8 +1,8 @@
 """Command line: ``python -m pipeline <command>`` (the make targets call these).
 
-Commands: run (or resume), runs, config, compare, landscape, erase, sweep, best, dashboard, ui,
-data, server (the same as ``python -m pipeline.server``). sweep-worker is internal: sweep starts
-one per worker.
+Commands: run (or resume), runs, config, compare, landscape, erase, register, sweep, best,
+dashboard, ui, data, server (the same as ``python -m pipeline.server``). sweep-worker is internal:
+sweep starts one per worker.
 
 Where things live is the config's ``paths`` section: every command takes ``paths.<key>=<value>``
 overrides (``paths.store``, ``paths.studies``, ``paths.data``, ``paths.reports``), and reads
@@ -38,12 +38,14 @@ from pipeline.commands import (
     cmd_dashboard,
     cmd_erase,
     cmd_landscape,
+    cmd_register,
     cmd_run,
     cmd_runs,
     cmd_shards,
     cmd_sweep,
     cmd_sweep_worker,
     cmd_ui,
+    cmd_unlearn_tune,
 )
 
 
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _experiment_commands(sub)
     _run_commands(sub)
+    _erasure_commands(sub)
     _study_commands(sub)
     p = sub.add_parser("runs", help="the newest runs, what became of them, which can resume")
     p.add_argument("experiment", nargs="?", default="", help="MLflow experiment (default: all)")
@@ -150,7 +153,7 @@ def _experiment_commands(sub: Any) -> None:
 
 
 def _run_commands(sub: Any) -> None:
-    """The commands that take a finished run: landscape, erase."""
+    """The commands that take a finished run: landscape, register."""
     run_help = f"{RUN_ID}: theta_A, theta_B = its checkpoints after tasks 0, 1"
     p = _paths_command(
         sub, "landscape", cmd_landscape, "loss along a line / over a plane", [("run", run_help)]
@@ -160,6 +163,18 @@ def _run_commands(sub: Any) -> None:
     p.add_argument("--grid", type=int, default=21, help="plane grid per axis (default 21)")
     p.add_argument("--samples", type=int, default=2000, help="test samples per task (2000)")
     p.add_argument("--out", default="", help="folder (default <reports>/landscape-<run[:8]>)")
+    p = _paths_command(
+        sub,
+        "register",
+        cmd_register,
+        "register a run's final model in the MLflow Model Registry (alias champion)",
+        [("run", RUN_ID)],
+    )
+    p.add_argument("--name", default=None, help="registered model (default: the run's experiment)")
+
+
+def _erasure_commands(sub: Any) -> None:
+    """The commands of the right to erasure: erase, unlearn-tune, audit."""
     p = _paths_command(
         sub,
         "erase",
@@ -176,13 +191,26 @@ def _run_commands(sub: Any) -> None:
     p.add_argument("--no-audit", action="store_true", help="skip the audit after unlearning")
     p.add_argument(
         "--mode",
-        choices=("exact", "buffers"),
+        choices=("exact", "approx", "buffers"),
         default="exact",
         help="exact (default): a new run retrained from the last checkpoint before the "
-        "samples, the original's later checkpoints deleted; buffers: remove them from the "
+        "samples, the original's later checkpoints deleted; approx: NegGrad+ fine-tuning, "
+        "accepted if it passes the audit (else exact); buffers: remove them from the "
         "checkpoints' stored samples only (the weights still depend on them)",
     )
+    p.add_argument("--budget", type=float, default=0.2, help="approx: share of the retraining")
+    p.add_argument("--no-fallback", action="store_true", help="approx: no exact if it fails")
     p.epilog = ERASE_IDS
+    p = _paths_command(
+        sub,
+        "unlearn-tune",
+        cmd_unlearn_tune,
+        "Optuna study of the approximate unlearning's settings, against exact unlearning",
+        [("run", RUN_ID)],
+    )
+    p.add_argument("--task", required=True, help="the task of the validation request")
+    p.add_argument("--size", type=int, default=100, help="samples of the validation request")
+    p.add_argument("--trials", type=int, default=20, help="trials to finish (default 20)")
     _paths_command(
         sub,
         "audit",

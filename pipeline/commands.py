@@ -175,8 +175,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
+    from pipeline.approximate import unlearn_approx
+    from pipeline.audit import canaries_of
     from pipeline.erasure import ErasureError, erase, stored
-    from pipeline.unlearning import Request, canaries_of, summary, unlearn
+    from pipeline.unlearning import Request, summary, unlearn
 
     try:
         paths = compose_paths(args.overrides)
@@ -195,6 +197,17 @@ def cmd_erase(args: argparse.Namespace) -> int:
             if more:
                 raise ConfigError("--mode buffers: one task at a time (--task)")
             record = erase(_store(paths, False), args.run, task, wanted, paths.data_dir())
+        elif args.mode == "approx":
+            done = unlearn_approx(
+                _store(paths, False),
+                args.run,
+                Request(ids),
+                paths,
+                args.budget,
+                not args.no_fallback,
+            )
+            print("\n".join(summary(done)))
+            return 0
         else:
             done = unlearn(_store(paths, False), args.run, Request(ids), paths, not args.no_audit)
             print("\n".join(summary(done)))
@@ -213,6 +226,25 @@ def cmd_erase(args: argparse.Namespace) -> int:
         "the weights were still trained on these samples: --mode exact (the default) retrains "
         "without them",
         file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_unlearn_tune(args: argparse.Namespace) -> int:
+    from pipeline.approximate import study_name, tune
+    from pipeline.erasure import ErasureError
+
+    _count(args.trials, "--trials", "make unlearn-tune TRIALS=<n>")
+    paths = compose_paths(args.overrides)
+    try:
+        study = tune(_store(paths, False), args.run, paths, args.task, args.size, args.trials)
+    except ErasureError as e:
+        raise ConfigError(str(e)) from e
+    best = study.best_trial
+    print(
+        f"study {study_name(args.run)}: {len(study.trials)} trial(s); best distance to exact "
+        f"unlearning {best.value:.4f} at lr={best.params['lr']:.2e}, "
+        f"alpha={best.params['alpha']:.3f} (make erase UNLEARN=approx uses them for this run)"
     )
     return 0
 
@@ -249,6 +281,25 @@ def _erase_ids(args: argparse.Namespace) -> dict[str, list[int]]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--ids-file: cannot read {args.ids_file}: {e}") from None
     return read_ids(text, args.task)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from pipeline.config.paths import redact
+    from pipeline.registry import register
+
+    store = _store(compose_paths(args.overrides), create=False)
+    done = register(store, args.run, args.name)  # RegistryError (a ConfigError): exit 2
+    print(
+        f"run {done.run_id}: registered as version {done.version} of model '{done.name}' "
+        f"(alias {', '.join(done.aliases)}), with its lineage tags"
+    )
+    print(f'  load it:  mlflow.pyfunc.load_model("{done.uri}")')
+    venv = Path(sys.executable).parent
+    print(
+        f"  serve it: PATH={venv}:$PATH MLFLOW_TRACKING_URI={redact(store.uri)} "
+        f"mlflow models serve -m {done.uri} --env-manager local -p 5001"
+    )
+    return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

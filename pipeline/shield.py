@@ -57,13 +57,16 @@ class ShieldedClient(MlflowClient):
     """An ``MlflowClient`` whose writes run :func:`shielded`: every client of :func:`client_for`,
     so no store write (runs, sweeps, erasure) is cut in two by SIGTERM.
 
+    Its Model Registry is the store's own (:mod:`pipeline.registry`), whatever
+    ``MLFLOW_REGISTRY_URI`` says.
+
     Args:
         tracking_uri: the store.
         where: the store's place as a full disk names it (:attr:`pipeline.store.Store.where`).
     """
 
     def __init__(self, tracking_uri: str, where: str) -> None:
-        super().__init__(tracking_uri=tracking_uri)
+        super().__init__(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.where = where
 
 
@@ -93,5 +96,13 @@ for _name in (
     "log_figure",
     "log_dict",
     "delete_run",
+    "log_artifacts",
+    # the Model Registry (pipeline.registry)
+    "create_registered_model",
+    "create_model_version",
+    "update_model_version",
+    "set_model_version_tag",
+    "set_registered_model_alias",
+    "delete_registered_model_alias",
 ):
     setattr(ShieldedClient, _name, _shield(_name))

@@ -25,6 +25,7 @@ same request (tagged with its key) is resumed, exactly, from its last checkpoint
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -38,10 +39,10 @@ from pipeline import checkpoints, runfiles
 from pipeline.audit import Audit, audit, format_audit
 from pipeline.config.paths import PathsConfig
 from pipeline.config.schema import ExperimentConfig, to_dict
-from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Split
 from pipeline.erasure import ErasureError, checked_task
 from pipeline.experiment import check_machine, from_dict
+from pipeline.registry import follow_erasure
 from pipeline.resume import resume_run
 from pipeline.runner import Resume, run_sequence
 from pipeline.store import Store
@@ -50,6 +51,10 @@ from pipeline.tracking import Run, scratch_dir
 FROM_TAG = "pipeline.unlearned_from"  # on the run an unlearning trained: the original's id
 TO_TAG = "pipeline.unlearned_to"  # on the original: the run that replaced it
 REQUEST_TAG = "pipeline.erasure_request"  # on the run an unlearning trained: the request's key
+MODE_TAG = "pipeline.unlearning"  # on it too: exact or approximate
+#: on an approximate unlearning: the first task it did not carry over (a later exact erasure
+#: of its run retrains from there at the latest)
+APPROX_FROM_TAG = "pipeline.approximate_from_task"
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class Unlearned:
     seconds: float
     original_seconds: float
     resumed: bool
+    registry: list[str] = field(default_factory=list)
     audit: Audit | None = None
 
 
@@ -148,14 +154,18 @@ def plan(store: Store, run_id: str, request: Request, paths: PathsConfig) -> Pla
         raise ErasureError(str(e)) from None
     cfg, splits = _config(source, files, paths)
     names = [t.name for t in cfg.data.tasks]
+    # an approximate unlearning's ids may be asked again: exactly, this time
+    again = APPROX_FROM_TAG in tags
     for task, ids in request.tasks.items():
-        _check_ids(source, cfg, task, ids, paths)
+        _check_ids(source, cfg, task, ids, paths, again)
     if cfg.trainer.devices * cfg.trainer.num_nodes > 1:
         raise ErasureError(
             f"run {source.run_id} trained on several processes: unlearning runs in one "
             "(a distributed unlearning is not built yet)"
         )
     rewind = min(names.index(t) for t in request.tasks)
+    if APPROX_FROM_TAG in tags:  # its weights still depend on what it erased approximately
+        rewind = min(rewind, int(tags[APPROX_FROM_TAG]))
     missing = [i for i in range(rewind) if i not in files]
     if missing:
         raise ErasureError(
@@ -168,17 +178,25 @@ def plan(store: Store, run_id: str, request: Request, paths: PathsConfig) -> Pla
 
 
 def _check_ids(
-    source: Run, cfg: ExperimentConfig, task: str, ids: list[int], paths: PathsConfig
+    source: Run,
+    cfg: ExperimentConfig,
+    task: str,
+    ids: list[int],
+    paths: PathsConfig,
+    again_ok: bool = False,
 ) -> None:
-    """Refuse ids of a task the run lacks, ids erased already or not trained on, a request
-    that empties the task, a streamed task."""
+    """Refuse ids of a task the run lacks, ids erased already (unless ``again_ok``) or not
+    trained on, a request that empties the task, a streamed task."""
     names = [t.name for t in cfg.data.tasks]
     if task not in names:
         raise ErasureError(
             f"task '{task}' is not in run {source.run_id} (tasks: {', '.join(names)})"
         )
     again = sorted(set(ids) & set(cfg.data.erased.get(task, [])))
-    if again:
+    if again and again_ok:  # checked as the run was before it erased them
+        cfg = copy.deepcopy(cfg)
+        cfg.data.erased[task] = sorted(set(cfg.data.erased[task]) - set(ids))
+    elif again:
         raise ErasureError(
             f"--ids: {', '.join(map(str, again[:5]))} of task '{task}' were erased already "
             f"(run {source.run_id}'s data.erased)"
@@ -216,7 +234,7 @@ def unlearn(
     started = time.perf_counter()
     earlier = _earlier_attempt(p)
     if earlier is None:
-        new_id = _train(p)
+        new_id = retrain(p)
     elif earlier.status != "FINISHED":
         resume_run(earlier.run_id, paths)
         new_id = earlier.run_id
@@ -231,30 +249,9 @@ def unlearn(
         with scratch_dir() as tmp:
             original = checkpoints.fetch_checkpoint(p.source, files[max(files)], tmp).module
         report = audit(store, new_id, paths, original)
-    done = _replace(p, Run.get(store, new_id), seconds, resumed=earlier is not None)
+    done = replace_original(p, Run.get(store, new_id), seconds, resumed=earlier is not None)
     done.audit = report
     return done
-
-
-def canaries_of(store: Store, run_id: str, paths: PathsConfig) -> dict[str, list[int]]:
-    """The ids of the canaries run ``run_id`` planted (``data.canaries``), by task.
-
-    Raises:
-        ErasureError: an unknown run, one without checkpoints, one that planted none.
-    """
-    try:
-        source = Run.get(store, run_id)
-    except LookupError as e:
-        raise ErasureError(str(e)) from None
-    files = checkpoints.latest_checkpoints(source)
-    if not files:
-        raise ErasureError(f"run {source.run_id} has no checkpoints")
-    cfg, _ = _config(source, files, paths)
-    if not cfg.data.canaries:
-        raise ErasureError(f"run {source.run_id} planted no canaries (data.canaries=0)")
-    data = ContinualDataModule(cfg.data, cfg.seed, 0, cfg.scenario, paths.data_dir())
-    data.setup()
-    return data.canaries
 
 
 def _config(
@@ -298,18 +295,18 @@ def _earlier_attempt(p: Plan) -> Run | None:
     return run
 
 
-def _train(p: Plan) -> str:
-    """Train the tasks from ``p.rewind`` on, in a new run that first receives the checkpoints
-    before it; the new run's id."""
+def retrain(p: Plan, suffix: str = "unlearned", **tags: str) -> str:
+    """Train the tasks from ``p.rewind`` on, in a new run (named ``<original>-<suffix>``,
+    with ``tags`` too) that first receives the checkpoints before it; the new run's id."""
     source = p.source
     name = source.client.get_run(source.run_id).info.run_name or source.run_id[:8]
     experiment = source.client.get_experiment(source.experiment_id).name
-    tags = {FROM_TAG: source.run_id, REQUEST_TAG: p.request.key}
+    every = {FROM_TAG: source.run_id, REQUEST_TAG: p.request.key, MODE_TAG: "exact", **tags}
     opened: list[str] = []
 
     @contextmanager
     def open_run() -> Iterator[Run]:
-        with Run.start(source.store, experiment, f"{name}-unlearned", None, tags) as run:
+        with Run.start(source.store, experiment, f"{name}-{suffix}", None, every) as run:
             opened.append(run.run_id)
             for f in p.carried:  # what never saw the samples, now under the new config
                 checkpoints.copy_checkpoint(source, f, run, to_dict(p.cfg))
@@ -323,7 +320,9 @@ def _train(p: Plan) -> str:
     return opened[0]
 
 
-def _replace(p: Plan, new: Run, seconds: float, resumed: bool) -> Unlearned:
+def replace_original(
+    p: Plan, new: Run, seconds: float, resumed: bool, mode: str = "exact", **more: Any
+) -> Unlearned:
     """Delete what in the original depended on the samples; record the request in both runs."""
     source, deleted = p.source, []
     for index, revisions in checkpoints.checkpoint_files(source).items():
@@ -334,11 +333,14 @@ def _replace(p: Plan, new: Run, seconds: float, resumed: bool) -> Unlearned:
     for path in source.list_files(runfiles.LANDSCAPE_DIR):  # drawn from those weights
         source.delete_file(path)
         deleted.append(path)
-    original = sum(r["wall_seconds"] for r in _ledger(source))
+    try:  # the original's per-task cost (retention.json)
+        original = sum(r["wall_seconds"] for r in source.read_json(runfiles.LEDGER_FILE))
+    except (LookupError, TypeError, KeyError):
+        original = 0.0
     names = [t.name for t in p.cfg.data.tasks]
     record: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "mode": "exact",
+        "mode": mode,
         "request": p.request.key,
         "ids": p.request.tasks,
         "unlearned_from": source.run_id,
@@ -347,10 +349,17 @@ def _replace(p: Plan, new: Run, seconds: float, resumed: bool) -> Unlearned:
         "deleted": deleted,
         "seconds": round(seconds, 3),
         "original_seconds": round(original, 3),
+        **more,
     }
+    _record(new, record)  # first: the registry's lineage of the new run names the request
+    # its registered versions: withdrawn, their files deleted, the new run's model in their place
+    registry = follow_erasure(source.store, source.run_id, new.run_id, p.request.key)
+    if runfiles.MODEL_DIR in source.list_files():  # a model/ no registered version names
+        source.delete_file(runfiles.MODEL_DIR)
+        deleted.append(runfiles.MODEL_DIR)
+    record["registry"] = registry
     for run in (new, source):
-        history = [*runfiles.read_erasures(run), record]
-        runfiles.write_erasures(run, history)
+        _record(run, record)
     erased = sum(len(v) for v in p.cfg.data.erased.values())
     new.log_metrics({"retention/erased_samples": erased}, step=len(p.cfg.data.erased))
     new.set_tags(
@@ -358,17 +367,18 @@ def _replace(p: Plan, new: Run, seconds: float, resumed: bool) -> Unlearned:
     )
     source.set_tags({TO_TAG: new.run_id})
     return Unlearned(
-        new.run_id, source.run_id, p.rewind, names, deleted, seconds, original, resumed
+        new.run_id, source.run_id, p.rewind, names, deleted, seconds, original, resumed, registry
     )
 
 
-def _ledger(run: Run) -> list[dict[str, Any]]:
-    """The run's per-task cost (``retention.json``); empty when it has none."""
-    try:
-        found = run.read_json(runfiles.LEDGER_FILE)
-    except LookupError:
-        return []
-    return list(found) if isinstance(found, list) else []
+def _record(run: Run, record: dict[str, Any]) -> None:
+    """Append ``record`` to the run's ``erasures.json``, once (run again after a crash, the
+    clean-up writes it again)."""
+    same = (record["request"], record["unlearned_run"])
+    kept = [
+        r for r in runfiles.read_erasures(run) if (r.get("request"), r.get("unlearned_run")) != same
+    ]
+    runfiles.write_erasures(run, [*kept, record])
 
 
 def summary(done: Unlearned) -> list[str]:
@@ -376,11 +386,7 @@ def summary(done: Unlearned) -> list[str]:
     ratio = done.seconds / done.original_seconds if done.original_seconds else float("nan")
     again = "resumed and finished" if done.resumed else "trained"
     names = ", ".join(Path(d).name for d in done.deleted[:4])
-    audited = (
-        format_audit(done.audit)
-        if done.audit
-        else ["not audited (--no-audit or audit.after_erase=false)"]
-    )
+    audited = format_audit(done.audit) if done.audit else ["not audited (AUDIT=0)"]
     return [
         f"unlearned: run {done.run_id} {again} from task {done.tasks[done.rewind]} "
         f"({done.rewind} of {len(done.tasks)} task(s) carried over), in {done.seconds:.1f} s "
@@ -388,5 +394,6 @@ def summary(done: Unlearned) -> list[str]:
         f"deleted from run {done.source}: {len(done.deleted)} file(s) that depended on the "
         f"samples ({names}{'...' if len(done.deleted) > 4 else ''})",
         f"recorded in both runs: erasures.json; run {done.source[:8]} is tagged {TO_TAG}",
+        *(f"registry: {line}" for line in done.registry),
         *audited,
     ]

@@ -16,6 +16,8 @@ from pipeline.server.common import free_port
 RUN = "<run>"  # replaced by the id of a finished tiny run
 STORE = "<store>"  # replaced by that run's store
 FRESH = "<fresh>"  # replaced by a store folder of the case's own (it must stay empty)
+RUNNING = "<running>"  # replaced by a run of that store still running
+BARE = "<bare>"  # replaced by a run of that store that finished without a checkpoint
 EXP = ["run", "synthetic_forgetting", f"paths.store={FRESH}"]
 SWEEP = ["sweep", "synthetic_forgetting", "--strategy", "ewc", f"paths.store={FRESH}"]
 WHERE = f"paths.store={STORE}"
@@ -147,6 +149,12 @@ CASES: list[tuple[str, list[str]]] = [
     ("a plane of one cell", ["landscape", RUN, "--vs", RUN, "--grid", "1", WHERE]),
     ("a landscape of an empty store", ["landscape", "abc", "paths.store=<nofile>"]),
     ("a key other than paths", ["landscape", RUN, WHERE, "trainer.epochs=1"]),
+    # the Model Registry (make register)
+    ("registering a run the store lacks", ["register", "0" * 32, WHERE]),
+    ("registering a run still running", ["register", RUNNING, WHERE]),
+    ("registering a run without checkpoints", ["register", BARE, WHERE]),
+    ("a model name MLflow refuses", ["register", RUN, "--name", "a/b", WHERE]),
+    ("a model name that breaks its models:/ URI", ["register", RUN, "--name", "a?b", WHERE]),
     (
         "a comparison of an unknown strategy",
         ["compare", "synthetic_forgetting", "--strategies", "naive,nope", f"paths.store={FRESH}"],
@@ -173,6 +181,22 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return store, result.run_id
 
 
+@pytest.fixture(scope="module")
+def unfinished(finished: tuple[Path, str]) -> dict[str, str]:
+    """Two more runs of that store: one still running, one finished with no checkpoint."""
+    store, run_id = finished
+    c = client(store)
+    experiment = c.get_run(run_id).info.experiment_id
+    running, bare = (c.create_run(experiment).info.run_id for _ in range(2))
+    c.set_terminated(bare, "FINISHED")
+    return {RUNNING: running, BARE: bare}
+
+
+def models_in(store: Path) -> int:
+    """The model versions of the store's Model Registry."""
+    return len(client(store).search_model_versions()) if (store / "mlflow.db").exists() else 0
+
+
 def runs_in(store: Path) -> int:
     if not (store / "mlflow.db").exists():
         return 0
@@ -190,6 +214,7 @@ def test_refused_in_one_line_with_exit_2_and_no_run(
     name: str,
     argv: list[str],
     finished: tuple[Path, str],
+    unfinished: dict[str, str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -208,6 +233,7 @@ def test_refused_in_one_line_with_exit_2_and_no_run(
         "<down-pg>": f"postgresql://u@127.0.0.1:{free_port()}/optuna",
         "<folder>": str(folder),
         "<nofile>": str(tmp_path / "nothing-here"),
+        **unfinished,
     }
     args = []
     for a in argv:
@@ -223,6 +249,7 @@ def test_refused_in_one_line_with_exit_2_and_no_run(
     assert "Traceback" not in out.err + out.out
     assert not fresh.exists() or runs_in(fresh) == 0, name
     assert runs_in(store) == before, name
+    assert models_in(store) == 0, name  # nothing registered
     assert not (tmp_path / "reports").exists(), name
     assert not list(tmp_path.rglob("journal.log")), name
 

@@ -107,6 +107,7 @@ TARGETS = {
     "best": ["STUDY=s"],
     "erase": ["RUN=abcdefgh", "TASK=mnist", "IDS=1"],
     "audit": ["RUN=abcdefgh"],
+    "unlearn-tune": ["RUN=abcdefgh", "TASK=mnist"],
     "shards": ["EXP=split_cifar10", "TASK=cifar10_01", "OUT=/s"],
     "dashboard": [],
     "ui": [],

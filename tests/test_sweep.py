@@ -161,6 +161,13 @@ def test_best_writes_a_config_that_reruns_the_trial(
     assert out["test"]["chosen"]["avg_acc"] == chosen_run.data.metrics["test/avg_acc"] > 1
     text = format_best(out)
     assert "defaults" in text and "test retention" in text and "val plasticity" in text
+    # the chosen test run's model, in the Model Registry under the study's name
+    champion = client_for(here / "mlruns").get_model_version_by_alias(
+        "synthetic_forgetting-si", "champion"
+    )
+    assert champion.run_id == chosen_run.info.run_id
+    assert champion.tags["pipeline.study"] == "synthetic_forgetting-si"
+    assert "model: models:/synthetic_forgetting-si@champion (version 1)" in text
     runs = children(here, study.user_attrs[PARENT_ATTR])
     kinds = sorted(r.data.tags.get("kind", "") for r in runs)
     assert kinds.count("trial") == 3 and "best-chosen" in kinds and "best-default" in kinds

@@ -114,6 +114,7 @@ def unlearn_approx(
     samples = neggrad(module, data, p.rewind, erased, _budget(p, params), params, p.cfg.seed)
     seconds = time.perf_counter() - started
     new = _record(p, module, data, {**asdict(params), "tuned": tuned, "samples": samples})
+    new.set_tags({"unlearning_seconds": f"{seconds:.1f}"})  # the fine-tuning alone
     report = audit(store, new.run_id, paths, original)
     if report.passed:
         done = replace_original(

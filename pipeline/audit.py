@@ -242,6 +242,9 @@ def _last_model(run: Run) -> tuple[ContinualModule, ExperimentConfig]:
             loaded = checkpoints.fetch_checkpoint(run, files[max(files)], tmp)
         except ValueError as e:
             raise LookupError(f"run {run.run_id}: {e}") from None
+    last = loaded.cfg.data.tasks[-1].name
+    if max(files) != len(loaded.cfg.data.tasks) - 1:  # replaced, or rejected: not its model
+        raise LookupError(f"run {run.run_id} has no checkpoint of its last task ({last})")
     return loaded.module, loaded.cfg
 
 

@@ -281,8 +281,9 @@ def _earlier_attempt(p: Plan) -> Run | None:
     client = p.source.client
     found = client.search_runs(
         [p.source.experiment_id],
-        filter_string=(
-            f"tags.`{FROM_TAG}` = '{p.source.run_id}' and tags.`{REQUEST_TAG}` = '{p.request.key}'"
+        filter_string=(  # an exact one: not an approximate run of the same request
+            f"tags.`{FROM_TAG}` = '{p.source.run_id}' and tags.`{REQUEST_TAG}` = "
+            f"'{p.request.key}' and tags.`{MODE_TAG}` = 'exact'"
         ),
         max_results=1,
         order_by=["start_time DESC"],

@@ -73,13 +73,20 @@ def test_a_model_that_fails_its_audit_is_rejected_then_unlearned_exactly(
         0
     ]
 
-    # with the fallback, the exact unlearning replaces it
+    # with the fallback, the exact unlearning replaces it (a new run, not a rejected one), and
+    # the registered model follows
+    assert main(["register", run_id, "--name", "canaries", where]) == 0
     assert erase(store, run_id, "--canaries", "--mode", "approx", "--budget", "0.01") == 0
     out = capsys.readouterr().out
     assert "unlearning exactly instead" in out and "passed" in out
     record = runfiles.read_erasures(source)[-1]
     assert record["mode"] == "exact"
     assert sorted(checkpoints.checkpoint_files(source)) == [0]
+    exact = Run.get(Store.at(store), source.tags[TO_TAG])
+    assert exact.tags[MODE_TAG] == "exact" and REJECTED_TAG not in exact.tags
+    assert sorted(checkpoints.checkpoint_files(exact)) == [0, 1]
+    champion = c.get_model_version_by_alias("canaries", "champion")
+    assert champion.run_id == exact.run_id
 
 
 def test_an_accepted_approximate_unlearning_is_labelled_and_a_later_exact_one_rewinds_past_it(

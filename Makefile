@@ -124,7 +124,7 @@ audit: install ## membership audit of an unlearned run against runs retrained wi
 	$(call pipeline,audit $(call q,$(RUN)))
 
 test: install ## the test suite on synthetic data, 2 processes (real data: `make test-slow`; the linters: `make lint`)
-	$(PY) -m pytest -m "not slow and not browser" -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -m "not slow and not browser" -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow: install data ## the tests that need the real datasets
 	$(PY) -m pytest -m slow -q

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers.runs import run, small_synthetic
+from helpers.runs import CANARIES, run, small_synthetic
 from helpers.stores import client
 
 from pipeline import checkpoints, runfiles
@@ -20,16 +20,6 @@ from pipeline.store import Store
 from pipeline.sweep.storage import open_storage
 from pipeline.tracking import Run, scratch_dir
 from pipeline.unlearning import APPROX_FROM_TAG, MODE_TAG, TO_TAG
-
-#: Two tasks trained long enough to fit 30 canaries planted in the second.
-CANARIES = (
-    "data.synthetic.n_train=300",
-    "trainer.epochs=8",
-    "data.batch_size=32",
-    "data.canaries=30",
-    "data.canary_task=synthetic1",
-    "audit.references=2",
-)
 
 
 def erase(store: Path, *argv: str) -> int:

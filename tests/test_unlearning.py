@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.runs import TINY, run, small_synthetic
+from helpers.runs import CANARIES, TINY, run, small_synthetic
 from helpers.stores import client
 
 from pipeline import checkpoints, runfiles
@@ -31,16 +31,6 @@ SETTING = (
     "strategies.replay.size=40",
     *TINY,
     "audit.after_erase=false",
-)
-#: Two tasks trained long enough to fit 30 canaries planted in the second (the last trained,
-#: so the final model still remembers them).
-CANARIES = (
-    "data.synthetic.n_train=300",
-    "trainer.epochs=8",
-    "data.batch_size=32",
-    "data.canaries=30",
-    "data.canary_task=synthetic1",
-    "audit.references=2",
 )
 
 

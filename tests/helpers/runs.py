@@ -25,6 +25,17 @@ TINY = (
     "data.synthetic.n_test=100",
     "data.batch_size=32",
 )
+#: The audit's setting (tests/test_unlearning.py, tests/test_approximate.py): two synthetic
+#: tasks trained long enough to fit 30 canaries planted in the second (the last trained, so
+#: the final model still remembers them), audited against two references.
+CANARIES = (
+    "data.synthetic.n_train=300",
+    "trainer.epochs=8",
+    "data.batch_size=32",
+    "data.canaries=30",
+    "data.canary_task=synthetic1",
+    "audit.references=2",
+)
 
 
 def small_synthetic(store: Path | str, *overrides: str) -> ExperimentConfig:

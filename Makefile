@@ -22,6 +22,7 @@ WORKERS ?= 1
 STUDY ?=
 RULE ?= knee
 RESUME ?=
+TABLE ?=
 UNLEARN ?= exact
 TEST_WORKERS ?= 2
 DOCS_PORT ?= 8000
@@ -51,7 +52,7 @@ q = '$(subst ','\'',$(1))'
 # reach it as MLFLOW_TRACKING_URI and OPTUNA_STORAGE (exported above).
 pipeline = $(PY) -m pipeline $(1) $(call q,paths.data=$(DATA)) $(ARGS)
 
-.PHONY: help install data forget run runs compare shards erase audit register landscape sweep best dashboard test test-slow lint format bench ui clean
+.PHONY: help install data forget run runs compare reproduce shards erase audit register landscape sweep best dashboard test test-slow lint format bench ui clean
 .PHONY: server server-stop test-ui docs docs-serve
 
 help: ## list the targets
@@ -61,6 +62,7 @@ help: ## list the targets
 	@echo "             else MLFLOW_TRACKING_URI / OPTUNA_STORAGE, else mlruns/)"
 	@echo "             RESUME=<run id> (run: a run cut off; compare: the parent run of a comparison)"
 	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 (compare)"
+	@echo "             TABLE=<conf/table name> SEEDS=5 (reproduce)"
 	@echo "             STRATEGY=ewc TRIALS=30 WORKERS=1 SWEEP=default STUDY=<name> RULE=knee (sweep, best)"
 	@echo "             multi-objective sweeps (SWEEP=default, prefix) are not pruned: Optuna cannot prune them"
 	@echo "             PG_DATA=<folder> (server): PostgreSQL's files there; as root in a folder the postgres user"
@@ -92,6 +94,9 @@ run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..." (RE
 
 runs: install ## the newest runs, what became of them, which can be resumed [EXP=<MLflow experiment>]
 	$(call pipeline,runs $(if $(filter command line,$(origin EXP)),$(call q,$(EXP))))
+
+reproduce: install data ## a published table (conf/table/): every cell over seeds, ours beside theirs: make reproduce TABLE=<name> [SEEDS=5] [RESUME=<parent run>]
+	$(call pipeline,reproduce $(call q,$(TABLE)) --seeds $(call q,$(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),5)) $(if $(RESUME),--resume $(call q,$(RESUME))))
 
 compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run (RESUME=<its id>)
 	$(call pipeline,compare $(call q,$(EXP)) --strategies $(call q,$(STRATEGIES)) --seeds $(call q,$(SEEDS)) $(if $(RESUME),--resume $(call q,$(RESUME))))

@@ -1,8 +1,8 @@
 """Command line: ``python -m pipeline <command>`` (the make targets call these).
 
-Commands: run (or resume), runs, config, compare, landscape, erase, register, sweep, best,
-dashboard, ui, data, server (the same as ``python -m pipeline.server``). sweep-worker is internal:
-sweep starts one per worker.
+Commands: run (or resume), runs, config, compare, reproduce, landscape, erase, audit,
+unlearn-tune, register, sweep, best, dashboard, ui, data, server (the same as
+``python -m pipeline.server``). sweep-worker is internal: sweep starts one per worker.
 
 Where things live is the config's ``paths`` section: every command takes ``paths.<key>=<value>``
 overrides (``paths.store``, ``paths.studies``, ``paths.data``, ``paths.reports``), and reads
@@ -21,32 +21,26 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
-
-from pipeline.config.compose import available
-from pipeline.errors import ConfigError, RunFailed
-from pipeline.ids_help import ERASE_IDS, RUN_ID
-
-if TYPE_CHECKING:
-    pass
+from typing import Any, NoReturn
 
 from pipeline.commands import (
-    cmd_audit,
     cmd_best,
     cmd_compare,
     cmd_config,
     cmd_dashboard,
-    cmd_erase,
     cmd_landscape,
-    cmd_register,
+    cmd_reproduce,
     cmd_run,
     cmd_runs,
     cmd_shards,
     cmd_sweep,
     cmd_sweep_worker,
     cmd_ui,
-    cmd_unlearn_tune,
 )
+from pipeline.config.compose import available
+from pipeline.erasure_commands import cmd_audit, cmd_erase, cmd_register, cmd_unlearn_tune
+from pipeline.errors import ConfigError, RunFailed
+from pipeline.ids_help import ERASE_IDS, RUN_ID
 
 
 def _experiment_command(
@@ -99,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_commands(sub)
     _erasure_commands(sub)
     _study_commands(sub)
+    _table_command(sub)
     p = sub.add_parser("runs", help="the newest runs, what became of them, which can resume")
     p.add_argument("experiment", nargs="?", default="", help="MLflow experiment (default: all)")
     p.add_argument("overrides", nargs="*", metavar="paths.<key>=value", help="where things are")
@@ -150,6 +145,23 @@ def _experiment_commands(sub: Any) -> None:
         help="parent run of a comparison that was cut off (same arguments): its finished runs "
         "are kept, the others run",
     )
+
+
+def _table_command(sub: Any) -> None:
+    """reproduce: a published table of ``conf/table/``."""
+    p = sub.add_parser("reproduce", help="reproduce a published table (conf/table/)")
+    p.set_defaults(fn=cmd_reproduce)
+    p.add_argument("table", help=f"a file of conf/table/ ({', '.join(available('table'))})")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--out", default="", help="report folder (default <reports>/reproduce-...)")
+    p.add_argument(
+        "--resume",
+        default="",
+        metavar="RUN_ID",
+        help="parent run of a reproduction that was cut off (same arguments): its finished "
+        "runs are kept, the others run",
+    )
+    p.add_argument("overrides", nargs="*", help="key=value for every run (after each cell's)")
 
 
 def _run_commands(sub: Any) -> None:

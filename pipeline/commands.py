@@ -5,7 +5,6 @@ imported inside each command, once its arguments have passed."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
     from pipeline.store import Store
 
 
-def _store(paths: PathsConfig, create: bool = True) -> Store:
+def store_of(paths: PathsConfig, create: bool = True) -> Store:
     """The tracking store, opened now: a store that is down fails before anything runs
     (a ``StoreError`` is a ``ConfigError``: exit 2). Commands that only read runs do not
     create a local store (``create=False``)."""
@@ -60,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The main process opens the store before it starts the others (a store that is down fails
     # before any process starts); the others never open it.
     main = distributed.world_size_of(cfg.trainer) == 1 or not distributed.started_as_replica()
-    store = _store(cfg.paths) if main else None
+    store = store_of(cfg.paths) if main else None
     distributed.launch(cfg.trainer)
     from pipeline.runner import run_sequence
     from pipeline.tracking import Run
@@ -97,7 +96,7 @@ def resume(args: argparse.Namespace) -> int:
     # argparse took the first override for the experiment, which a resume does not name
     overrides = [*([args.experiment] if args.experiment else []), *args.overrides]
     paths = compose_paths([o for o in overrides if o.startswith("paths.")])
-    store = _store(paths, create=False)
+    store = store_of(paths, create=False)
     from pipeline import distributed
 
     if not distributed.started_as_replica():
@@ -116,7 +115,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     experiment, overrides = args.experiment, list(args.overrides)
     if "=" in experiment:  # argparse took the first override for the experiment
         experiment, overrides = "", [experiment, *overrides]
-    rows = list_runs(_store(compose_paths(overrides), create=False), experiment)
+    rows = list_runs(store_of(compose_paths(overrides), create=False), experiment)
     if not rows:
         print("no task-sequence run in the store")
         return 0
@@ -135,7 +134,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else paths.reports_dir() / f"landscape-{args.run[:8]}"
     try:
         draw(
-            _store(paths, create=False),
+            store_of(paths, create=False),
             args.run,
             args.vs or None,
             options=options,
@@ -151,7 +150,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.compare import compare, default_strategies, format_text, table
     from pipeline.store import Store
 
-    _count(args.seeds, "--seeds", "make compare SEEDS=<n>")  # 0 seeds: no row to report
+    require_count(args.seeds, "--seeds", "make compare SEEDS=<n>")  # 0 seeds: no row to report
     names = default_strategies() if args.strategies == "all" else args.strategies.split(",")
     seeds = list(range(args.seeds))
     print(f"comparing {', '.join(names)} on {args.experiment}, seeds {seeds}")
@@ -174,131 +173,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_erase(args: argparse.Namespace) -> int:
-    from pipeline.approximate import unlearn_approx
-    from pipeline.audit import canaries_of
-    from pipeline.erasure import ErasureError, erase, stored
-    from pipeline.unlearning import Request, summary, unlearn
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from pipeline.reproduce import reproduce
 
-    try:
-        paths = compose_paths(args.overrides)
-        if args.list or args.mode == "buffers" or args.ids is not None:
-            _need_task(args)
-        if args.list:
-            print("\n".join(stored(_store(paths, False), args.run, args.task)))
-            return 0
-        ids = (
-            canaries_of(_store(paths, False), args.run, paths)
-            if args.canaries
-            else _erase_ids(args)
-        )
-        if args.mode == "buffers":
-            (task, wanted), *more = ids.items()
-            if more:
-                raise ConfigError("--mode buffers: one task at a time (--task)")
-            record = erase(_store(paths, False), args.run, task, wanted, paths.data_dir())
-        elif args.mode == "approx":
-            done = unlearn_approx(
-                _store(paths, False),
-                args.run,
-                Request(ids),
-                paths,
-                args.budget,
-                not args.no_fallback,
-            )
-            print("\n".join(summary(done)))
-            return 0
-        else:
-            done = unlearn(_store(paths, False), args.run, Request(ids), paths, not args.no_audit)
-            print("\n".join(summary(done)))
-            if done.audit is not None and not done.audit.passed:
-                raise RunFailed(f"audit of run {done.run_id}: " + "; ".join(done.audit.failures))
-            return 0
-    except ErasureError as e:
-        raise ConfigError(str(e)) from e
-    for name, n in record["removed"].items():
-        print(f"{name}: removed {n} stored sample(s)")
-    done_line = f"recorded in run {args.run}: erasures.json, retention/erased_samples"
-    print(
-        record.get("note", done_line)
-    )  # nothing removed: why (the request is recorded all the same)
-    print(
-        "the weights were still trained on these samples: --mode exact (the default) retrains "
-        "without them",
-        file=sys.stderr,
+    require_count(args.seeds, "--seeds", "make reproduce SEEDS=<n>")
+    seeds = list(range(args.seeds))
+    print(f"reproducing {args.table}, seeds {seeds}")
+    done = reproduce(
+        args.table,
+        seeds,
+        args.overrides,
+        Path(args.out) if args.out else None,
+        resume=args.resume or None,
     )
-    return 0
-
-
-def cmd_unlearn_tune(args: argparse.Namespace) -> int:
-    from pipeline.approximate import study_name, tune
-    from pipeline.erasure import ErasureError
-
-    _count(args.trials, "--trials", "make unlearn-tune TRIALS=<n>")
-    paths = compose_paths(args.overrides)
-    try:
-        study = tune(_store(paths, False), args.run, paths, args.task, args.size, args.trials)
-    except ErasureError as e:
-        raise ConfigError(str(e)) from e
-    best = study.best_trial
-    print(
-        f"study {study_name(args.run)}: {len(study.trials)} trial(s); best distance to exact "
-        f"unlearning {best.value:.4f} at lr={best.params['lr']:.2e}, "
-        f"alpha={best.params['alpha']:.3f} (make erase UNLEARN=approx uses them for this run)"
-    )
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from pipeline.audit import audit, format_audit
-
-    paths = compose_paths(args.overrides)
-    report = audit(_store(paths, False), args.run, paths)
-    print("\n".join(format_audit(report)))
-    if not report.passed:
-        raise RunFailed(f"audit of run {report.run_id}: " + "; ".join(report.failures))
-    return 0
-
-
-def _need_task(args: argparse.Namespace) -> None:
-    if not args.task:
-        raise ConfigError("erase: --task is required (with --ids, --list and --mode buffers)")
-
-
-def _erase_ids(args: argparse.Namespace) -> dict[str, list[int]]:
-    """The request's ids per task, from ``--ids`` (of ``--task``) or ``--ids-file``."""
-    from pipeline.ids_help import read_ids
-
-    if args.ids is not None:
-        try:
-            return {args.task: [int(x) for x in args.ids.split(",") if x.strip()]}
-        except ValueError:
-            raise ConfigError(
-                f"--ids: expected comma-separated integers, got '{args.ids}'"
-            ) from None
-    try:
-        text = Path(args.ids_file).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--ids-file: cannot read {args.ids_file}: {e}") from None
-    return read_ids(text, args.task)
-
-
-def cmd_register(args: argparse.Namespace) -> int:
-    from pipeline.config.paths import redact
-    from pipeline.registry import register
-
-    store = _store(compose_paths(args.overrides), create=False)
-    done = register(store, args.run, args.name)  # RegistryError (a ConfigError): exit 2
-    print(
-        f"run {done.run_id}: registered as version {done.version} of model '{done.name}' "
-        f"(alias {', '.join(done.aliases)}), with its lineage tags"
-    )
-    print(f'  load it:  mlflow.pyfunc.load_model("{done.uri}")')
-    venv = Path(sys.executable).parent
-    print(
-        f"  serve it: PATH={venv}:$PATH MLFLOW_TRACKING_URI={redact(store.uri)} "
-        f"mlflow models serve -m {done.uri} --env-manager local -p 5001"
-    )
+    print("\n".join(done.report.read_text().splitlines()[2:]))
+    print(f"report: {done.report}")
     return 0
 
 
@@ -306,8 +195,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import report, sweep
 
     # Named as the user typed them (the sweep's own check would blame the sweep file).
-    _count(args.trials, "--trials", "make sweep TRIALS=<n>")
-    _count(args.workers, "--workers", "make sweep WORKERS=<n>")
+    require_count(args.trials, "--trials", "make sweep TRIALS=<n>")
+    require_count(args.workers, "--workers", "make sweep WORKERS=<n>")
     sets = list(args.set)
     if args.trials is not None:
         sets.append(f"trials={args.trials}")
@@ -336,7 +225,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     from pipeline.best import best, config_name, format_best
 
     paths = compose_paths(args.overrides)
-    _store(paths, create=False)
+    store_of(paths, create=False)
     out = best(
         args.study, paths, args.rule, evaluate=not args.no_eval, with_default=not args.no_default
     )
@@ -379,7 +268,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return serve_ui(compose_paths(args.overrides), args.host, args.port)
 
 
-def _count(value: int | None, option: str, make: str) -> None:
+def require_count(value: int | None, option: str, make: str) -> None:
     """Refuse a count option below 1 (None: not given), naming the make variable that sets it."""
     if value is not None and value < 1:
         raise ConfigError(f"{option} {value}: must be at least 1 ({make})")

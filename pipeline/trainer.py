@@ -150,7 +150,9 @@ def make_trainer(
         num_nodes=cfg.num_nodes,
         strategy=strategy,
         use_distributed_sampler=False,
-        max_epochs=cfg.epochs,
+        # A number of iterations: as many (reshuffled) epochs as those steps take.
+        max_epochs=-1 if cfg.iterations else cfg.epochs,
+        max_steps=cfg.iterations or -1,
         precision=cfg.precision,  # type: ignore[arg-type]
         deterministic=cfg.deterministic,
         logger=logger,

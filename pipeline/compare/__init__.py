@@ -236,12 +236,15 @@ def run_all(
     return rows
 
 
-def finished_children(store: Store, parent_id: str, params: dict[str, str]) -> dict[str, str]:
-    """The finished child runs of the comparison ``parent_id``, by run name; children left
-    RUNNING by a crash are marked KILLED (they run again).
+def finished_children(
+    store: Store, parent_id: str, params: dict[str, str], kind: str = "comparison"
+) -> dict[str, str]:
+    """The finished child runs of the comparison ``parent_id`` (or of another parent run of
+    children, tagged ``kind``: a reproduction), by run name; children left RUNNING by a crash
+    are marked KILLED (they run again).
 
     Raises:
-        ConfigError: no such run, or it is not a comparison with these ``params``.
+        ConfigError: no such run, or it is not a ``kind`` run with these ``params``.
     """
     client = store.client()
     try:  # a prefix of the id (as printed) gives the full one, which the children's tag holds
@@ -249,8 +252,8 @@ def finished_children(store: Store, parent_id: str, params: dict[str, str]) -> d
     except LookupError as e:
         raise ConfigError(f"resume: {e}") from None
     parent = client.get_run(parent_id)
-    if parent.data.tags.get("kind") != "comparison":
-        raise ConfigError(f"resume: run '{parent_id}' is not a comparison (make compare)")
+    if parent.data.tags.get("kind") != kind:
+        raise ConfigError(f"resume: run '{parent_id}' is not a {kind}")
     differ = [
         f"{k} {parent.data.params[k]!r} (now {v!r})"
         for k, v in params.items()

@@ -171,7 +171,8 @@ class DataConfig:
         classes_per_task: a ``split`` benchmark's classes per task (0: the classes spread
             evenly over ``n_tasks``; else ``n_tasks`` is the number of classes over it).
         class_order_seed: a ``split`` benchmark's class order: -1 keeps the labels' order,
-            any other value shuffles them with that seed (the field's protocols fix one).
+            any other value shuffles them with that seed (the field's protocols fix one);
+            ``${seed}`` shuffles them per run seed (van de Ven and Tolias 2019).
         image_size: ``[height, width]`` every task's images are resized to; empty: the tasks'
             sizes must agree.
         channels: 1 or 3: every task's images are converted to that many channels (grey
@@ -179,6 +180,11 @@ class DataConfig:
         augment: ``crop_flip``: each training batch is randomly cropped after zero-padding by
             ``crop_padding`` pixels and flipped horizontally, on the batch's device.
         crop_padding: the padding of ``crop_flip``.
+        pad: zero pixels added on every side of every image, after ``image_size`` (2 makes
+            MNIST's 28x28 the 32x32 of the protocols that pad it); before a task's permutation.
+        normalise: scale pixels to [0, 1] and normalise them with the dataset's per-channel
+            mean and std; False: only scale them to [0, 1] (the protocols that do not
+            normalise MNIST, such as van de Ven and Tolias 2019).
         storage: where a ``shards`` task's images are held: ``memory`` (read once), ``streamed``
             (read from the shards as training goes, a few chunks in memory at a time) or
             ``auto``: streamed when its training images exceed ``memory_limit_gb``.
@@ -211,6 +217,8 @@ class DataConfig:
     channels: int = 0
     augment: Augment = Augment.none
     crop_padding: int = 4
+    pad: int = 0
+    normalise: bool = True
     storage: Storage = Storage.auto
     memory_limit_gb: float = 2.0
     erased: dict[str, list[int]] = field(default_factory=dict)
@@ -272,7 +280,10 @@ class TrainerConfig:
     """Lightning Trainer settings, applied to the fresh Trainer built for each task.
 
     Attributes:
-        epochs: epochs per task.
+        epochs: epochs per task (unless ``iterations`` is set).
+        iterations: optimizer steps per task (the protocols that count iterations, such as
+            van de Ven and Tolias 2019's 2,000 per Split MNIST task), the training set cycled
+            through in reshuffled epochs as often as it takes; 0: ``epochs`` decides.
         accelerator: ``auto``, ``cpu``, ``gpu``/``cuda`` or ``mps``.
         threads: CPU threads for torch; 0 keeps torch's default (one per core).
         max_batches: cap on training batches per epoch (0: all); shrinks smoke runs.
@@ -286,6 +297,7 @@ class TrainerConfig:
     """
 
     epochs: int = 3
+    iterations: int = 0
     accelerator: Accelerator = Accelerator.auto
     precision: str = "32-true"
     deterministic: bool = True

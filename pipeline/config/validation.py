@@ -147,6 +147,7 @@ def check_data(data: DataConfig) -> None:
     )
     require(data.channels in (0, 1, 3), "data.channels", "must be 1, 3 or 0 (as the data is)")
     require(0 <= data.crop_padding <= 64, "data.crop_padding", "must be in 0..64")
+    require(0 <= data.pad <= 64, "data.pad", "must be in 0..64")
     require(data.memory_limit_gb > 0, "data.memory_limit_gb", "must be > 0")
     for task in data.tasks:
         require(
@@ -232,6 +233,11 @@ def check_optim(optim: OptimConfig) -> None:
 def check_trainer(trainer: TrainerConfig) -> None:
     require(1 <= trainer.epochs <= 10_000, "trainer.epochs", "must be in 1..10000")
     require(
+        0 <= trainer.iterations <= 10_000_000,
+        "trainer.iterations",
+        "must be in 0..10000000 (0: trainer.epochs decides)",
+    )
+    require(
         trainer.precision in PRECISIONS,
         "trainer.precision",
         f"'{trainer.precision}' is not one of {', '.join(PRECISIONS)}",
@@ -263,9 +269,9 @@ def check_experiment(cfg: ExperimentConfig) -> None:
     require(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}, got {cfg.seed}")
     require_length(cfg.description, "description", "description")  # the experiment's
     require(
-        not cfg.data.stream or cfg.trainer.epochs == 1,
+        not cfg.data.stream or (cfg.trainer.epochs == 1 and not cfg.trainer.iterations),
         "data.stream",
-        "a stream is seen once: set trainer.epochs=1",
+        "a stream is seen once: set trainer.epochs=1 and trainer.iterations=0",
     )
     require(len(set(cfg.strategy)) == len(cfg.strategy), "strategy", "names repeat")
     world = cfg.trainer.devices * cfg.trainer.num_nodes

@@ -24,6 +24,7 @@ from pipeline.data.tasks import (
     canary_rows,
     normalise,
     plant_canaries,
+    scaled_only,
     without_samples,
 )
 
@@ -126,6 +127,7 @@ class ContinualDataModule(pl.LightningDataModule):
                 i, task_cfg, self.cfg, self.scenario, offset, self.root, self.test_only
             )
             offset += task.num_classes
+            task = task if self.cfg.normalise else scaled_only(task)
             self.tasks.append(task if self.test_only else self._as_trained(task))
         release_raw_datasets()  # the tasks hold what they use; the files' copies can go
 

@@ -114,13 +114,15 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 def _conform(images: Images, data: DataConfig) -> Images:
-    """Apply the sequence's rule: resize to ``data.image_size``, convert to ``data.channels``
-    (what :func:`sequence_shape` checked the tasks agree on without it)."""
-    from torchvision.transforms.v2.functional import resize, rgb_to_grayscale
+    """Apply the sequence's rule: resize to ``data.image_size``, pad by ``data.pad``, convert
+    to ``data.channels`` (what :func:`sequence_shape` checked the tasks agree on without it)."""
+    from torchvision.transforms.v2.functional import pad, resize, rgb_to_grayscale
 
     def conform(x: Tensor) -> Tensor:
         if data.image_size and list(x.shape[2:]) != list(data.image_size):
             x = resize(x, list(data.image_size), antialias=True)
+        if data.pad:
+            x = pad(x, [data.pad], fill=0)
         if data.channels and x.shape[1] != data.channels:
             x = x.expand(-1, 3, -1, -1) if data.channels == 3 else rgb_to_grayscale(x)
         return x.contiguous()
@@ -169,10 +171,10 @@ def _source(cfg: TaskConfig, data: DataConfig, root: Path, test_only: bool) -> _
     if cfg.dataset == "synthetic":
         train, test = make_synthetic(cfg.seed, data.synthetic)
         md5 = {"tensors": _fingerprint(train.images, train.labels, test.images, test.labels)}
-        scaled = train.images.float() / 255
+        images = _conform(Images(train.images, train.labels, test.images, test.labels), data)
+        scaled = images.train_images.float() / 255
         dims = (0, 2, 3)
         mean, std = tuple(scaled.mean(dims).tolist()), tuple(scaled.std(dims).tolist())
-        images = Images(train.images, train.labels, test.images, test.labels)
         return _Source(images, md5, mean, std, f"Synthetic-{cfg.seed}", SYNTHETIC_CLASSES)
     if cfg.dataset in OWN_DATA:
         own = _own_files(cfg, data)
@@ -298,7 +300,8 @@ def sequence_shape(data: DataConfig) -> tuple[tuple[int, int, int], list[int]]:
     counts: list[int] = []
     for cfg in data.tasks:
         (c, h, w), classes = _task_shape(cfg, data)
-        ruled = (data.channels or c, *(data.image_size or (h, w)))
+        height, width = data.image_size or (h, w)
+        ruled = (data.channels or c, height + 2 * data.pad, width + 2 * data.pad)
         if cfg.dataset == "shards" and ruled != (c, h, w):
             raise ConfigError(
                 f"data.tasks: {cfg.name}'s shards hold {c}x{h}x{w} images, read as written: "

@@ -94,6 +94,13 @@ class Task:
         return len(self.classes)
 
 
+def scaled_only(task: Task) -> Task:
+    """The task with its pixels only scaled to [0, 1], not normalised (``data.normalise``
+    off): mean 0 and std 1 in every channel."""
+    channels = len(task.mean)
+    return replace(task, mean=(0.0,) * channels, std=(1.0,) * channels)
+
+
 def without_samples(task: Task, ids: Sequence[int]) -> Task:
     """The task less the training samples ``ids`` (``data.erased``: what an erasure request
     removes, the same way in the run that unlearns them and in a run trained from scratch

@@ -1,0 +1,202 @@
+"""Reproduce a published table: every cell under the table's protocol, over several seeds, as
+one parent MLflow run with a child per cell and seed, then the published numbers beside ours
+with a verdict per cell (``make reproduce TABLE=<name> [SEEDS=5]``).
+
+The package: :mod:`~pipeline.reproduce.spec` (the tables of ``conf/table/``, checked before
+anything runs), :mod:`~pipeline.reproduce.verdict` (ours beside theirs, pure) and, here, the
+runs and the report. A reproduction cut off is carried on like a comparison, with
+``RESUME=<parent run id>``: its finished children are read back, not run again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import runfiles
+from pipeline.compare import finished_children
+from pipeline.compare.table import COLUMNS
+from pipeline.config.schema import ExperimentConfig
+from pipeline.disk import room_for
+from pipeline.errors import ConfigError
+from pipeline.experiment import compose, require_one_process
+from pipeline.metrics import percent
+from pipeline.reproduce.spec import Cell, Table, load_table, tables
+from pipeline.reproduce.verdict import Outcome, Verdict, count, markdown
+from pipeline.runner import run_sequence
+from pipeline.store import Store
+from pipeline.strategies import REGISTRY, StrategyRefused
+from pipeline.tracking import Run
+
+__all__ = ["Outcome", "Reproduction", "Verdict", "load_table", "reproduce", "tables"]
+
+KIND = "reproduction"  # the parent run's `kind` tag
+REPORT_FILE = "reproduction.md"
+
+
+@dataclass
+class Reproduction:
+    """A finished reproduction: its outcomes and where they were written."""
+
+    table: Table
+    seeds: list[int]
+    outcomes: list[Outcome]
+    parent_run_id: str
+    report: Path
+
+    @property
+    def within(self) -> int:
+        return count(self.outcomes, self.table.tolerance)[0]
+
+
+def plan(
+    table: Table, seeds: Sequence[int], overrides: Sequence[str]
+) -> list[tuple[Outcome, list[ExperimentConfig]]]:
+    """Every cell's configs, one per seed; a cell whose strategy is not implemented here, or
+    refuses the scenario, gets none and the reason.
+
+    Raises:
+        ConfigError: a cell's override or a shared one is bad (one line naming the cell).
+    """
+    planned: list[tuple[Outcome, list[ExperimentConfig]]] = []
+    for cell in table.cells:
+        outcome = Outcome(cell)
+        lacking = [name for name in cell.strategy if name not in REGISTRY]
+        if lacking:
+            outcome.not_run = f"not implemented here: {', '.join(lacking)}"
+            planned.append((outcome, []))
+            continue
+        try:
+            configs = [_config(table, cell, seed, overrides) for seed in seeds]
+        except StrategyRefused as e:
+            outcome.not_run = str(e).removeprefix("strategy: ")
+            configs = []
+        except ConfigError as e:
+            raise ConfigError(f"conf/table/{table.name}.yaml, cell {cell.key}: {e}") from None
+        planned.append((outcome, configs))
+    return planned
+
+
+def _config(table: Table, cell: Cell, seed: int, overrides: Sequence[str]) -> ExperimentConfig:
+    strategy = f"strategy=[{','.join(cell.strategy)}]"
+    cfg = compose(
+        table.experiment,
+        [*cell.overrides, *overrides, f"scenario={cell.scenario}", strategy, f"seed={seed}"],
+    )
+    require_one_process(cfg, "reproduce")
+    cfg.tracking.run_name = f"{cell.key}-seed{seed}"
+    return cfg
+
+
+def reproduce(
+    name: str,
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    out_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+    resume: str | None = None,
+) -> Reproduction:
+    """Run every cell of the table ``conf/table/<name>.yaml`` on every seed and write the
+    report (published beside ours, a verdict per cell).
+
+    Args:
+        name: a table of ``conf/table/``.
+        seeds: the experiment seeds of every cell.
+        overrides: applied to every run after the cell's own (``trainer.iterations=100`` to
+            try the machinery quickly; the report lists them).
+        out_dir: where the report goes (default ``<paths.reports>/reproduce-<name>-<time>``).
+        resume: the parent run of a reproduction cut off, with the same arguments.
+
+    Raises:
+        ConfigError: a bad table, cell or override; a ``resume`` run that is not the same
+            reproduction (before anything runs).
+    """
+    table = load_table(name)
+    planned = plan(table, seeds, overrides)
+    ready = [configs for _, configs in planned if configs]
+    if not ready:
+        raise ConfigError(f"conf/table/{name}.yaml: no cell can run here")
+    base = ready[0][0]
+    store = Store.of(base.paths)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = out_dir or base.paths.reports_dir() / f"reproduce-{name}-{stamp}"
+    params = {"table": name, "seeds": ",".join(map(str, seeds)), "overrides": " ".join(overrides)}
+    done = finished_children(store, resume, params, KIND) if resume else {}
+    outcomes = [outcome for outcome, _ in planned]
+    with _parent_run(store, base, name, resume) as parent:
+        if not resume:
+            parent.log_params(params)
+        log(f"parent run {parent.run_id} (if cut off, resume it: RESUME={parent.run_id})")
+        total, step = sum(len(c) for c in ready), 0
+        for outcome, configs in planned:
+            for cfg in configs:
+                step += 1
+                run_id, value = _one(cfg, table.metric, store, parent, done, (log, step, total))
+                outcome.run_ids.append(run_id)
+                outcome.values.append(value)
+        lines = markdown(table, outcomes, seeds)
+        report = write_report(table, lines, overrides, out_dir, parent, outcomes)
+    return Reproduction(table, list(seeds), outcomes, parent.run_id, report)
+
+
+def _one(
+    cfg: ExperimentConfig,
+    metric: str,
+    store: Store,
+    parent: Run,
+    done: dict[str, str],
+    progress: tuple[Callable[[str], None], int, int],
+) -> tuple[str, float]:
+    """One child run (or its result read back, when a resumed reproduction finished it): its
+    id and the compared number in %. ``progress``: where to log, this run's place, the total."""
+    log, place, total = progress
+    step = f"[{place}/{total}]"
+    name = cfg.tracking.run_name
+    read = COLUMNS[metric][1]
+    if name in done:
+        try:
+            result = runfiles.read_result(store, done[name])
+            log(f"{step} {name}: finished before (run {done[name]})")
+            return done[name], percent(read(result))
+        except LookupError as e:
+            log(f"{step} {name}: {e}; running it again")
+    else:
+        log(f"{step} {name}")
+    result = run_sequence(cfg, Run.of(cfg, parent.run_id))
+    return result.run_id, percent(read(result))
+
+
+def _parent_run(
+    store: Store, base: ExperimentConfig, name: str, resume: str | None
+) -> AbstractContextManager[Run]:
+    if resume:
+        return Run.reopen(store, resume)
+    experiment = base.tracking.experiment or base.name  # the children's experiment
+    return Run.start(store, experiment, f"reproduce-{name}", tags={"kind": KIND, "table": name})
+
+
+def write_report(
+    table: Table,
+    lines: list[str],
+    overrides: Sequence[str],
+    out_dir: Path,
+    parent: Run,
+    outcomes: Sequence[Outcome],
+) -> Path:
+    """The report (Markdown) to ``out_dir`` and the parent run, with each cell's mean as a
+    metric (``reproduce/<cell>``) and the count of cells within the tolerance."""
+    head = [f"# Reproducing {table.description or table.name}", ""]
+    if overrides:
+        head += [f"Every run also took: `{' '.join(overrides)}`.", ""]
+    path = out_dir / REPORT_FILE
+    with room_for(out_dir, "the reproduction's report"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join([*head, *lines, "", f"Parent run: `{parent.run_id}`.", ""]))
+    runfiles.log_report_files(parent, [path])
+    within, ran = count(outcomes, table.tolerance)
+    metrics = {f"reproduce/{o.cell.key}": o.mean for o in outcomes if o.values}
+    parent.log_metrics({**metrics, "reproduce/within": float(within), "reproduce/ran": float(ran)})
+    return path

@@ -1,0 +1,143 @@
+"""Reproducing a published table (``make reproduce``): the real tables compose under their
+protocols; a small table runs as a parent run with a child per cell and seed, reports ours
+beside the published numbers with a verdict per cell, and resumes without running again."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.runs import small_synthetic
+from helpers.stores import client
+
+from pipeline.config import compose as conf
+from pipeline.errors import ConfigError
+from pipeline.keys import summary_key
+from pipeline.reproduce import load_table, reproduce, tables
+from pipeline.reproduce.spec import Cell, Published
+from pipeline.reproduce.verdict import Outcome, Verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+SHRINK = [
+    "trainer.iterations=4",
+    "data.synthetic.n_train=200",
+    "data.synthetic.n_test=50",
+    "data.batch_size=32",
+    "trainer.progress_bar=false",
+    "trainer.threads=1",
+]
+
+
+def test_every_table_composes_every_cell_under_its_protocol():
+    from pipeline.reproduce import plan
+
+    assert "vandeven2019-split-mnist" in tables()
+    for name in tables():
+        table = load_table(name)
+        for outcome, configs in plan(table, [0, 1], []):
+            if outcome.not_run:
+                assert outcome.not_run.startswith("not implemented here: ") and not configs
+                continue
+            assert [c.seed for c in configs] == [0, 1]
+            assert all(c.scenario == outcome.cell.scenario for c in configs)
+    vdv = {o.cell.key: (o, c) for o, c in plan(load_table("vandeven2019-split-mnist"), [3], [])}
+    assert len(vdv) == 20
+    _, (cfg,) = vdv["class-ewc"]
+    assert cfg.strategies["ewc"].lam == 1e8  # type: ignore[attr-defined]
+    assert cfg.model.hidden == [400, 400] and cfg.trainer.iterations == 2000
+    assert not cfg.data.normalise and cfg.data.class_order_seed == 3  # shuffled per seed
+    assert cfg.tracking.run_name == "class-ewc-seed3"
+
+
+def test_verdict_is_within_the_tolerance_or_the_published_sd():
+    cell = Cell(method="EWC", scenario="class", strategy=["ewc"], published=Published(20.0))
+    assert Outcome(cell, [21.0, 23.0]).verdict(2.0) is Verdict.WITHIN  # mean 22.0
+    assert Outcome(cell, [21.0, 23.2]).verdict(2.0) is Verdict.MISSES
+    wide = Cell(method="SI", scenario="task", strategy=["si"], published=Published(20.0, 3.0))
+    assert Outcome(wide, [22.9]).verdict(2.0) is Verdict.WITHIN  # the published sd is larger
+    assert Outcome(cell, not_run="not implemented here: dgr").verdict(2.0) is Verdict.NOT_RUN
+    assert Outcome(cell, [1.0, 3.0]).sd == pytest.approx(np.sqrt(2))
+
+
+@pytest.fixture
+def tiny_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``conf/`` copied with one more table: three cells on the synthetic tasks (one of a
+    strategy that does not exist)."""
+    conf_dir = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf_dir)
+    (conf_dir / "table" / "tiny.yaml").write_text(
+        """\
+description: a tiny table
+source: nobody, never
+experiment: synthetic_forgetting
+tolerance: 2.0
+cells:
+  - {method: None, scenario: domain, strategy: [naive], published: {mean: 10.0}}
+  - method: L2
+    scenario: domain
+    strategy: [l2]
+    overrides: [strategies.l2.lam=0.5]
+    published: {mean: 90.0, sd: 1.5}
+    note: a written reason
+  - {method: Dream, scenario: class, strategy: [dream], published: {mean: 50.0}}
+"""
+    )
+    monkeypatch.setattr(conf, "CONF_DIR", conf_dir)
+    return "tiny"
+
+
+def test_a_table_runs_as_a_parent_with_a_child_per_cell_and_seed_and_resumes(
+    tiny_table: str, tmp_path: Path
+):
+    store = tmp_path / "mlruns"
+    small_synthetic(store)  # the store, from the template
+    where = [f"paths.store={store}", f"paths.reports={tmp_path / 'reports'}", *SHRINK]
+    done = reproduce(tiny_table, [0, 1], where, log=lambda _: None)
+    mlflow = client(store)
+    parent = mlflow.get_run(done.parent_run_id)
+    assert parent.data.tags["kind"] == "reproduction" and parent.data.params["table"] == "tiny"
+    experiment = parent.info.experiment_id
+    children = mlflow.search_runs([experiment], f"tags.mlflow.parentRunId = '{done.parent_run_id}'")
+    assert sorted(r.info.run_name for r in children) == [
+        "domain-l2-seed0",
+        "domain-l2-seed1",
+        "domain-none-seed0",
+        "domain-none-seed1",
+    ]
+    none, l2, dream = done.outcomes
+    finals = {r.info.run_name: r.data.metrics[summary_key("test", "avg_acc")] for r in children}
+    assert none.values == [finals["domain-none-seed0"], finals["domain-none-seed1"]]
+    assert dream.verdict(2.0) is Verdict.NOT_RUN and "dream" in dream.not_run
+    report = done.report.read_text()
+    assert "| domain | L2 | 90.0 ± 1.5 |" in report and "a written reason" in report
+    assert "| class | Dream | 50.0 | - | - | not run | not implemented here: dream |" in report
+    assert f"{done.within} of 3 cells within the tolerance (2 ran)." in report
+    assert parent.data.metrics["reproduce/ran"] == 2.0
+    # resumed: every child is read back, none runs again, the same numbers
+    again = reproduce(tiny_table, [0, 1], where, resume=done.parent_run_id, log=lambda _: None)
+    assert [o.values for o in again.outcomes] == [o.values for o in done.outcomes]
+    assert len(mlflow.search_runs([experiment])) == len(children) + 1
+    with pytest.raises(ConfigError, match="other settings"):
+        reproduce(tiny_table, [0], where, resume=done.parent_run_id)
+
+
+def test_bad_tables_and_cells_are_refused_in_one_line(tiny_table: str, tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"conf/table/nothing.yaml: no such table config"):
+        load_table("nothing")
+    path = conf.CONF_DIR / "table" / "bad.yaml"
+    text = (conf.CONF_DIR / "table" / "tiny.yaml").read_text()
+    for broken, message in [
+        (text.replace("tolerance: 2.0", "tolerence: 2.0"), "unknown key 'tolerence'"),
+        (text.replace("scenario: class", "scenario: classy"), "cell classy-dream: scenario"),
+        (text.replace("synthetic_forgetting", "nope"), "no experiment 'nope'"),
+        (text.replace("lam=0.5", "lam=-1"), "cell domain-l2: strategies.l2.lam"),
+    ]:
+        path.write_text(broken)
+        with pytest.raises(ConfigError, match=message) as e:
+            if "lam" in message:
+                reproduce("bad", [0], [f"paths.store={tmp_path / 'none'}"])
+            load_table("bad")
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "none").exists()  # refused before any run

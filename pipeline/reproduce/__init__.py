@@ -189,8 +189,9 @@ def write_report(
     """The report (Markdown) to ``out_dir`` and the parent run, with each cell's mean as a
     metric (``reproduce/<cell>``) and the count of cells within the tolerance."""
     head = [f"# Reproducing {table.description or table.name}", ""]
-    if overrides:
-        head += [f"Every run also took: `{' '.join(overrides)}`.", ""]
+    taken = [o for o in overrides if not o.startswith("paths.")]  # where, not what
+    if taken:
+        head += [f"Every run also took: `{' '.join(taken)}`.", ""]
     path = out_dir / REPORT_FILE
     with room_for(out_dir, "the reproduction's report"):
         out_dir.mkdir(parents=True, exist_ok=True)

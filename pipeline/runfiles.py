@@ -136,7 +136,7 @@ def write_run_info(run: Run, cfg: ExperimentConfig, tasks: Sequence[Task]) -> No
 
 def write_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> None:
     """The accuracy matrix (JSON), its heatmap (PNG), each task's accuracy along the sequence
-    (CSV, PNG) and the ledger of every task."""
+    (CSV, PNG) and the ledger of every task; no PNG with ``tracking.figures`` off."""
     run.log_json(
         [{"task": n, **asdict(r)} for n, r in zip(result.tasks, result.records, strict=True)],
         LEDGER_FILE,
@@ -147,9 +147,11 @@ def write_results(run: Run, cfg: ExperimentConfig, result: SequenceResult) -> No
         f"{'+'.join(cfg.strategy)})"
     )
     matrices: dict[str, Any] = {s: result.matrix[s] for s in ("test", "val") if s in result.matrix}
-    run.log_figure(heatmap(matrices, result.displays, title), MATRIX_FIGURE)
     tables = accuracy_along(result)
     run.log_text(along_csv(tables), ALONG_TABLE)
+    if not cfg.tracking.figures:
+        return
+    run.log_figure(heatmap(matrices, result.displays, title), MATRIX_FIGURE)
     shown = tables[0]  # the test split where the run has one
     # Display names on the axis (MNIST, Fashion-MNIST); the title on two lines, as it is narrow.
     wrapped = title.replace(" (", "\n(", 1)

@@ -78,6 +78,7 @@ REAL = [
     f"trainer.max_batches={BATCHES}",
     "trainer.threads=2",
     "trainer.progress_bar=false",
+    "tracking.figures=false",
 ]
 
 

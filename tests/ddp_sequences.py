@@ -61,6 +61,7 @@ def overrides(case: str, store: str, devices: int) -> list[str]:
         "trainer.progress_bar=false",
         "trainer.threads=1",
         "trainer.log_every_n_steps=2",
+        "tracking.figures=false",
         "data.batch_size=32",
         "data.synthetic.n_train=256",
         "data.synthetic.n_test=64",

@@ -210,7 +210,13 @@ def test_a_resumed_run_crops_as_the_uninterrupted_one(tmp_path: Path) -> None:
     tasks = "data.tasks=[" + ",".join(f"{{dataset: synthetic, seed: {i}}}" for i in range(3)) + "]"
     argv = [tasks, *TINY, "data.augment=crop_flip", "trainer.threads=1"]
     chaos = Path(__file__).with_name("chaos.py")
-    start = ["run", "synthetic_forgetting", *argv, "trainer.progress_bar=false"]
+    start = [
+        "run",
+        "synthetic_forgetting",
+        *argv,
+        "trainer.progress_bar=false",
+        "tracking.figures=false",
+    ]
     killed = subprocess.run(
         [
             *(sys.executable, str(chaos), "pipeline.checkpoints:save_checkpoint", "1", "after"),

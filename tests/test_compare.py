@@ -14,6 +14,7 @@ from pipeline.tracking import Run
 
 FAST = [
     "trainer.progress_bar=false",
+    "tracking.figures=false",
     "trainer.threads=1",
     "trainer.epochs=1",
     "data.synthetic.n_train=300",

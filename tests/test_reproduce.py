@@ -109,6 +109,7 @@ def test_a_table_runs_as_a_parent_with_a_child_per_cell_and_seed_and_resumes(
     none, l2, dream = done.outcomes
     finals = {r.info.run_name: r.data.metrics[summary_key("test", "avg_acc")] for r in children}
     assert none.values == [finals["domain-none-seed0"], finals["domain-none-seed1"]]
+    assert l2.values == [finals["domain-l2-seed0"], finals["domain-l2-seed1"]]
     assert dream.verdict(2.0) is Verdict.NOT_RUN and "dream" in dream.not_run
     report = done.report.read_text()
     assert "| domain | L2 | 90.0 ± 1.5 |" in report and "a written reason" in report

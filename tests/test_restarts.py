@@ -71,7 +71,12 @@ def the_run(uri: str, experiment: str) -> str | None:
 
 def pipeline_run(uri: str, experiment: str, tmp: Path, **env: str) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "pipeline", "run", "synthetic_forgetting", *ARGS]
-    argv += ["trainer.threads=1", "trainer.progress_bar=false", f"paths.reports={tmp}"]
+    argv += [
+        "trainer.threads=1",
+        "trainer.progress_bar=false",
+        "tracking.figures=false",
+        f"paths.reports={tmp}",
+    ]
     argv += [f"tracking.experiment={experiment}"]
     environ = dict(os.environ, MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO), **env)
     return subprocess.Popen(

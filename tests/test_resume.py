@@ -20,7 +20,12 @@ from pipeline.tracking import OWNER_TAG, Run
 
 CHAOS = Path(__file__).with_name("chaos.py")
 TASKS = "data.tasks=[" + ",".join(f"{{dataset: synthetic, seed: {i}}}" for i in range(3)) + "]"
-SMALL = ["trainer.threads=1", "trainer.progress_bar=false", "trainer.epochs=1"]
+SMALL = [
+    "trainer.threads=1",
+    "trainer.progress_bar=false",
+    "trainer.epochs=1",
+    "tracking.figures=false",
+]
 SMALL += ["trainer.max_batches=6", "data.synthetic.n_train=300", "data.synthetic.n_test=100"]
 
 

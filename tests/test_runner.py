@@ -27,7 +27,7 @@ from pipeline.tracking import Run
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     store = tmp_path_factory.mktemp("e2e") / "mlruns"
-    cfg = small_synthetic(store)
+    cfg = small_synthetic(store, "tracking.figures=true")  # the tests' default is off
     return cfg, store, run(cfg)
 
 
@@ -99,6 +99,11 @@ def test_accuracy_along_the_sequence_is_logged_beside_the_heatmap(finished, tmp_
     _, store, result = finished
     r = Run.get(Store.at(store), result.run_id)
     assert {"accuracy_along.csv", "accuracy_along.png"} <= set(r.list_files())
+    plain = run(small_synthetic(tmp_path / "plain", "trainer.epochs=1", "trainer.max_batches=2"))
+    files = set(Run.get(Store.at(tmp_path / "plain"), plain.run_id).list_files())
+    # tracking.figures off (the tests' default): the data without the pictures
+    assert {"accuracy_along.csv", "accuracy_matrix.json"} <= files
+    assert not {f for f in files if f.endswith(".png")}
     assert r.download("accuracy_along.png", tmp_path).read_bytes()[:4] == b"\x89PNG"
     text = r.download("accuracy_along.csv", tmp_path).read_text()
     rows = list(csv.DictReader(io.StringIO(text)))

@@ -217,7 +217,12 @@ cfg = compose("synthetic_forgetting", ["strategy=[shrink]", "strategies.shrink.s
 assert cfg.strategies["shrink"].scale == 0.5
 space = search_space(["shrink"], compose_sweep("default"))
 assert "strategies.shrink.scale" in space
-tiny = ["trainer.epochs=1", "trainer.max_batches=2", "trainer.progress_bar=false"]
+tiny = [
+    "trainer.epochs=1",
+    "trainer.max_batches=2",
+    "trainer.progress_bar=false",
+    "tracking.figures=false",
+]
 argv = ["run", "synthetic_forgetting", "strategy=[shrink]", f"paths.store={store}", *tiny]
 assert main(argv) == 0
 client = Store.at(store).client()

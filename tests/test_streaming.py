@@ -136,7 +136,7 @@ def test_a_killed_streamed_run_resumes_to_the_uninterrupted_result(
 ) -> None:
     store = tmp_path / "mlruns"
     argv = ["run", "synthetic_forgetting", tasks_of(*shards), STREAMED, *SMALL]
-    argv += ["trainer.progress_bar=false", f"paths.store={store}"]
+    argv += ["trainer.progress_bar=false", "tracking.figures=false", f"paths.store={store}"]
     target = "pipeline.checkpoints:save_checkpoint"
     done = subprocess.run(
         [sys.executable, str(CHAOS), target, "1", "after", *argv], capture_output=True, timeout=300
@@ -259,7 +259,7 @@ def test_shards_written_to_and_streamed_from_an_object_store(s3: str, tmp_path: 
     assert done.returncode == 0, done.stderr[-2000:]
     store = tmp_path / "mlruns"
     argv = ["run", "synthetic_forgetting", tasks_of(where), STREAMED, *SMALL]
-    argv += ["trainer.progress_bar=false", f"paths.store={store}"]
+    argv += ["trainer.progress_bar=false", "tracking.figures=false", f"paths.store={store}"]
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", *argv],
         capture_output=True,

@@ -321,11 +321,15 @@ class TrackingConfig:
         experiment: MLflow experiment name; defaults to the experiment config's name.
         run_name: MLflow run name; MLflow picks one when empty.
         log_checkpoints: log a checkpoint after every task.
+        figures: draw the run's figures (the accuracy matrix's heatmap, each task's accuracy
+            along the sequence: 0.5 s of matplotlib per run); off, their data are still logged
+            (JSON, CSV). Runs of a few seconds each (smoke tests, tiny sweeps) turn them off.
     """
 
     experiment: str = ""
     run_name: str = ""
     log_checkpoints: bool = True
+    figures: bool = True
 
 
 @dataclass

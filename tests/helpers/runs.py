@@ -40,7 +40,7 @@ CANARIES = (
 
 def small_synthetic(store: Path | str, *overrides: str) -> ExperimentConfig:
     """``conf/experiment/synthetic_forgetting.yaml`` with a private MLflow store (and reports
-    beside it), no bars.
+    beside it), no bars, no figures.
 
     A local store that does not exist yet starts as a copy of :func:`empty_store`: MLflow
     creates a database by running every schema migration (2.7 s here), which most tests would
@@ -53,6 +53,9 @@ def small_synthetic(store: Path | str, *overrides: str) -> ExperimentConfig:
             f"paths.reports={reports}",
             "trainer.progress_bar=false",
             "trainer.threads=1",
+            # 0.5 s of matplotlib per run, half a small run's overhead: tests/test_runner.py
+            # turns them on where it checks them
+            "tracking.figures=false",
             *overrides,
         ],
     )

@@ -317,10 +317,12 @@ def test_l2_penalty_closed_form() -> None:
 
 
 # -- SI -------------------------------------------------------------------------------------------
-def test_si_path_integral_on_a_hand_made_trajectory() -> None:
-    """omega = -sum_k g_k * (theta_k+1 - theta_k); Omega = max(omega, 0) / (Delta^2 + xi)."""
+@pytest.mark.parametrize("clamp", [True, False])
+def test_si_path_integral_on_a_hand_made_trajectory(clamp: bool) -> None:
+    """omega = -sum_k g_k * (theta_k+1 - theta_k); Omega = max(omega, 0) / (Delta^2 + xi), or
+    omega / (Delta^2 + xi) unclamped (van de Ven and Tolias's code)."""
     model, xi = tiny(), 0.05
-    si = make("si", xi=xi)
+    si = make("si", xi=xi, clamp=clamp)
     data = batches(0)
     ctx = ctx_for(model, data)
     si.on_task_start(ctx)
@@ -346,16 +348,19 @@ def test_si_path_integral_on_a_hand_made_trajectory() -> None:
     negatives = 0
     for n, p in trainable(model).items():
         delta = p.detach() - start[n]
-        expected = omega[n].clamp(min=0) / (delta**2 + xi)
+        expected = (omega[n].clamp(min=0) if clamp else omega[n]) / (delta**2 + xi)
         assert torch.allclose(importance[n], expected, atol=1e-6), n
-        assert (importance[n] >= 0).all()
+        assert (importance[n] >= 0).all() or not clamp
         negatives += int((omega[n] < 0).sum())
     assert negatives > 0  # the clamp was exercised
 
 
-def test_si_integrates_the_task_loss_gradient_not_its_own_penalty() -> None:
+@pytest.mark.parametrize("gradient", ["task", "total"])
+def test_si_integrates_the_task_loss_gradient_not_its_own_penalty(gradient: str) -> None:
+    """``gradient=task`` (Zenke et al.'s code): the task loss's gradient; ``total`` (van de Ven
+    and Tolias's code): the total loss's, SI's own penalty in it."""
     model = tiny()
-    si = make("si", c=0.5)
+    si = make("si", c=0.5, gradient=gradient)
     run_task(model, si, 0, batches(0, seed=3))
     perturb(model, 0.2)  # away from the anchor: the penalty's gradient is large
     data = batches(1, seed=4)
@@ -381,9 +386,10 @@ def test_si_integrates_the_task_loss_gradient_not_its_own_penalty() -> None:
     for (n, p), g in zip(params.items(), task_grad, strict=True):
         step = p.detach() - before[n]
         # (total - own penalty) gradient: float cancellation allows a small relative error
-        assert torch.allclose(path[n], -g * step, rtol=1e-4, atol=1e-7), n
-        total_grad_omega += float((path[n] - (-p.grad * step)).abs().sum())
-    assert total_grad_omega > 1e-3  # the total gradient would have given another integral
+        followed = g if gradient == "task" else p.grad
+        assert torch.allclose(path[n], -followed * step, rtol=1e-4, atol=1e-7), n
+        total_grad_omega += float((-g * step - (-p.grad * step)).abs().sum())
+    assert total_grad_omega > 1e-3  # the two gradients give different integrals
 
 
 # -- state, retention -----------------------------------------------------------------------------
@@ -450,12 +456,14 @@ def test_retention_counts_the_derived_state(name: str, copies: int) -> None:
         ("online_ewc", "lam", -0.1),
         ("si", "c", -1),
         ("si", "xi", 0),
+        ("si", "gradient", "both"),
+        ("lwf", "weighting", "sometimes"),
         ("mas", "lam", -2),
         ("mas", "samples", 0),
         ("l2", "lam", -1),
     ],
 )
-def test_bad_params_are_refused_naming_the_key(name: str, key: str, value: float) -> None:
+def test_bad_params_are_refused_naming_the_key(name: str, key: str, value: float | str) -> None:
     with pytest.raises(ConfigError, match=rf"^strategies\.{name}\.{key}: "):
         compose("synthetic_forgetting", [f"strategy=[{name}]", f"strategies.{name}.{key}={value}"])
 

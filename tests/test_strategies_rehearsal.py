@@ -4,6 +4,7 @@ Each test checks one defining property; the end-to-end runs check that the strat
 through the real runner, compose, and that replay forgets less than plain fine-tuning.
 """
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,26 @@ def test_lwf_loss_is_zero_when_the_model_equals_its_old_copy(scenario):
     assert any(p.grad is not None for p in h.model.parameters())
     r = s.retention()
     assert r.raw_samples == {} and r.raw_bytes == 0 and r.state_bytes > 0
+
+
+@pytest.mark.parametrize("scenario", ["domain", "class"])
+def test_lwf_weighted_by_tasks_is_van_de_vens_loss_times_t(scenario):
+    """``weighting=tasks``: ``CE + alpha (t - 1) KD`` at the t-th task (van de Ven and Tolias's
+    ``(1/t) CE + (1 - 1/t) KD``, times t); ``fixed``: ``CE + alpha KD`` whatever t."""
+    h = Harness("lwf", scenario, alpha=0.5)
+    s = h.strategy
+    h.train_task(0)
+    h.module.start_task(h.ctx(1))
+    with torch.no_grad():
+        for p in h.model.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = h.batch(1)
+    logits = h.model(batch.x, batch.task)
+    fixed = s.penalty(h.model, batch, logits)
+    s.old_tasks = 3  # as at the fourth task
+    assert fixed is not None and torch.equal(s.penalty(h.model, batch, logits), fixed)
+    s.params = dataclasses.replace(s.params, weighting="tasks")
+    assert torch.allclose(s.penalty(h.model, batch, logits), 3 * fixed)
 
 
 # -- checkpoints ---------------------------------------------------------------------------

@@ -35,10 +35,16 @@ class LwFParams:
     Attributes:
         alpha: weight of the distillation term.
         temperature: softmax temperature ``T`` of the distillation.
+        weighting: ``fixed`` (the default, the paper's): ``CE + alpha * sum_h KD_h`` over the
+            old heads ``h``; ``tasks``: van de Ven and Tolias's code, ``(1/t) CE + (1 - 1/t)
+            mean_h KD_h`` at the ``t``-th task, written here as ``t`` times it,
+            ``CE + alpha (t - 1) mean_h KD_h`` (``alpha = 1`` is theirs; Adam's steps do not
+            see the factor ``t``, up to its epsilon).
     """
 
     alpha: float = 0.25
     temperature: float = 2.0
+    weighting: str = "fixed"
 
 
 def distillation(new: Tensor, old: Tensor, temperature: float) -> Tensor:
@@ -116,6 +122,10 @@ class LwF(Strategy[LwFParams]):
             raise ConfigError(f"strategies.lwf.alpha: must be >= 0, got {params.alpha}")
         if params.temperature <= 0:
             raise ConfigError(f"strategies.lwf.temperature: must be > 0, got {params.temperature}")
+        if params.weighting not in ("fixed", "tasks"):
+            raise ConfigError(
+                f"strategies.lwf.weighting: must be fixed or tasks, got {params.weighting!r}"
+            )
 
     @override
     def on_task_start(self, ctx: TaskContext) -> None:
@@ -171,6 +181,9 @@ class LwF(Strategy[LwFParams]):
                 target = old(batch.x, batch.task)
             new = logits[:, : self.old_active] if isinstance(head, IncrementalHead) else logits
             loss = distillation(new, target, t)
+        if self.params.weighting == "tasks":  # the mean over the old heads, times t - 1
+            heads = self.old_tasks if isinstance(head, MultiHead) else 1
+            return self.params.alpha * self.old_tasks * loss / heads
         return self.params.alpha * loss
 
     @override

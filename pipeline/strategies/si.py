@@ -27,10 +27,18 @@ class SIParams:
             58.3 / 81.9.
         xi: damping of the importance's denominator ``(Delta theta)^2 + xi`` (> 0); 1e-3 is
             Zenke et al.'s Split MNIST value.
+        gradient: which gradient the path integral follows. ``task`` (the default): the task
+            loss's, SI's own penalty's taken out, as Zenke et al.'s code (ganguli-lab/pathint,
+            ``unreg_grads``); ``total``: the total loss's, SI's penalty in it, as van de Ven
+            and Tolias's code (GMvandeVen/continual-learning).
+        clamp: clamp each task's path integral at 0 (Zenke et al.'s ``relu``, the default);
+            False: keep negative contributions, as van de Ven and Tolias's code does.
     """
 
     c: float = 1.0
     xi: float = 1e-3
+    gradient: str = "task"
+    clamp: bool = True
 
 
 @register
@@ -74,6 +82,12 @@ class SI(AnchorStrategy[SIParams]):
         super().check_config(params, cfg)
         require(params.c >= 0, cls.name, "c", f"must be >= 0, got {params.c}")
         require(params.xi > 0, cls.name, "xi", f"must be > 0, got {params.xi}")
+        require(
+            params.gradient in ("task", "total"),
+            cls.name,
+            "gradient",
+            f"must be task or total, got {params.gradient!r}",
+        )
 
     @property
     @override
@@ -118,7 +132,7 @@ class SI(AnchorStrategy[SIParams]):
                 p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
                 for p in params
             ]
-            if not self.quad.empty:
+            if not self.quad.empty and self.params.gradient == "task":
                 torch._foreach_sub_(grad, self.quad.gradient(model, self.scale))
         self._grad = grad
 
@@ -146,7 +160,8 @@ class SI(AnchorStrategy[SIParams]):
         with torch.no_grad():
             for name, start, omega in zip(self._names, self._start, self._omega, strict=True):
                 theta = params[name].detach()
-                omega_t = omega.to(theta).clamp(min=0.0) / (
+                omega = omega.to(theta).clamp(min=0.0) if self.params.clamp else omega.to(theta)
+                omega_t = omega / (
                     (theta - start.to(theta)).square() + self.params.xi
                 )
                 importance[name] = omega_t if old is None else old[name].to(theta) + omega_t

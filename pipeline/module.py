@@ -29,10 +29,13 @@ class ContinualModule(pl.LightningModule):
     """Trains ``model`` on the current task with the loss shaped by ``strategies``.
 
     The runner calls :meth:`start_task` before building each task's Trainer and :meth:`end_task`
-    after it; inside ``fit`` the strategies see every batch (``transform_batch``), add their
-    ``penalty`` to the loss and act after the backward pass and the optimizer step, in list
-    order. The optimizer is built anew by ``configure_optimizers`` at every ``fit``, i.e. per
-    task, so no optimizer state (Adam moments) leaks from one task into the next.
+    after it; inside ``fit`` the strategies see every batch (``transform_batch``), may replace
+    the cross-entropy (``task_loss``), add their ``penalty`` to the loss and act after the
+    backward pass and the optimizer step, in list order. Every accuracy the module measures
+    (:meth:`accuracy`, validation, :meth:`sample_losses`) reads its predictions from
+    :meth:`scores` (a strategy's ``predict``, else the logits); losses are the network's. The
+    optimizer is built anew by ``configure_optimizers`` at every ``fit``, i.e. per task, so no
+    optimizer state (Adam moments) leaks from one task into the next.
 
     Args:
         model: backbone + head.
@@ -118,7 +121,7 @@ class ContinualModule(pl.LightningModule):
             batch = batch._replace(x=self._crop_flip(batch))
         self.samples_trained += int(batch.y.shape[0])
         logits = self.model(batch.x, batch.task)
-        loss = F.cross_entropy(logits, batch.y)
+        loss = self._task_loss(batch, logits)
         total = loss
         # Lightning's self.log costs about 0.3 ms a call on a CPU (it walks its result objects),
         # a few percent of a small CNN's step: step values are logged only on the steps the
@@ -155,6 +158,23 @@ class ContinualModule(pl.LightningModule):
                 "train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=self.sync
             )
         return total
+
+    def _task_loss(self, batch: Batch, logits: Tensor) -> Tensor:
+        """The first strategy's ``task_loss`` that gives one, else the cross-entropy."""
+        for s in self.strategies:
+            loss = s.task_loss(self.model, batch, logits)
+            if loss is not None:
+                return loss
+        return F.cross_entropy(logits, batch.y)
+
+    def scores(self, x: Tensor, task: Tensor, logits: Tensor) -> Tensor:
+        """What a prediction is read from (its argmax): the first strategy's ``predict`` that
+        gives scores, else ``logits`` (the model's output on ``x``)."""
+        for s in self.strategies:
+            scores = s.predict(self.model, x, task, logits)
+            if scores is not None:
+                return scores
+        return logits
 
     def _crop_flip(self, batch: Batch) -> Tensor:
         """The batch's images cropped and flipped (``data.augment=crop_flip``), with the draws
@@ -243,7 +263,7 @@ class ContinualModule(pl.LightningModule):
             sync_dist=self.sync,
             batch_size=int(batch.y.shape[0]),
         )
-        self._val_correct += (logits.argmax(1) == batch.y).sum()
+        self._val_correct += (self.scores(batch.x, batch.task, logits).argmax(1) == batch.y).sum()
         self._val_counted += int(batch.y.shape[0])
 
     @override
@@ -280,7 +300,7 @@ class ContinualModule(pl.LightningModule):
         counts = torch.zeros(2, dtype=torch.long, device=device)  # correct, total
         for batch in loader:
             x, y, task = (t.to(device, non_blocking=True) for t in batch[:3])
-            counts[0] += (self.model(x, task).argmax(1) == y).sum()
+            counts[0] += (self.scores(x, task, self.model(x, task)).argmax(1) == y).sum()
             counts[1] += y.numel()
         self.train(was_training)
         distributed.sum_([counts])
@@ -288,14 +308,16 @@ class ContinualModule(pl.LightningModule):
 
     @torch.no_grad()
     def sample_losses(self, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Each sample's cross-entropy and whether it is classified right (eval mode): what a
-        membership audit reads (:mod:`pipeline.membership`)."""
+        """Each sample's cross-entropy (of the logits) and whether it is classified right (by
+        :meth:`scores`), in eval mode: what a membership audit reads
+        (:mod:`pipeline.membership`)."""
         was_training = self.training
         self.eval()
         x, y, task = (t.to(device) for t in batch[:3])
         logits = self.model(x, task)
+        right = self.scores(x, task, logits).argmax(1) == y
         self.train(was_training)
-        return F.cross_entropy(logits, y, reduction="none").cpu(), (logits.argmax(1) == y).cpu()
+        return F.cross_entropy(logits, y, reduction="none").cpu(), right.cpu()
 
     def erase_samples(self, task: int, ids: Tensor) -> int:
         """Remove the stored samples ``ids`` of task ``task`` from every strategy (the right to

@@ -36,6 +36,13 @@ SHRINK = {
     "online_ewc": ["strategies.online_ewc.fisher_samples=96"],
     "mas": ["strategies.mas.samples=96"],
     "gpm": ["strategies.gpm.samples=96"],
+    "gem": ["strategies.gem.size=32"],
+    "rwalk": ["strategies.rwalk.fisher_update_after=2"],
+    "der": ["strategies.der.size=64"],
+    "gdumb": ["strategies.gdumb.size=64", "strategies.gdumb.epochs=4"],
+    "icarl": ["strategies.icarl.budget=10"],
+    "dgr": ["strategies.dgr.hidden=32", "strategies.dgr.latent=8"],
+    "dgr_distill": ["strategies.dgr_distill.hidden=32", "strategies.dgr_distill.latent=8"],
 }
 
 

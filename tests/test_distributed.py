@@ -27,11 +27,13 @@ from pipeline.errors import ConfigError
 from pipeline.experiment import compose
 from pipeline.runner import run_sequence
 from pipeline.store import Store
+from pipeline.strategies import REGISTRY
 from pipeline.tracking import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Every strategy in the domain scenario, plus the heads of the other two scenarios.
+#: Every strategy in the domain scenario (iCaRL in the class one, its only), plus the heads of
+#: the other two scenarios.
 CASES = [
     *(
         f"{s}:domain"
@@ -48,10 +50,16 @@ CASES = [
             "l2",
             "lwf",
             "gpm",
+            "gem",
+            "rwalk",
+            "der",
+            "gdumb",
+            "dgr",
+            "dgr_distill",
         )
     ),
+    "icarl:class",  # the class scenario's growing head, with a buffer of exemplars
     "ewc:task",
-    "replay:class",
     # each process crops and flips its slice of the batch as one process crops the whole
     "naive:domain:crop_flip",
     # streamed from shards: every process reads the stream and keeps its slice of each batch
@@ -89,6 +97,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_the_cases_hold_every_registered_strategy():
+    assert {case.split(":")[0] for case in CASES} == set(REGISTRY)
 
 
 def test_a_global_batch_is_the_union_of_the_ranks_slices():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.runs import run, same, small_synthetic
+from helpers.runs import accepted_scenario, run, same, small_synthetic, strategy_overrides
 from helpers.stores import checkpoint
 
 from pipeline.config.schema import SCENARIOS
@@ -26,7 +26,7 @@ TINY = (
 def test_strategy_runs_and_its_state_round_trips(name: str, scenario: str, tmp_path: Path):
     store = tmp_path / "mlruns"
     try:
-        cfg = small_synthetic(store, f"strategy=[{name}]", f"scenario={scenario}", *TINY)
+        cfg = small_synthetic(store, *strategy_overrides(name), f"scenario={scenario}", *TINY)
     except ConfigError as e:  # refused before training, with its reason
         assert "does not work in" in str(e)
         assert not store.exists()
@@ -47,7 +47,10 @@ def test_strategy_trains_in_bf16_mixed_precision(name: str, tmp_path: Path):
     """``trainer.precision=bf16-mixed`` (autocast on a GPU, and on a CPU as here): the hooks
     see bf16 activations and float32 weights and gradients."""
     store = tmp_path / "mlruns"
-    cfg = small_synthetic(store, f"strategy=[{name}]", "trainer.precision=bf16-mixed", *TINY)
+    scenario = f"scenario={accepted_scenario(name)}"
+    cfg = small_synthetic(
+        store, *strategy_overrides(name), scenario, "trainer.precision=bf16-mixed", *TINY
+    )
     result = run(cfg)
     R = result.matrix["test"]
     assert np.isfinite(R).all() and R[0, 0] > 0.2  # it learned the first task

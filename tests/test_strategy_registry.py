@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.runs import accepted_scenario
 
 from pipeline.config.compose import CONF_DIR, STRATEGY_FILE_KEYS, available, strategy_file
 from pipeline.config.paths import REPO_ROOT
@@ -38,7 +39,8 @@ def test_the_yaml_says_only_what_only_the_yaml_can_say(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_composing_fills_the_dataclass_defaults_once(name: str) -> None:
-    cfg = compose("synthetic_forgetting", [f"strategy=[{name}]"])
+    scenario = accepted_scenario(name)
+    cfg = compose("synthetic_forgetting", [f"strategy=[{name}]", f"scenario={scenario}"])
     assert cfg.strategies == {name: REGISTRY[name].Params()}  # parsed objects, defaults filled
 
 

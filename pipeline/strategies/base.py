@@ -11,6 +11,8 @@ hook                          when / what it returns
                               optimizer is created afterwards)
 ``transform_batch(b, ctx)``   each training batch, before the forward; returns the batch to
                               train on (replay appends stored samples)
+``task_loss(m, b, logits)``   each training step; returns the task loss, in place of the
+                              module's cross-entropy, or ``None``
 ``penalty(model, b, logits)`` each training step; returns a loss term added to the task loss,
                               or ``None``
 ``after_backward(model)``     after the backward pass, before the optimizer step (gradient
@@ -18,8 +20,13 @@ hook                          when / what it returns
 ``after_optimizer_step(m)``   after the optimizer step (path integrals need the update)
 ``on_task_end(ctx)``          after the task's training, model on the evaluation device
                               (Fisher information, anchors, buffer updates)
+``predict(m, x, t, logits)``  each evaluated batch, after the forward; returns the scores
+                              whose argmax is the prediction, or ``None`` (the logits)
 ``state_dict()`` / ``load_state_dict(s)``  saved into and restored from every checkpoint
 ============================  ===============================================================
+
+``task_loss`` and ``predict`` replace what the module computes: one strategy of a config may
+override each (:meth:`Strategy.check_config` refuses two); the module takes the first value.
 
 Besides the hooks, a strategy declares what it keeps (``keeps_raw_data``, :meth:`retention`:
 the retention ledger), its :class:`Role` in a comparison, and refuses a setting it cannot work
@@ -37,85 +44,28 @@ what it may return. :func:`resolve` parses an experiment's strategy hyperparamet
 
 from __future__ import annotations
 
-from dataclasses import Field, dataclass, field, is_dataclass
-from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
+from dataclasses import dataclass, is_dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
 from pipeline.data.tasks import Batch, Task
-from pipeline.errors import ConfigError
+
+# re-exported: the strategies and the runner import them from here
+from pipeline.strategies._declared import DataclassInstance as DataclassInstance
+from pipeline.strategies._declared import NoParams as NoParams
+from pipeline.strategies._declared import Retention as Retention
+from pipeline.strategies._declared import Role as Role
+from pipeline.strategies._declared import StrategyRefused as StrategyRefused
+from pipeline.strategies._declared import tensor_bytes as tensor_bytes
+from pipeline.strategies._declared import tensors_in as tensors_in
 
 if TYPE_CHECKING:
     from pipeline.config.schema import ExperimentConfig
     from pipeline.data.datamodule import ContinualDataModule
     from pipeline.models import Classifier
-
-
-class DataclassInstance(Protocol):
-    """Any dataclass instance: what a strategy's hyperparameters are (typeshed's
-    ``_typeshed.DataclassInstance``, which exists only for type checkers)."""
-
-    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
-
-
-@dataclass
-class NoParams:
-    """Hyperparameters of a strategy that has none."""
-
-
-class StrategyRefused(ConfigError):
-    """A strategy cannot work in this setting (scenario, streaming, retention): not a bad value
-    but a combination a comparison skips with the reason, where a single run stops (exit 2)."""
-
-
-class Role(Enum):
-    """What a strategy stands for in a comparison.
-
-    - ``BASELINE``: no defence, the forgetting every method is measured against (its weights
-      span a comparison's loss-landscape plane); the default strategy of an experiment.
-    - ``REFERENCE``: retrains on all data seen so far, the upper bound; intransigence and
-      training cost are measured against it.
-    - ``METHOD``: a method against forgetting.
-    """
-
-    BASELINE = 0
-    REFERENCE = 1
-    METHOD = 2
-
-
-@dataclass
-class Retention:
-    """What a strategy keeps across task boundaries (one entry of the retention ledger).
-
-    Attributes:
-        raw_samples: raw training samples kept, per task name.
-        raw_bytes: bytes of those samples (images, labels and anything stored with them).
-        state_bytes: bytes of derived state (Fisher matrices, importances, old model copies).
-    """
-
-    raw_samples: dict[str, int] = field(default_factory=dict)
-    raw_bytes: int = 0
-    state_bytes: int = 0
-
-
-def tensors_in(tree: Any) -> list[torch.Tensor]:
-    """Every tensor in a nest of dicts, lists and tuples (e.g. a ``state_dict()``), in a fixed
-    order (dict keys sorted)."""
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for k in sorted(tree, key=str) for t in tensors_in(tree[k])]
-    if isinstance(tree, list | tuple):
-        return [t for v in tree for t in tensors_in(v)]
-    return []
-
-
-def tensor_bytes(tree: Any) -> int:
-    """Bytes of every tensor in a nested dict/list/tuple (e.g. a ``state_dict()``)."""
-    return sum(t.numel() * t.element_size() for t in tensors_in(tree))
 
 
 @dataclass
@@ -213,18 +163,26 @@ class Strategy(Generic[P]):
             cfg: the whole experiment.
 
         Raises:
-            StrategyRefused: the setting (scenario, streaming, retention) rules it out.
+            StrategyRefused: the setting (retention, scenario, streaming) rules it out, or
+                another strategy of the config overrides one of its :data:`EXCLUSIVE_HOOKS`.
             ConfigError: a hyperparameter value it cannot work with (one line).
         """
+        if cls.keeps_raw_data and cfg.retention == "none":
+            raise StrategyRefused(
+                f"strategy: '{cls.name}' keeps raw training samples, which retention=none forbids"
+            )
         if cfg.scenario not in cls.scenarios:
             raise StrategyRefused(
                 f"strategy: '{cls.name}' does not work in the {cfg.scenario}-incremental "
                 f"scenario (it works in: {', '.join(cls.scenarios)})"
             )
-        if cls.keeps_raw_data and cfg.retention == "none":
-            raise StrategyRefused(
-                f"strategy: '{cls.name}' keeps raw training samples, which retention=none forbids"
-            )
+        for hook in (h for h in EXCLUSIVE_HOOKS if overrides(cls, h)):
+            rivals = [n for n in cfg.strategy if n != cls.name and overrides(REGISTRY[n], hook)]
+            if rivals:
+                raise StrategyRefused(
+                    f"strategy: '{cls.name}' and '{rivals[0]}' both replace the module's {hook}; "
+                    "a config combines at most one of them"
+                )
 
     def retention(self) -> Retention:
         """What this strategy keeps now: one entry of the retention ledger.
@@ -291,6 +249,19 @@ class Strategy(Generic[P]):
         """
         return batch
 
+    def task_loss(self, model: nn.Module, batch: Batch, logits: Tensor) -> Tensor | None:
+        """The loss of this step's batch, in place of the module's cross-entropy.
+
+        Called on every training step, after the forward pass and before :meth:`penalty`, in
+        list order until one returns a value: the task loss (logged as ``train/loss``).
+
+        Args: as :meth:`penalty`'s.
+
+        Returns:
+            A differentiable scalar, or ``None`` (the default): ``cross_entropy(logits, y)``.
+        """
+        return None
+
     def penalty(self, model: nn.Module, batch: Batch, logits: Tensor) -> Tensor | None:
         """A term to add to the training loss of this step.
 
@@ -340,6 +311,26 @@ class Strategy(Generic[P]):
             Nothing: it acts on its own state.
         """
 
+    def predict(self, model: nn.Module, x: Tensor, task: Tensor, logits: Tensor) -> Tensor | None:
+        """The scores a prediction is read from (its argmax), in place of the logits.
+
+        Called, in eval mode without gradients, in list order until one returns a value, on
+        every batch whose accuracy the module measures: after each task, in validation, and
+        the correctness a membership audit reads. Losses stay the network's, on the logits
+        (validation loss, the audit's losses, the loss landscape), as does the training
+        accuracy.
+
+        Args:
+            model: the network.
+            x: the batch's inputs.
+            task: each sample's task index.
+            logits: ``model``'s output on ``x`` (batch x active outputs).
+
+        Returns:
+            Scores shaped as ``logits``, or ``None`` (the default): the logits.
+        """
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """The state to store in each checkpoint.
 
@@ -362,6 +353,15 @@ class Strategy(Generic[P]):
         Returns:
             Nothing: it replaces its own state.
         """
+
+
+#: Hooks whose value replaces what the module computes: one strategy of a config overrides each.
+EXCLUSIVE_HOOKS = ("task_loss", "predict")
+
+
+def overrides(cls: type[Strategy[Any]], hook: str) -> bool:
+    """Whether a strategy class overrides one of :class:`Strategy`'s hooks."""
+    return getattr(cls, hook) is not getattr(Strategy, hook)
 
 
 def params_argument(cls: type) -> type[DataclassInstance] | None:

@@ -6,9 +6,8 @@ temperature-scaled distillation.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ from pipeline.config.schema import ExperimentConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import ConfigError
 from pipeline.models import Classifier, IncrementalHead, MultiHead
+from pipeline.strategies._frozen import frozen_copy
 from pipeline.strategies.base import Strategy, TaskContext, register
 
 
@@ -58,26 +58,6 @@ def distillation(new: Tensor, old: Tensor, temperature: float) -> Tensor:
     log_new = F.log_softmax(new / t, dim=1)
     log_old = F.log_softmax(old / t, dim=1)
     return t * t * F.kl_div(log_new, log_old, reduction="batchmean", log_target=True)
-
-
-M = TypeVar("M", bound=nn.Module)
-
-
-def frozen_copy(model: M) -> M:
-    """A deep copy of ``model`` in eval mode with no gradients and no hooks.
-
-    Hooks that strategies registered on the live model (this one's feature hook, or others')
-    are left out: a deep copy would otherwise copy them and, through bound methods, the
-    strategies that own them.
-    """
-    memo: dict[int, Any] = {}
-    for m in model.modules():
-        for key, value in vars(m).items():
-            if "hooks" in key and isinstance(value, dict):
-                memo[id(value)] = type(value)()
-    old = copy.deepcopy(model, memo)
-    old.requires_grad_(False)
-    return old.eval()
 
 
 @register

@@ -161,9 +161,7 @@ class SI(AnchorStrategy[SIParams]):
             for name, start, omega in zip(self._names, self._start, self._omega, strict=True):
                 theta = params[name].detach()
                 omega = omega.to(theta).clamp(min=0.0) if self.params.clamp else omega.to(theta)
-                omega_t = omega / (
-                    (theta - start.to(theta)).square() + self.params.xi
-                )
+                omega_t = omega / ((theta - start.to(theta)).square() + self.params.xi)
                 importance[name] = omega_t if old is None else old[name].to(theta) + omega_t
         self.quad.set(importance, snapshot(params))
         self._start = self._prev = self._omega = self._grad = None

@@ -25,6 +25,25 @@ TINY = (
     "data.synthetic.n_test=100",
     "data.batch_size=32",
 )
+#: Per strategy, what shrinks it further for the smoke tests: loops of its own sized for real
+#: data (GDumb retrains on its memory for the paper's 128 epochs after every task).
+SMOKE = {"gdumb": ("strategies.gdumb.epochs=2",)}
+
+
+def strategy_overrides(name: str) -> tuple[str, ...]:
+    """``strategy=[name]`` and its smoke-test shrink (:data:`SMOKE`)."""
+    return (f"strategy=[{name}]", *SMOKE.get(name, ()))
+
+
+def accepted_scenario(name: str, turn: int = 0) -> str:
+    """One of the scenarios the strategy works in, taken in turn (``turn``): the domain one,
+    the synthetic sequence's own, first where it is one of them."""
+    from pipeline.strategies import REGISTRY
+
+    accepted = sorted(REGISTRY[name].scenarios, key=lambda s: s != "domain")
+    return accepted[turn % len(accepted)]
+
+
 #: The audit's setting (tests/test_unlearning.py, tests/test_approximate.py): two synthetic
 #: tasks trained long enough to fit 30 canaries planted in the second (the last trained, so
 #: the final model still remembers them), audited against two references.

@@ -207,7 +207,11 @@ class Store:
         else:
             exp_id = str(exp.experiment_id)
         if description and (exp is None or DESCRIPTION_TAG not in exp.tags):
-            client.set_experiment_tag(exp_id, DESCRIPTION_TAG, description)
+            try:
+                client.set_experiment_tag(exp_id, DESCRIPTION_TAG, description)
+            except MlflowException:  # another process's, set at the same moment (see below)
+                if DESCRIPTION_TAG not in client.get_experiment(exp_id).tags:
+                    raise
         return exp_id
 
     def create_run(self, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> Any:
@@ -226,10 +230,20 @@ class Store:
         """Add ``columns`` (MLflow's column keys) to those the experiment's runs table shows
         by default (:mod:`pipeline.server.ui_app` seeds a browser's view from them)."""
         client = self.client()
-        tags = client.get_experiment(experiment_id).tags
-        shown = json.loads(tags.get(COLUMNS_TAG, "[]"))
-        if missing := [c for c in columns if c not in shown]:
-            client.set_experiment_tag(experiment_id, COLUMNS_TAG, json.dumps(shown + missing))
+        for attempt in range(3):
+            tags = client.get_experiment(experiment_id).tags
+            shown = json.loads(tags.get(COLUMNS_TAG, "[]"))
+            if not (missing := [c for c in columns if c not in shown]):
+                break
+            try:
+                client.set_experiment_tag(experiment_id, COLUMNS_TAG, json.dumps(shown + missing))
+                break
+            except MlflowException:
+                # Two processes adding the tag at once (two sweep workers' first trials): in
+                # SQLite both insert it and the second breaks the key's UNIQUE constraint.
+                # Read the winner's columns and add ours to them.
+                if attempt == 2:
+                    raise
         if LEGACY_COLUMNS_TAG in tags:  # its columns name the metric keys of older versions
             client.delete_experiment_tag(experiment_id, LEGACY_COLUMNS_TAG)
 

@@ -79,6 +79,37 @@ def test_every_client_write_finishes_before_sigterm_exits(
     assert Store.at(store).client().get_run(run_id).data.tags["written"] == "yes"
 
 
+def test_columns_added_by_two_processes_at_once_keep_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sweep workers' first trials add the columns tag at the same moment: SQLite refuses
+    the second insert (UNIQUE). The loser reads the winner's columns and adds its own."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.server.ui_app import COLUMNS_TAG
+    from pipeline.shield import ShieldedClient
+
+    store = Store.at(tmp_path / "mlruns")
+    exp = store.experiment_id("x")
+    real = ShieldedClient.set_experiment_tag
+    lost = []
+
+    def racing(self: ShieldedClient, experiment_id: str, key: str, value: str) -> None:
+        if key == COLUMNS_TAG and not lost:  # the other process wins the race
+            lost.append(value)
+            real(self, experiment_id, key, json.dumps(["metrics.`test/theirs`"]))
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed")
+        real(self, experiment_id, key, value)
+
+    monkeypatch.setattr(ShieldedClient, "set_experiment_tag", racing)
+    store.show_columns(exp, ["metrics.`test/ours`"])
+    tags = store.client().get_experiment(exp).tags
+    both = ["metrics.`test/theirs`", "metrics.`test/ours`"]
+    assert lost and json.loads(tags[COLUMNS_TAG]) == both
+
+
 def test_the_runs_table_columns_are_a_hidden_tag_and_the_old_raw_one_goes(tmp_path: Path) -> None:
     """MLflow's list of experiments shows every tag not named ``mlflow.*``: the columns' JSON
     (named ``pipeline.columns`` until 2026-12) showed there raw."""

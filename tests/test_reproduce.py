@@ -4,6 +4,7 @@ beside the published numbers with a verdict per cell, and resumes without runnin
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def test_every_table_composes_every_cell_under_its_protocol():
             assert [c.seed for c in configs] == [0, 1]
             assert all(c.scenario == outcome.cell.scenario for c in configs)
     vdv = {o.cell.key: (o, c) for o, c in plan(load_table("vandeven2019-split-mnist"), [3], [])}
-    assert len(vdv) == 20
+    assert len(vdv) == 20 and "class-dgr-distill" in vdv  # from "DGR+distill"
+    for key in vdv:  # each is a metric's name on the parent run: what MLflow allows
+        assert re.fullmatch(r"[a-z0-9-]+", key), key
     _, (cfg,) = vdv["class-ewc"]
     assert cfg.strategies["ewc"].lam == 1e8  # type: ignore[attr-defined]
     assert cfg.model.hidden == [400, 400] and cfg.trainer.iterations == 2000

@@ -57,8 +57,9 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """The cell's name in run names and reports: ``class-online-ewc``."""
-        return f"{self.scenario}-{re.sub(r'[^a-z0-9+]+', '-', self.method.lower()).strip('-')}"
+        """The cell's name in run names, metric names and reports: ``class-online-ewc``,
+        ``class-dgr-distill`` (letters, digits and dashes: what an MLflow metric name allows)."""
+        return f"{self.scenario}-{re.sub(r'[^a-z0-9]+', '-', self.method.lower()).strip('-')}"
 
 
 @dataclass

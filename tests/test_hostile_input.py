@@ -95,6 +95,7 @@ CASES: list[tuple[str, list[str]]] = [
     ("unknown retention", [*EXP, "retention=maybe"]),
     ("a stream seen twice", [*EXP, "data.stream=true", "trainer.epochs=2"]),
     ("an unknown table", ["reproduce", "no_such_table", f"paths.store={FRESH}"]),
+    ("no table named", ["reproduce", "", f"paths.store={FRESH}"]),
     (
         "zero seeds of a table",
         ["reproduce", "vandeven2019-split-mnist", "--seeds", "0", f"paths.store={FRESH}"],

@@ -92,6 +92,11 @@ def load_table(name: str) -> Table:
     Raises:
         ConfigError: no such table, an unknown key or a wrong type, a bad value (one line).
     """
+    if not name:
+        raise ConfigError(
+            f"reproduce: no table named (make reproduce TABLE=<name>; available: "
+            f"{', '.join(tables()) or 'none'})"
+        )
     source = f"conf/{GROUP}/{name}.yaml"
     raw = load_yaml(GROUP, name)
     table = build(merge(OmegaConf.structured(Table), raw, source), [], source, Table)

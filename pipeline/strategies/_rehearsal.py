@@ -69,6 +69,19 @@ class TaskSamples:
         self.seen[rows] = True
         return first, rows
 
+    def first_seen(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The samples of the step seen for the first time in this task, as keys (row, target,
+        task, id), and their positions in this process's batch. In a distributed run the keys
+        are every process's, in rank order (the order of the batch one process would have),
+        and the other slices' samples are marked seen here too."""
+        first, rows = self.first_sight(batch)
+        index = first.nonzero().squeeze(1)
+        keys = torch.stack([rows[index], batch.y[index], batch.task[index], batch.id[index]], 1)
+        if distributed.world() > 1:
+            keys = distributed.gather_rows(keys)
+            self.seen[keys[:, 0]] = True
+        return keys, index
+
     def seen_rows(self) -> Tensor:
         """Rows of the split that training has shown (CPU)."""
         return self.seen[: self.sink].nonzero().squeeze(1).cpu()
@@ -195,15 +208,11 @@ class Rehearsal(Strategy[RP]):
         hold, in rank order (the order of the batch one process would have): the buffers stay
         one global buffer, identical everywhere."""
         assert self.current is not None
-        first, rows = self.current.first_sight(batch)
-        index = first.nonzero().squeeze(1)
-        keys = torch.stack([rows[index], batch.y[index], batch.task[index], batch.id[index]], 1)
+        keys, index = self.current.first_seen(batch)
         if distributed.world() > 1:
-            keys = distributed.gather_rows(keys)
-            self.current.seen[keys[:, 0]] = True  # the other slices' samples are seen too
             logits = None if logits is None else distributed.gather_rows(logits[index])
             widths = None if widths is None else distributed.gather_rows(widths[index])
-        elif not bool(first.any()):
+        elif keys.shape[0] == 0:
             return 0
         else:
             logits = None if logits is None else logits[index]

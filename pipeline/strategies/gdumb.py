@@ -298,12 +298,7 @@ class GDumb(Strategy[GDumbParams]):
         """Offer the batch's samples seen for the first time in this task to the sampler (in a
         distributed run, every process's, in rank order); train on the batch unchanged."""
         assert self.current is not None, "on_task_start() must be called first"
-        first, rows = self.current.first_sight(batch)
-        index = first.nonzero().squeeze(1)
-        keys = torch.stack([rows[index], batch.y[index], batch.task[index], batch.id[index]], 1)
-        if distributed.world() > 1:
-            keys = distributed.gather_rows(keys)
-            self.current.seen[keys[:, 0]] = True  # the other slices' samples are seen too
+        keys, _ = self.current.first_seen(batch)
         if keys.shape[0]:
             self.memory.offer(self.current.split.images, keys)
         return batch

@@ -4,7 +4,8 @@ Runs :func:`pipeline.reproduce.reproduce` on a table of ``conf/table/`` (every c
 table's protocol, over ``--seeds``) into the project's MLflow store (``mlruns/``, or
 ``--set paths.store=...``), prints the table of published numbers beside ours, and writes it to
 ``docs/measured/reproduce-<table>.md`` (``--measured``) with the command, date, machine and
-commit on top. ``--resume <parent run>`` carries on one that was cut off. Van de Ven and
+commit on top. ``--resume <parent run>`` carries on one that was cut off (or adds seeds);
+``--jobs 2`` runs two at a time. Van de Ven and
 Tolias's Split MNIST table takes about 2 minutes per run on one of this machine's cores.
 
     .venv/bin/python benchmarks/reproduce.py vandeven2019-split-mnist [--seeds 5] [--root data]
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     parser.add_argument("--root", default="data", help="the datasets (make data)")
     parser.add_argument("--resume", default="", help="the parent run of one cut off")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one process each")
     parser.add_argument("--set", action="append", default=[], help="override of every run")
     record.add_argument(parser)
     args = parser.parse_args()
@@ -33,6 +35,7 @@ def main() -> None:
         list(range(args.seeds)),
         [f"paths.data={args.root}", *args.set],
         resume=args.resume or None,
+        jobs=args.jobs,
     )
     body = done.report.read_text().split("\n", 2)[2]  # without its own title
     print(body)

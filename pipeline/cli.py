@@ -154,12 +154,13 @@ def _table_command(sub: Any) -> None:
     p.add_argument("table", help=f"a file of conf/table/ ({', '.join(available('table'))})")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     p.add_argument("--out", default="", help="report folder (default <reports>/reproduce-...)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, one process each")
     p.add_argument(
         "--resume",
         default="",
         metavar="RUN_ID",
-        help="parent run of a reproduction that was cut off (same arguments): its finished "
-        "runs are kept, the others run",
+        help="parent run of a reproduction that was cut off (same arguments, or more seeds): "
+        "its finished runs are kept, the others run",
     )
     p.add_argument("overrides", nargs="*", help="key=value for every run (after each cell's)")
 

@@ -177,6 +177,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from pipeline.reproduce import reproduce
 
     require_count(args.seeds, "--seeds", "make reproduce SEEDS=<n>")
+    require_count(args.jobs, "--jobs", "make reproduce JOBS=<n>")
     seeds = list(range(args.seeds))
     print(f"reproducing {args.table}, seeds {seeds}")
     done = reproduce(
@@ -185,6 +186,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         args.overrides,
         Path(args.out) if args.out else None,
         resume=args.resume or None,
+        jobs=args.jobs,
     )
     print("\n".join(done.report.read_text().splitlines()[2:]))
     print(f"report: {done.report}")

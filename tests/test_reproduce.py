@@ -125,6 +125,17 @@ def test_a_table_runs_as_a_parent_with_a_child_per_cell_and_seed_and_resumes(
     assert len(mlflow.search_runs([experiment])) == len(children) + 1
     with pytest.raises(ConfigError, match="other settings"):
         reproduce(tiny_table, [0], where, resume=done.parent_run_id)
+    # resumed with a seed more, two runs at a time: only seed 2 runs, each cell's in a worker
+    # process, and a worker's run gives what a run in this process gives
+    more = reproduce(tiny_table, [0, 1, 2], where, resume=done.parent_run_id, jobs=2, log=print)
+    assert [o.values[:2] for o in more.outcomes[:2]] == [none.values, l2.values]
+    assert len(mlflow.search_runs([experiment])) == len(children) + 1 + 2
+    assert mlflow.get_run(done.parent_run_id).data.tags["seeds"] == "0,1,2"
+    assert "over seeds 0, 1, 2;" in more.report.read_text()
+    solo = reproduce(tiny_table, [2], where, log=lambda _: None)
+    assert [o.values for o in solo.outcomes[:2]] == [o.values[2:] for o in more.outcomes[:2]]
+    with pytest.raises(ConfigError, match=r"seeds '0,1,2' \(now '0,1' leaves out \[2\]\)"):
+        reproduce(tiny_table, [0, 1], where, resume=done.parent_run_id)
 
 
 def test_bad_tables_and_cells_are_refused_in_one_line(tiny_table: str, tmp_path: Path):

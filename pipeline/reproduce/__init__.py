@@ -5,13 +5,22 @@ with a verdict per cell (``make reproduce TABLE=<name> [SEEDS=5]``).
 The package: :mod:`~pipeline.reproduce.spec` (the tables of ``conf/table/``, checked before
 anything runs), :mod:`~pipeline.reproduce.verdict` (ours beside theirs, pure) and, here, the
 runs and the report. A reproduction cut off is carried on like a comparison, with
-``RESUME=<parent run id>``: its finished children are read back, not run again.
+``RESUME=<parent run id>``: its finished children are read back, not run again; resumed with
+more seeds, it runs only the new ones (``SEEDS=5`` after a first look at one seed).
+
+``JOBS=<n>`` runs n children at a time, each in its own process (the standard library's
+process pool, spawned: torch and Lightning do not survive a fork well), each with an equal
+share of the cores (``trainer.threads``, unless an override sets it). The children are
+independent runs under one parent, written to the store as a sweep's workers write theirs.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +44,7 @@ __all__ = ["Outcome", "Reproduction", "Verdict", "load_table", "reproduce", "tab
 
 KIND = "reproduction"  # the parent run's `kind` tag
 REPORT_FILE = "reproduction.md"
+SEEDS_TAG = "seeds"  # the seeds of the latest (re)start: a resume may add seeds
 
 
 @dataclass
@@ -98,6 +108,7 @@ def reproduce(
     out_dir: Path | None = None,
     log: Callable[[str], None] = print,
     resume: str | None = None,
+    jobs: int = 1,
 ) -> Reproduction:
     """Run every cell of the table ``conf/table/<name>.yaml`` on every seed and write the
     report (published beside ours, a verdict per cell).
@@ -108,11 +119,13 @@ def reproduce(
         overrides: applied to every run after the cell's own (``trainer.iterations=100`` to
             try the machinery quickly; the report lists them).
         out_dir: where the report goes (default ``<paths.reports>/reproduce-<name>-<time>``).
-        resume: the parent run of a reproduction cut off, with the same arguments.
+        resume: the parent run of a reproduction cut off, with the same arguments (or more
+            seeds: the new ones run).
+        jobs: children run at a time, each in its own process.
 
     Raises:
         ConfigError: a bad table, cell or override; a ``resume`` run that is not the same
-            reproduction (before anything runs).
+            reproduction, or had seeds that are not asked now (before anything runs).
     """
     table = load_table(name)
     planned = plan(table, seeds, overrides)
@@ -123,18 +136,19 @@ def reproduce(
     store = Store.of(base.paths)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = out_dir or base.paths.reports_dir() / f"reproduce-{name}-{stamp}"
-    params = {"table": name, "seeds": ",".join(map(str, seeds)), "overrides": " ".join(overrides)}
-    done = finished_children(store, resume, params, KIND) if resume else {}
+    params = {"table": name, "overrides": " ".join(overrides)}
+    done = _resumed(store, resume, params, seeds) if resume else {}
     outcomes = [outcome for outcome, _ in planned]
     with _parent_run(store, base, name, resume) as parent:
         if not resume:
-            parent.log_params(params)
+            parent.log_params({**params, "seeds": _seed_list(seeds)})
+        parent.set_tags({SEEDS_TAG: _seed_list(seeds)})  # grows when resumed with more seeds
         log(f"parent run {parent.run_id} (if cut off, resume it: RESUME={parent.run_id})")
-        total, step = sum(len(c) for c in ready), 0
-        for outcome, configs in planned:
-            for cfg in configs:
-                step += 1
-                run_id, value = _one(cfg, table.metric, store, parent, done, (log, step, total))
+        configs = [cfg for _, cell_configs in planned for cfg in cell_configs]
+        results = _children(configs, table.metric, store, parent.run_id, done, log, jobs)
+        for outcome, cell_configs in planned:
+            for cfg in cell_configs:
+                run_id, value = results[cfg.tracking.run_name]
                 outcome.run_ids.append(run_id)
                 outcome.values.append(value)
         lines = markdown(table, outcomes, seeds)
@@ -142,31 +156,88 @@ def reproduce(
     return Reproduction(table, list(seeds), outcomes, parent.run_id, report)
 
 
-def _one(
-    cfg: ExperimentConfig,
+def _seed_list(seeds: Sequence[int]) -> str:
+    return ",".join(map(str, seeds))
+
+
+def _resumed(
+    store: Store, resume: str, params: dict[str, str], seeds: Sequence[int]
+) -> dict[str, str]:
+    """The finished children of the reproduction ``resume``, by run name, once it is known to
+    be this one: the same table and overrides, and no seed it ran left out now."""
+    done = finished_children(store, resume, params, KIND)
+    parent = store.client().get_run(Run.get(store, resume).run_id).data
+    before = parent.tags.get(SEEDS_TAG, parent.params.get("seeds", ""))
+    dropped = sorted({int(s) for s in before.split(",") if s} - set(seeds))
+    if dropped:
+        raise ConfigError(
+            f"resume: run '{resume}' compared other settings: seeds {before!r} (now "
+            f"{_seed_list(seeds)!r} leaves out {dropped}); resume it with the same seeds or more"
+        )
+    return done
+
+
+def _children(
+    configs: Sequence[ExperimentConfig],
     metric: str,
     store: Store,
-    parent: Run,
+    parent_id: str,
     done: dict[str, str],
-    progress: tuple[Callable[[str], None], int, int],
-) -> tuple[str, float]:
-    """One child run (or its result read back, when a resumed reproduction finished it): its
-    id and the compared number in %. ``progress``: where to log, this run's place, the total."""
-    log, place, total = progress
-    step = f"[{place}/{total}]"
-    name = cfg.tracking.run_name
+    log: Callable[[str], None],
+    jobs: int,
+) -> dict[str, tuple[str, float]]:
+    """Every child's run id and compared number in %, by run name: read back where a resumed
+    reproduction finished it, run otherwise (``jobs`` at a time, each in its own process)."""
     read = COLUMNS[metric][1]
-    if name in done:
+    results: dict[str, tuple[str, float]] = {}
+    todo: list[ExperimentConfig] = []
+    for cfg in configs:
+        name = cfg.tracking.run_name
+        if name in done:
+            try:
+                results[name] = done[name], percent(read(runfiles.read_result(store, done[name])))
+                log(f"{name}: finished before (run {done[name]})")
+                continue
+            except LookupError as e:
+                log(f"{name}: {e}; running it again")
+        todo.append(cfg)
+    total = len(todo)
+    if jobs == 1:
+        for place, cfg in enumerate(todo, 1):
+            log(f"[{place}/{total}] {cfg.tracking.run_name}")
+            results[cfg.tracking.run_name] = _child(cfg, metric, parent_id)
+        return results
+    share = max(1, _cores() // jobs)
+    for cfg in todo:
+        cfg.trainer.threads = cfg.trainer.threads or share
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as pool:
+        running = {pool.submit(_child, cfg, metric, parent_id): cfg for cfg in todo}
+        log(f"{total} runs, {jobs} at a time")
         try:
-            result = runfiles.read_result(store, done[name])
-            log(f"{step} {name}: finished before (run {done[name]})")
-            return done[name], percent(read(result))
-        except LookupError as e:
-            log(f"{step} {name}: {e}; running it again")
-    else:
-        log(f"{step} {name}")
-    result = run_sequence(cfg, Run.of(cfg, parent.run_id))
-    return result.run_id, percent(read(result))
+            for place, future in enumerate(as_completed(running), 1):
+                name = running[future].tracking.run_name
+                results[name] = future.result()
+                log(f"[{place}/{total}] {name}: {results[name][1]:.1f} (run {results[name][0]})")
+        except BaseException:  # a child failed, or Ctrl-C: the queued ones do not start
+            for future in running:
+                future.cancel()
+            raise
+    return results
+
+
+def _child(cfg: ExperimentConfig, metric: str, parent_id: str) -> tuple[str, float]:
+    """One child run under ``parent_id``: its id and the compared number in %. Module level:
+    a process pool's worker calls it."""
+    result = run_sequence(cfg, Run.of(cfg, parent_id))
+    return result.run_id, percent(COLUMNS[metric][1](result))
+
+
+def _cores() -> int:
+    """The cores this process may use (its affinity, where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _parent_run(

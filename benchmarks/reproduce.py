@@ -17,10 +17,12 @@ import argparse
 
 import record
 
+from pipeline.exiting import unwind_on_sigterm
 from pipeline.reproduce import reproduce
 
 
 def main() -> None:
+    unwind_on_sigterm()  # SIGTERM ends the runs KILLED (resumable), the workers' too
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("table", help="a table of conf/table/")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")

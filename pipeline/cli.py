@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -40,6 +39,7 @@ from pipeline.commands import (
 from pipeline.config.compose import available
 from pipeline.erasure_commands import cmd_audit, cmd_erase, cmd_register, cmd_unlearn_tune
 from pipeline.errors import ConfigError, RunFailed
+from pipeline.exiting import unwind_on_sigterm
 from pipeline.ids_help import ERASE_IDS, RUN_ID
 
 
@@ -266,20 +266,9 @@ def _study_commands(sub: Any) -> None:
     p.add_argument("--no-default", action="store_true", help="do not evaluate the defaults")
 
 
-def _terminate(signum: int, frame: object) -> None:
-    shield = sys.modules.get("pipeline.shield")  # loaded by the commands that write runs
-    if shield is not None and shield.defer_exit(128 + signum):
-        return  # raised as soon as the MLflow write in progress is done
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    if threading.current_thread() is threading.main_thread():
-        # Python's default SIGTERM stops the process on the spot and leaves its MLflow runs
-        # RUNNING; as an exception it unwinds like Ctrl-C: runs end KILLED, scratch files go.
-        # Lightning calls this handler too while it trains (it chains the existing handler).
-        signal.signal(signal.SIGTERM, _terminate)
+    unwind_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["data"]:
         from pipeline.data.command import main as provision_main

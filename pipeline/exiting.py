@@ -1,4 +1,5 @@
-"""How a command's process ends: at once, without the interpreter's teardown (:func:`exit_now`)."""
+"""How a command's process ends: at once, without the interpreter's teardown (:func:`exit_now`),
+and on SIGTERM as on Ctrl-C, its runs ended KILLED (:func:`unwind_on_sigterm`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import signal
 import sys
 import threading
 from typing import NoReturn
@@ -43,3 +45,22 @@ def exit_now(code: int) -> NoReturn:
     with contextlib.suppress(AttributeError, OSError):
         ctypes.CDLL(None).fflush(None)  # what C libraries printed, still in stdio's buffers
     os._exit(code)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    shield = sys.modules.get("pipeline.shield")  # loaded by the commands that write runs
+    if shield is not None and shield.defer_exit(128 + signum):
+        return  # raised as soon as the MLflow write in progress is done
+    raise SystemExit(128 + signum)
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit(143)`` in this process (its main thread only).
+
+    Python's default SIGTERM stops the process on the spot and leaves its MLflow runs RUNNING;
+    as an exception it unwinds like Ctrl-C: runs end KILLED, scratch files go. Lightning calls
+    this handler too while it trains (it chains the existing handler). A command's process
+    installs it first thing, and so does each worker process a command starts.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)

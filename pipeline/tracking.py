@@ -202,7 +202,7 @@ class Run:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values redacted: a URI's password never reaches the store)."""
-        items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
+        items = [Param(k, param_text(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps params per batch at 100
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
@@ -280,6 +280,11 @@ class Run:
         uri = self.client.get_run(self.run_id).info.artifact_uri
         with shielded():
             get_artifact_repository(uri, tracking_uri=self.store.uri).delete_artifacts(path)
+
+
+def param_text(value: Any) -> str:
+    """A param's value as the store keeps it: text, redacted, at most 6,000 characters."""
+    return redact(str(value))[:6000]
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

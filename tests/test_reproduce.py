@@ -136,6 +136,14 @@ def test_a_table_runs_as_a_parent_with_a_child_per_cell_and_seed_and_resumes(
     assert [o.values for o in solo.outcomes[:2]] == [o.values[2:] for o in more.outcomes[:2]]
     with pytest.raises(ConfigError, match=r"seeds '0,1,2' \(now '0,1' leaves out \[2\]\)"):
         reproduce(tiny_table, [0, 1], where, resume=done.parent_run_id)
+    # a cell whose method settings changed since runs again when resumed; the others are read
+    table = conf.CONF_DIR / "table" / "tiny.yaml"
+    table.write_text(table.read_text().replace("lam=0.5", "lam=0.25"))
+    lines: list[str] = []
+    redone = reproduce(tiny_table, [0, 1, 2], where, resume=done.parent_run_id, log=lines.append)
+    assert redone.outcomes[0].run_ids == more.outcomes[0].run_ids  # None: read back
+    assert not set(redone.outcomes[1].run_ids) & set(more.outcomes[1].run_ids)  # L2: again
+    assert any("(strategies.l2.lam 0.5, now 0.25); running it again" in line for line in lines)
 
 
 def test_bad_tables_and_cells_are_refused_in_one_line(tiny_table: str, tmp_path: Path):

@@ -22,10 +22,10 @@ from pipeline.experiment import compose
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.strategies import REGISTRY, Strategy, TaskContext, parse_params
+from pipeline.strategies._frozen import distillation
 from pipeline.strategies._reservoir import water_fill
 from pipeline.strategies.agem import project
 from pipeline.strategies.buffer import ReservoirBuffer
-from pipeline.strategies.lwf import distillation
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -341,6 +341,39 @@ def test_lwf_weighted_by_tasks_is_van_de_vens_loss_times_t(scenario):
     assert fixed is not None and torch.equal(s.penalty(h.model, batch, logits), fixed)
     s.params = dataclasses.replace(s.params, weighting="tasks")
     assert torch.allclose(s.penalty(h.model, batch, logits), 3 * fixed)
+
+
+def test_lwf_class_outputs_seen_distils_every_output_with_zero_padded_targets():
+    """``class_outputs=seen`` (van de Ven and Tolias's code): in the class scenario, the
+    current model's softmax over every output seen so far, against the old model's padded
+    with 0 on the new classes, so the new classes are pulled down even while the model still
+    equals its old copy; ``old`` distils the old classes' outputs only; the domain scenario
+    has no new outputs, and both forms agree there."""
+    for scenario in ("class", "domain"):
+        h = Harness("lwf", scenario, alpha=1.0)
+        s = h.strategy
+        h.train_task(0)
+        h.module.start_task(h.ctx(1))
+        batch = h.batch(1)
+        logits = h.model(batch.x, batch.task).detach().requires_grad_(True)
+        old = s.penalty(h.model, batch, logits)
+        s.params = dataclasses.replace(s.params, class_outputs="seen")
+        seen = s.penalty(h.model, batch, logits)
+        assert old is not None and seen is not None
+        if scenario == "domain":
+            assert torch.equal(seen, old)
+            continue
+        assert float(old) == 0.0  # the model is still its old copy
+        t, k = s.params.temperature, s.old_active
+        assert logits.shape[1] > k  # the current task's classes are output too
+        p_old = F.softmax(logits[:, :k].detach() / t, dim=1)
+        log_q = F.log_softmax(logits.detach() / t, dim=1)[:, :k]
+        by_hand = t * t * (p_old * (p_old.log() - log_q)).sum(1).mean()
+        assert float(seen) > 0 and torch.allclose(seen, by_hand)
+        (grad,) = torch.autograd.grad(seen, logits)
+        assert (grad[:, k:] > 0).all()  # descending it lowers the new classes' outputs
+    with pytest.raises(ConfigError, match=r"strategies\.lwf\.class_outputs: must be old or seen"):
+        compose("synthetic_forgetting", ["strategy=[lwf]", "strategies.lwf.class_outputs=all"])
 
 
 # -- checkpoints ---------------------------------------------------------------------------

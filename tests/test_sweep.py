@@ -501,7 +501,7 @@ def test_two_sweeps_started_at_once_share_one_study_and_draw_different_points(
 
 def _terminated_in_child(root: str) -> None:
     """A sweep whose trial stalls after its first task; SIGTERM unwinds it as the CLI does."""
-    from pipeline.cli import _terminate
+    from pipeline.exiting import _terminate
 
     signal.signal(signal.SIGTERM, _terminate)
     _sweep_in_child(root)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.cli import _terminate
+from pipeline.exiting import _terminate
 from pipeline.shield import shielded
 from pipeline.store import Store
 

@@ -28,9 +28,10 @@ from pathlib import Path
 from pipeline import runfiles
 from pipeline.compare import finished_children
 from pipeline.compare.table import COLUMNS
-from pipeline.config.schema import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig, to_dict
 from pipeline.disk import room_for
 from pipeline.errors import ConfigError
+from pipeline.exiting import unwind_on_sigterm
 from pipeline.experiment import compose, require_one_process
 from pipeline.metrics import percent
 from pipeline.reproduce.spec import Cell, Table, load_table, tables
@@ -38,7 +39,7 @@ from pipeline.reproduce.verdict import Outcome, Verdict, count, markdown
 from pipeline.runner import run_sequence
 from pipeline.store import Store
 from pipeline.strategies import REGISTRY, StrategyRefused
-from pipeline.tracking import Run
+from pipeline.tracking import Run, flatten, param_text
 
 __all__ = ["Outcome", "Reproduction", "Verdict", "load_table", "reproduce", "tables"]
 
@@ -193,7 +194,10 @@ def _children(
     todo: list[ExperimentConfig] = []
     for cfg in configs:
         name = cfg.tracking.run_name
-        if name in done:
+        changed = _changed(store, done[name], cfg) if name in done else ""
+        if changed:
+            log(f"{name}: run {done[name]} trained other settings ({changed}); running it again")
+        elif name in done:
             try:
                 results[name] = done[name], percent(read(runfiles.read_result(store, done[name])))
                 log(f"{name}: finished before (run {done[name]})")
@@ -211,7 +215,7 @@ def _children(
     for cfg in todo:
         cfg.trainer.threads = cfg.trainer.threads or share
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as pool:
+    with ProcessPoolExecutor(jobs, spawn, initializer=unwind_on_sigterm) as pool:
         running = {pool.submit(_child, cfg, metric, parent_id): cfg for cfg in todo}
         log(f"{total} runs, {jobs} at a time")
         try:
@@ -219,11 +223,26 @@ def _children(
                 name = running[future].tracking.run_name
                 results[name] = future.result()
                 log(f"[{place}/{total}] {name}: {results[name][1]:.1f} (run {results[name][0]})")
-        except BaseException:  # a child failed, or Ctrl-C: the queued ones do not start
+        except BaseException:  # a child failed, Ctrl-C, SIGTERM: the others stop as well
             for future in running:
-                future.cancel()
+                future.cancel()  # those not started
+            for worker in multiprocessing.active_children():
+                worker.terminate()  # SIGTERM: their runs end KILLED
             raise
     return results
+
+
+def _changed(store: Store, run_id: str, cfg: ExperimentConfig) -> str:
+    """What the method's settings (``strategies.*``) of the finished run ``run_id`` differ in
+    from ``cfg``'s, or ``""``: a cell whose overrides changed since (a key added, a value
+    changed) runs again when its reproduction is resumed, rather than being read back."""
+    logged = store.client().get_run(run_id).data.params
+    flat = flatten(to_dict(cfg))
+    now = {k: param_text(v) for k, v in flat.items() if k.startswith("strategies.")}
+    for key in sorted(now.keys() | {k for k in logged if k.startswith("strategies.")}):
+        if logged.get(key) != now.get(key):
+            return f"{key} {logged.get(key, 'unset')}, now {now.get(key, 'unset')}"
+    return ""
 
 
 def _child(cfg: ExperimentConfig, metric: str, parent_id: str) -> tuple[str, float]:

@@ -1,12 +1,13 @@
-"""A frozen copy of the network: the previous model that distillation strategies (LwF, iCaRL)
-compare the current one with."""
+"""A frozen copy of the network: the previous model that distillation strategies (LwF, iCaRL,
+DGR) compare the current one with, and the distillation loss against its outputs."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any, TypeVar
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -26,3 +27,20 @@ def frozen_copy(model: M) -> M:
     old = copy.deepcopy(model, memo)
     old.requires_grad_(False)
     return old.eval()
+
+
+def distillation(new: Tensor, old: Tensor, temperature: float) -> Tensor:
+    """``T^2 * KL(softmax(old / T) || softmax(new / T))``, averaged over the batch.
+
+    ``new`` may have more outputs than ``old`` (the class scenario's new classes): ``old``'s
+    probabilities are then 0 on them, as van de Ven's ``loss_fn_kd`` pads its targets, so the
+    loss also pulls the new classes' probability down on these inputs. With as many outputs,
+    it is Hinton et al.'s distillation. The KL divergence (rather than the cross-entropy of
+    the papers' code, which differs by the targets' constant entropy) is exactly 0 when
+    ``new == old``. ``T^2`` keeps the gradient scale independent of ``T`` (Hinton et al.
+    2015).
+    """
+    t = temperature
+    log_old = F.log_softmax(old.float() / t, dim=1)
+    log_new = F.log_softmax(new.float() / t, dim=1)[:, : old.shape[1]]
+    return t * t * (log_old.exp() * (log_old - log_new)).sum(1).mean()

@@ -30,6 +30,7 @@ from typing_extensions import override
 
 from pipeline import distributed
 from pipeline.data.tasks import Batch, Task
+from pipeline.strategies._frozen import distillation
 
 
 def _relu_stack(in_features: int, hidden: int, layers: int) -> list[nn.Module]:
@@ -137,16 +138,12 @@ def target_loss(new: Tensor, old: Tensor, temperature: float | None) -> Tensor:
 
     ``new`` has as many outputs as ``old`` or more (the class scenario's new classes).
     Hard targets (``temperature`` None): the cross-entropy of ``new`` against ``old``'s
-    argmax. Soft: ``T^2 KL(softmax(old / T) || softmax(new / T))``, ``old``'s probabilities 0
-    on the outputs it lacks: van de Ven's ``loss_fn_kd`` (zero-padded targets, the ``T^2``
-    factor) less the targets' constant entropy, so 0 when ``new`` matches.
+    argmax. Soft: :func:`~pipeline.strategies._frozen.distillation` (van de Ven's
+    ``loss_fn_kd``: zero-padded targets, the ``T^2`` factor).
     """
     if temperature is None:
         return F.cross_entropy(new, old.argmax(1))
-    t = temperature
-    log_old = F.log_softmax(old.float() / t, dim=1)
-    log_new = F.log_softmax(new.float() / t, dim=1)[:, : old.shape[1]]
-    return t * t * (log_old.exp() * (log_old - log_new)).sum(1).mean()
+    return distillation(new, old, temperature)
 
 
 class Normalisation:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
@@ -19,7 +18,7 @@ from pipeline.config.schema import ExperimentConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import ConfigError
 from pipeline.models import Classifier, IncrementalHead, MultiHead
-from pipeline.strategies._frozen import frozen_copy
+from pipeline.strategies._frozen import distillation, frozen_copy
 from pipeline.strategies.base import Strategy, TaskContext, register
 
 
@@ -40,24 +39,18 @@ class LwFParams:
             mean_h KD_h`` at the ``t``-th task, written here as ``t`` times it,
             ``CE + alpha (t - 1) mean_h KD_h`` (``alpha = 1`` is theirs; Adam's steps do not
             see the factor ``t``, up to its epsilon).
+        class_outputs: what the class scenario distils. ``old`` (the default; Li and Hoiem's
+            and Avalanche's form): the current model's outputs of the old classes only, a
+            softmax over those. ``seen`` (van de Ven and Tolias's code): every output seen so
+            far, the current task's classes too, against the old model's probabilities padded
+            with 0 on them, which also pulls the new classes' probability down on the current
+            data. The other scenarios have no new outputs and ignore it.
     """
 
     alpha: float = 0.25
     temperature: float = 2.0
     weighting: str = "fixed"
-
-
-def distillation(new: Tensor, old: Tensor, temperature: float) -> Tensor:
-    """``T^2 * KL(softmax(old / T) || softmax(new / T))``, averaged over the batch.
-
-    The KL divergence (rather than the paper's cross-entropy, which differs by the constant
-    entropy of the old outputs) is exactly 0 when ``new == old``. ``T^2`` keeps the gradient
-    scale independent of ``T`` (Hinton et al. 2015).
-    """
-    t = temperature
-    log_new = F.log_softmax(new / t, dim=1)
-    log_old = F.log_softmax(old / t, dim=1)
-    return t * t * F.kl_div(log_new, log_old, reduction="batchmean", log_target=True)
+    class_outputs: str = "old"
 
 
 @register
@@ -73,7 +66,9 @@ class LwF(Strategy[LwFParams]):
 
     - domain-incremental: the shared head, all outputs;
     - class-incremental: the outputs of the classes seen before this task,
-      ``new_logits[:, :old_num_active]`` against the old model's (its head stopped there);
+      ``new_logits[:, :old_num_active]`` against the old model's (its head stopped there), or
+      with ``class_outputs=seen`` every output seen so far (the old model's probabilities
+      padded with 0);
     - task-incremental: each previous task's own head, evaluated on the current batch as if it
       were that task's data (both models with task id ``s`` for each ``s`` < current task),
       one term per old task as in the paper. The current model's features are the ones its
@@ -105,6 +100,10 @@ class LwF(Strategy[LwFParams]):
         if params.weighting not in ("fixed", "tasks"):
             raise ConfigError(
                 f"strategies.lwf.weighting: must be fixed or tasks, got {params.weighting!r}"
+            )
+        if params.class_outputs not in ("old", "seen"):
+            raise ConfigError(
+                f"strategies.lwf.class_outputs: must be old or seen, got {params.class_outputs!r}"
             )
 
     @override
@@ -159,8 +158,8 @@ class LwF(Strategy[LwFParams]):
         else:
             with torch.no_grad():
                 target = old(batch.x, batch.task)
-            new = logits[:, : self.old_active] if isinstance(head, IncrementalHead) else logits
-            loss = distillation(new, target, t)
+            old_only = isinstance(head, IncrementalHead) and self.params.class_outputs == "old"
+            loss = distillation(logits[:, : self.old_active] if old_only else logits, target, t)
         if self.params.weighting == "tasks":  # the mean over the old heads, times t - 1
             heads = self.old_tasks if isinstance(head, MultiHead) else 1
             return self.params.alpha * self.old_tasks * loss / heads

@@ -146,12 +146,14 @@ class Classifier(nn.Module):
         return logits
 
 
-def _fc_stack(in_features: int, hidden: Sequence[int], dropout: float) -> list[nn.Module]:
+def _fc_stack(
+    in_features: int, hidden: Sequence[int], dropout: float, activation: str = "relu"
+) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for width in hidden:
         if dropout:
             layers.append(nn.Dropout(dropout))
-        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        layers += [nn.Linear(in_features, width), nn.Tanh() if activation == "tanh" else nn.ReLU()]
         in_features = width
     return layers
 
@@ -312,7 +314,7 @@ def build_model(
     else:
         layers.append(nn.Flatten())
         features = int(torch.tensor(input_shape).prod())
-    layers += _fc_stack(features, cfg.hidden, cfg.dropout)
+    layers += _fc_stack(features, cfg.hidden, cfg.dropout, cfg.activation)
     feature_dim = cfg.hidden[-1] if cfg.hidden else features
     head = build_head(scenario, feature_dim, classes_per_task)
     model = Classifier(nn.Sequential(*layers), feature_dim, head)

@@ -97,3 +97,21 @@ def test_the_resnet_configs_and_the_width_rule() -> None:
     assert (reduced.name, reduced.width) == ("resnet18", 20)
     with pytest.raises(ConfigError, match=r"^model\.width: "):
         compose("synthetic_forgetting", ["model=resnet18", "model.width=0"])
+
+
+def test_the_mlp_activation_is_relu_or_tanh() -> None:
+    """``model.activation``: the hidden layers' nonlinearity (continual-learning-baselines' LwF
+    MLP is tanh); a CNN's convolutions keep ReLU; another name is refused in one line."""
+    relu = build_model(ModelConfig(name="mlp", hidden=[20, 20]), (1, 4, 4), [2])
+    tanh = build_model(ModelConfig(name="mlp", hidden=[20, 20], activation="tanh"), (1, 4, 4), [2])
+    assert sum(isinstance(m, nn.Tanh) for m in tanh.modules()) == 2
+    assert not any(isinstance(m, nn.ReLU) for m in tanh.modules())
+    assert sum(isinstance(m, nn.ReLU) for m in relu.modules()) == 2
+    tanh.load_state_dict(relu.state_dict())  # the same parameters; only the nonlinearity differs
+    x = torch.randn(5, 1, 4, 4)
+    first = nn.Sequential(*list(relu.backbone)[:2])
+    assert torch.allclose(tanh.backbone[:3](x), torch.tanh(first(x)))
+    cfg = compose("permuted_mnist", ["model.activation=tanh"])
+    assert cfg.model.activation == "tanh"
+    with pytest.raises(ConfigError, match=r"model\.activation"):
+        compose("permuted_mnist", ["model.activation=gelu"])

@@ -17,8 +17,8 @@ from pipeline.config import compose as conf
 from pipeline.errors import ConfigError
 from pipeline.keys import summary_key
 from pipeline.reproduce import load_table, reproduce, tables
-from pipeline.reproduce.spec import Cell, Published
-from pipeline.reproduce.verdict import Outcome, Verdict
+from pipeline.reproduce.spec import Cell, Published, Table
+from pipeline.reproduce.verdict import Outcome, Verdict, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 SHRINK = [
@@ -52,16 +52,53 @@ def test_every_table_composes_every_cell_under_its_protocol():
     assert cfg.model.hidden == [400, 400] and cfg.trainer.iterations == 2000
     assert not cfg.data.normalise and cfg.data.class_order_seed == 3  # shuffled per seed
     assert cfg.tracking.run_name == "class-ewc-seed3"
+    # continual-learning-baselines: targets to reach, each method under its own protocol
+    split = load_table("clbaselines-split-mnist")
+    permuted = load_table("clbaselines-permuted-mnist")
+    assert split.rule == permuted.rule == "at_least"
+    clb = {o.cell.key: c for t in (split, permuted) for o, c in plan(t, [0], [])}
+    assert {
+        "task-si",
+        "task-rwalk",
+        "class-lwf",
+        "class-gdumb",
+        "domain-gem",
+        "domain-a-gem",
+    } <= set(clb)
+    (gem,) = clb["domain-gem"]
+    assert len(gem.data.tasks) == 5 and gem.model.hidden == [100, 100]
+    assert (gem.optim.name, gem.optim.lr, gem.optim.momentum, gem.data.batch_size) == (
+        "sgd",
+        0.1,
+        0.0,
+        10,
+    )
+    (lwf,) = clb["class-lwf"]
+    assert lwf.model.activation == "tanh" and lwf.trainer.epochs == 21
+    assert [c.tolerance for c in split.cells[:3]] == [1.0, 1.0, 1.0]
 
 
 def test_verdict_is_within_the_tolerance_or_the_published_sd():
+    table = Table(source="s", experiment="e", tolerance=2.0)
     cell = Cell(method="EWC", scenario="class", strategy=["ewc"], published=Published(20.0))
-    assert Outcome(cell, [21.0, 23.0]).verdict(2.0) is Verdict.WITHIN  # mean 22.0
-    assert Outcome(cell, [21.0, 23.2]).verdict(2.0) is Verdict.MISSES
+    assert Outcome(cell, [21.0, 23.0]).verdict(table) is Verdict.WITHIN  # mean 22.0
+    assert Outcome(cell, [21.0, 23.2]).verdict(table) is Verdict.MISSES
+    assert Outcome(cell, [16.0, 19.0]).verdict(table) is Verdict.MISSES  # 2.5 below
     wide = Cell(method="SI", scenario="task", strategy=["si"], published=Published(20.0, 3.0))
-    assert Outcome(wide, [22.9]).verdict(2.0) is Verdict.WITHIN  # the published sd is larger
-    assert Outcome(cell, not_run="not implemented here: dgr").verdict(2.0) is Verdict.NOT_RUN
+    assert Outcome(wide, [22.9]).verdict(table) is Verdict.WITHIN  # the published sd is larger
+    assert Outcome(cell, not_run="not implemented here: dgr").verdict(table) is Verdict.NOT_RUN
     assert Outcome(cell, [1.0, 3.0]).sd == pytest.approx(np.sqrt(2))
+    # a target to reach (continual-learning-baselines): any amount above, the tolerance below
+    target = Table(source="s", experiment="e", tolerance=3.0, rule="at_least")
+    assert Outcome(cell, [35.0]).verdict(target) is Verdict.WITHIN
+    assert Outcome(cell, [17.0]).verdict(target) is Verdict.WITHIN
+    assert Outcome(cell, [16.9]).verdict(target) is Verdict.MISSES
+    own = Cell(method="SI", scenario="task", strategy=["si"], published=Published(97.0))
+    own.tolerance = 1.0  # a cell's own tolerance wins over the table's
+    assert Outcome(own, [96.0]).verdict(target) is Verdict.WITHIN
+    assert Outcome(own, [95.9]).verdict(target) is Verdict.MISSES
+    lines = "\n".join(markdown(target, [Outcome(own, [96.0])], [0]))
+    assert "points below the published mean" in lines and "| tolerance 1 points |" in lines
 
 
 @pytest.fixture
@@ -156,6 +193,11 @@ def test_bad_tables_and_cells_are_refused_in_one_line(tiny_table: str, tmp_path:
         (text.replace("scenario: class", "scenario: classy"), "cell classy-dream: scenario"),
         (text.replace("synthetic_forgetting", "nope"), "no experiment 'nope'"),
         (text.replace("lam=0.5", "lam=-1"), "cell domain-l2: strategies.l2.lam"),
+        (text.replace("tolerance: 2.0", "tolerance: 2.0\nrule: nearly"), "rule 'nearly' is not"),
+        (
+            text.replace("note: a written reason", "tolerance: -1"),
+            "cell domain-l2: tolerance must be in",
+        ),
     ]:
         path.write_text(broken)
         with pytest.raises(ConfigError, match=message) as e:

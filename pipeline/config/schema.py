@@ -53,6 +53,11 @@ class Pool(StrEnum):
     last = "last"
 
 
+class Activation(StrEnum):
+    relu = "relu"
+    tanh = "tanh"
+
+
 class OptimizerName(StrEnum):
     adam = "adam"
     adamw = "adamw"
@@ -244,6 +249,8 @@ class ModelConfig:
             fully connected layers).
         hidden: sizes of the fully connected hidden layers (after the convs for ``cnn``).
         dropout: dropout before each fully connected layer.
+        activation: the fully connected hidden layers' nonlinearity: ``relu``, or ``tanh``
+            (the MLP of continual-learning-baselines' LwF); the convolutions keep ReLU.
     """
 
     name: ModelName = ModelName.cnn
@@ -253,6 +260,7 @@ class ModelConfig:
     pool: Pool = Pool.each
     hidden: list[int] = field(default_factory=lambda: [128])
     dropout: float = 0.0
+    activation: Activation = Activation.relu
 
 
 @dataclass

@@ -60,7 +60,7 @@ class Reproduction:
 
     @property
     def within(self) -> int:
-        return count(self.outcomes, self.table.tolerance)[0]
+        return count(self.outcomes, self.table)[0]
 
 
 def plan(
@@ -287,7 +287,7 @@ def write_report(
         out_dir.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join([*head, *lines, "", f"Parent run: `{parent.run_id}`.", ""]))
     runfiles.log_report_files(parent, [path])
-    within, ran = count(outcomes, table.tolerance)
+    within, ran = count(outcomes, table)
     metrics = {f"reproduce/{o.cell.key}": o.mean for o in outcomes if o.values}
     parent.log_metrics({**metrics, "reproduce/within": float(within), "reproduce/ran": float(ran)})
     return path

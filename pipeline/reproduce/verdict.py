@@ -47,16 +47,18 @@ class Outcome:
         """The sample standard deviation over the seeds (0 with one seed)."""
         return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
 
-    def allowed(self, tolerance: float) -> float:
-        """How far ours may be from the published mean: the tolerance, or the published
-        spread where that is larger."""
-        return max(tolerance, self.cell.published.sd)
+    def allowed(self, table: Table) -> float:
+        """How far ours may be from the published mean: the tolerance (the cell's or the
+        table's), or the published spread where that is larger."""
+        return max(table.tolerance_of(self.cell), self.cell.published.sd)
 
-    def verdict(self, tolerance: float) -> Verdict:
+    def verdict(self, table: Table) -> Verdict:
+        """Within the tolerance (on the table's :attr:`~Table.rule`), a miss, or not run."""
         if self.not_run or not self.values:
             return Verdict.NOT_RUN
-        gap = abs(self.mean - self.cell.published.mean)
-        return Verdict.WITHIN if gap <= self.allowed(tolerance) else Verdict.MISSES
+        gap = self.mean - self.cell.published.mean
+        short = -gap if table.rule == "at_least" else abs(gap)
+        return Verdict.WITHIN if short <= self.allowed(table) else Verdict.MISSES
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -65,32 +67,35 @@ def _pm(mean: float, sd: float) -> str:
 
 def markdown(table: Table, outcomes: Sequence[Outcome], seeds: Sequence[int]) -> list[str]:
     """The table, published beside ours, with a verdict and a reason per cell, and a count."""
+    side = "below" if table.rule == "at_least" else "from"
     lines = [
         f"{table.source}; the protocol: `conf/experiment/{table.experiment}.yaml`; "
         f"{table.metric} on the test split after the last task, in %; ours: mean ± sd over "
-        f"seeds {', '.join(map(str, seeds))}; within: at most {table.tolerance:g} points from "
-        "the published mean, or its published sd where larger.",
+        f"seeds {', '.join(map(str, seeds))}; within: at most {table.tolerance:g} points "
+        f"{side} the published mean (a cell's own tolerance where the why column gives one), "
+        "or its published sd where larger.",
         "",
         "| scenario | method | published | ours | gap | verdict | why |",
         "|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         p = o.cell.published
-        verdict = o.verdict(table.tolerance)
+        verdict = o.verdict(table)
         ran = verdict is not Verdict.NOT_RUN
         ours = _pm(o.mean, o.sd) if ran else "-"
         gap = f"{o.mean - p.mean:+.1f}" if ran else "-"
-        why = "; ".join(x for x in (o.not_run, o.cell.note) if x)
+        own = f"tolerance {o.cell.tolerance:g} points" if o.cell.tolerance is not None else ""
+        why = "; ".join(x for x in (o.not_run, own, o.cell.note) if x)
         lines.append(
             f"| {o.cell.scenario} | {o.cell.method} | {_pm(p.mean, p.sd)} | {ours} | {gap} "
             f"| {verdict.value} | {why} |"
         )
-    within, run = count(outcomes, table.tolerance)
+    within, run = count(outcomes, table)
     lines += ["", f"{within} of {len(outcomes)} cells within the tolerance ({run} ran)."]
     return lines
 
 
-def count(outcomes: Sequence[Outcome], tolerance: float) -> tuple[int, int]:
+def count(outcomes: Sequence[Outcome], table: Table) -> tuple[int, int]:
     """Cells within the tolerance, and cells that ran."""
-    verdicts = [o.verdict(tolerance) for o in outcomes]
+    verdicts = [o.verdict(table) for o in outcomes]
     return verdicts.count(Verdict.WITHIN), len(verdicts) - verdicts.count(Verdict.NOT_RUN)

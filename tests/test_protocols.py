@@ -58,3 +58,15 @@ def test_the_class_order_can_follow_the_run_seed():
     assert one != two and order(1) == one
     assert sorted(c for task in one for c in task) == list(range(10))
     assert order(1) != [t.classes for t in compose("split_mnist", ["seed=1"]).data.tasks]
+
+
+def test_permuted_mnist_may_keep_its_first_task_the_plain_images():
+    """``data.permute_first=false``: van de Ven and Tolias's Permuted MNIST, whose first task is
+    MNIST itself; the default permutes every task (Avalanche's, Mammoth's)."""
+    every = compose("permuted_mnist", ["data.n_tasks=3", "data.benchmark_seed=7"]).data.tasks
+    plain = compose(
+        "permuted_mnist", ["data.n_tasks=3", "data.benchmark_seed=7", "data.permute_first=false"]
+    ).data.tasks
+    assert [t.permutation for t in every] == [7, 8, 9]
+    assert [t.permutation for t in plain] == [-1, 8, 9]
+    assert len({t.name for t in plain}) == 3  # still three tasks told apart

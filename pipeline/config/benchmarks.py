@@ -17,7 +17,11 @@ def benchmark_tasks(data: DataConfig) -> list[TaskConfig]:
             data.dataset or "mnist", n_tasks, data.classes_per_task, data.class_order_seed
         )
     if benchmark == "permuted_mnist":
-        return [TaskConfig(dataset="mnist", permutation=seed + i) for i in range(n_tasks)]
+        first = 0 if data.permute_first else 1  # the plain images first, where it is false
+        return [
+            TaskConfig(dataset="mnist", permutation=seed + i if i >= first else -1)
+            for i in range(n_tasks)
+        ]
     return [TaskConfig(dataset="mnist", rotation=i * 180.0 / n_tasks) for i in range(n_tasks)]
 
 

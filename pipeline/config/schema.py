@@ -168,6 +168,9 @@ class DataConfig:
             ``split_mnist`` (``n_tasks`` tasks of consecutive digits), ``permuted_mnist``
             (``n_tasks`` fixed pixel permutations, seeds ``benchmark_seed + i``),
             ``rotated_mnist`` (rotations ``i * 180 / n_tasks`` degrees).
+        permute_first: ``permuted_mnist``'s first task permuted too (the default, as Avalanche
+            and Mammoth build it); false keeps it the plain images, as van de Ven and Tolias's
+            code does.
         stream: single pass: each training sample is seen once, in stream order (needs
             ``trainer.epochs=1``), for data that exists only once.
         test_fraction: share of the user's own data held out as its test split, when a folder
@@ -209,6 +212,7 @@ class DataConfig:
     benchmark: str = ""
     n_tasks: int = 5
     benchmark_seed: int = 0
+    permute_first: bool = True
     val_fraction: float = 0.1
     split_seed: int = 0
     batch_size: int = 128

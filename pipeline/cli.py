@@ -136,14 +136,19 @@ def _experiment_commands(sub: Any) -> None:
     p.add_argument(
         "--strategies", default="all", help="comma-separated names, a+b for a combination, or all"
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--out", default="", help="report folder (default <reports>/compare-...)")
+    _parent_options(p, "compare", 3, "a comparison that was cut off (same arguments)")
+
+
+def _parent_options(p: argparse.ArgumentParser, name: str, seeds: int, resumed: str) -> None:
+    """The options of a command that runs children under one parent run (compare, reproduce):
+    ``--seeds``, ``--out`` and ``--resume``."""
+    p.add_argument("--seeds", type=int, default=seeds, help=f"seeds 0..N-1 (default {seeds})")
+    p.add_argument("--out", default="", help=f"report folder (default <reports>/{name}-...)")
     p.add_argument(
         "--resume",
         default="",
         metavar="RUN_ID",
-        help="parent run of a comparison that was cut off (same arguments): its finished runs "
-        "are kept, the others run",
+        help=f"parent run of {resumed}: its finished runs are kept, the others run",
     )
 
 
@@ -152,16 +157,8 @@ def _table_command(sub: Any) -> None:
     p = sub.add_parser("reproduce", help="reproduce a published table (conf/table/)")
     p.set_defaults(fn=cmd_reproduce)
     p.add_argument("table", help=f"a file of conf/table/ ({', '.join(available('table'))})")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
-    p.add_argument("--out", default="", help="report folder (default <reports>/reproduce-...)")
+    _parent_options(p, "reproduce", 5, "a reproduction cut off (same arguments, or more seeds)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, one process each")
-    p.add_argument(
-        "--resume",
-        default="",
-        metavar="RUN_ID",
-        help="parent run of a reproduction that was cut off (same arguments, or more seeds): "
-        "its finished runs are kept, the others run",
-    )
     p.add_argument("overrides", nargs="*", help="key=value for every run (after each cell's)")
 
 

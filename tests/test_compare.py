@@ -189,3 +189,22 @@ def test_resume_reruns_a_finished_run_whose_result_is_gone(tmp_path):
     again = compare(*args, out_dir=tmp_path / "r2", log=lines.append, resume=first.parent_run_id)
     assert any("no readable result" in line and "running it again" in line for line in lines)
     assert again.rows[0].results[0].run_id != before
+
+
+def test_resume_reruns_a_finished_run_whose_method_settings_changed(tmp_path, monkeypatch):
+    """A default changed since the comparison was cut off (here L2's ``lam``): resumed, its
+    runs train again with it, and the log says which setting differs; the others are read."""
+    import dataclasses
+
+    from pipeline.strategies.l2 import L2Params
+
+    store = tmp_path / "mlruns"
+    args = ("synthetic_forgetting", ["naive", "l2"], [0], [*FAST, f"paths.store={store}"])
+    first = compare(*args, out_dir=tmp_path / "r1", log=lambda _: None)
+    lam = next(f for f in dataclasses.fields(L2Params) if f.name == "lam")
+    monkeypatch.setattr(lam, "default", 0.25)
+    lines: list[str] = []
+    again = compare(*args, out_dir=tmp_path / "r2", log=lines.append, resume=first.parent_run_id)
+    assert again.row("naive").results[0].run_id == first.row("naive").results[0].run_id
+    assert again.row("l2").results[0].run_id != first.row("l2").results[0].run_id
+    assert any("(strategies.l2.lam 0.1, now 0.25); running it again" in line for line in lines)

@@ -22,7 +22,7 @@ from pipeline import runfiles
 from pipeline.compare.figures import plot_accuracy_vs_kept, plot_along_sequence
 from pipeline.compare.plane import comparison_plane
 from pipeline.compare.table import Comparison, Row, format_text, report_lines, table
-from pipeline.config.schema import ExperimentConfig
+from pipeline.config.schema import ExperimentConfig, to_dict
 from pipeline.disk import room_for
 from pipeline.errors import ConfigError
 from pipeline.experiment import compose, require_one_process
@@ -32,7 +32,7 @@ from pipeline.metrics import percent
 from pipeline.runner import run_sequence
 from pipeline.store import Store
 from pipeline.strategies import StrategyRefused, default_order
-from pipeline.tracking import Run
+from pipeline.tracking import Run, flatten, param_text
 
 __all__ = ["Comparison", "compare", "default_strategies", "format_text", "table"]
 
@@ -221,8 +221,15 @@ def run_all(
             step = (
                 f"[{sum(len(r.results) for r in rows) + len(row.results) + 1}/{total}] {spec}, seed"
             )
-            if cfg.tracking.run_name in done:
-                run_id = done[cfg.tracking.run_name]
+            name = cfg.tracking.run_name
+            changed = changed_settings(store, done[name], cfg) if name in done else ""
+            if changed:
+                log(
+                    f"{step} {cfg.seed}: run {done[name]} trained other settings ({changed}); "
+                    "running it again"
+                )
+            elif name in done:
+                run_id = done[name]
                 try:
                     row.results.append(runfiles.read_result(store, run_id))
                     log(f"{step} {cfg.seed}: finished before (run {run_id})")
@@ -234,6 +241,20 @@ def run_all(
             row.results.append(run_sequence(cfg, Run.of(cfg, parent.run_id)))
         rows.append(row)
     return rows
+
+
+def changed_settings(store: Store, run_id: str, cfg: ExperimentConfig) -> str:
+    """What the method's settings (``strategies.*``) of the finished run ``run_id`` differ in
+    from ``cfg``'s, or ``""``. A resumed comparison or reproduction runs such a child again
+    rather than reading it back: its settings changed since (a key added, a default or a
+    table cell's override changed)."""
+    logged = store.client().get_run(run_id).data.params
+    flat = flatten(to_dict(cfg))
+    now = {k: param_text(v) for k, v in flat.items() if k.startswith("strategies.")}
+    for key in sorted(now.keys() | {k for k in logged if k.startswith("strategies.")}):
+        if logged.get(key) != now.get(key):
+            return f"{key} {logged.get(key, 'unset')}, now {now.get(key, 'unset')}"
+    return ""
 
 
 def finished_children(

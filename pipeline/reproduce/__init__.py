@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import runfiles
-from pipeline.compare import finished_children
+from pipeline.compare import changed_settings, finished_children
 from pipeline.compare.table import COLUMNS
-from pipeline.config.schema import ExperimentConfig, to_dict
+from pipeline.config.schema import ExperimentConfig
 from pipeline.disk import room_for
 from pipeline.errors import ConfigError
 from pipeline.exiting import unwind_on_sigterm
@@ -39,7 +39,7 @@ from pipeline.reproduce.verdict import Outcome, Verdict, count, markdown
 from pipeline.runner import run_sequence
 from pipeline.store import Store
 from pipeline.strategies import REGISTRY, StrategyRefused
-from pipeline.tracking import Run, flatten, param_text
+from pipeline.tracking import Run
 
 __all__ = ["Outcome", "Reproduction", "Verdict", "load_table", "reproduce", "tables"]
 
@@ -194,7 +194,7 @@ def _children(
     todo: list[ExperimentConfig] = []
     for cfg in configs:
         name = cfg.tracking.run_name
-        changed = _changed(store, done[name], cfg) if name in done else ""
+        changed = changed_settings(store, done[name], cfg) if name in done else ""
         if changed:
             log(f"{name}: run {done[name]} trained other settings ({changed}); running it again")
         elif name in done:
@@ -230,19 +230,6 @@ def _children(
                 worker.terminate()  # SIGTERM: their runs end KILLED
             raise
     return results
-
-
-def _changed(store: Store, run_id: str, cfg: ExperimentConfig) -> str:
-    """What the method's settings (``strategies.*``) of the finished run ``run_id`` differ in
-    from ``cfg``'s, or ``""``: a cell whose overrides changed since (a key added, a value
-    changed) runs again when its reproduction is resumed, rather than being read back."""
-    logged = store.client().get_run(run_id).data.params
-    flat = flatten(to_dict(cfg))
-    now = {k: param_text(v) for k, v in flat.items() if k.startswith("strategies.")}
-    for key in sorted(now.keys() | {k for k in logged if k.startswith("strategies.")}):
-        if logged.get(key) != now.get(key):
-            return f"{key} {logged.get(key, 'unset')}, now {now.get(key, 'unset')}"
-    return ""
 
 
 def _child(cfg: ExperimentConfig, metric: str, parent_id: str) -> tuple[str, float]:

@@ -13,7 +13,8 @@ from typing_extensions import override
 
 from pipeline import distributed
 from pipeline.augment import apply_crop_flip, draw_crop_flip, step_generator
-from pipeline.config.schema import Augment, OptimConfig
+from pipeline.config.choices import Augment
+from pipeline.config.schema import OptimConfig
 from pipeline.data.tasks import Batch
 from pipeline.errors import RunFailed
 from pipeline.metrics import percent

@@ -19,7 +19,7 @@ from torch import Tensor
 from pipeline import runfiles
 from pipeline.augment import crop_flip, draw_crop_flip, step_generator, step_seed
 from pipeline.cli import main
-from pipeline.config.schema import Augment
+from pipeline.config.choices import Augment
 from pipeline.data.datamodule import ContinualDataModule
 from pipeline.data.tasks import Batch
 from pipeline.models import build_model

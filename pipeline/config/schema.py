@@ -1,8 +1,8 @@
 """Typed experiment configuration: the dataclass schema every layer of ``conf/`` and every
 override is merged into (:mod:`pipeline.config.compose` reads and composes them). A choice is an
-enum, so OmegaConf refuses any other value; the rules a type cannot state are in
-:mod:`pipeline.config.validation`. A bad value fails before any data is read or any MLflow run
-exists, as one ``ConfigError`` line that names the key.
+enum (:mod:`pipeline.config.choices`), so OmegaConf refuses any other value; the rules a type
+cannot state are in :mod:`pipeline.config.validation`. A bad value fails before any data is
+read or any MLflow run exists, as one ``ConfigError`` line that names the key.
 
 This is the bottom layer of the package: it knows no strategy. A strategy's hyperparameters
 arrive as the plain mapping the YAML files and overrides give (``strategies:``), which
@@ -13,12 +13,24 @@ live is the ``paths`` section (:class:`pipeline.config.paths.PathsConfig`) that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
 from pipeline.catalogue import datasets
+from pipeline.config.choices import (  # the fields' types
+    Accelerator,
+    Activation,
+    Augment,
+    DistributedStrategy,
+    ModelName,
+    OptimizerName,
+    Pool,
+    Retention,
+    Scenario,
+    Schedule,
+    Storage,
+)
 from pipeline.config.paths import PathsConfig
 
 #: The classes of a generated (``synthetic``) task.
@@ -28,67 +40,6 @@ SYNTHETIC_CLASSES = 10
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
 
 
-# The choices. Each is a StrEnum whose names are its values: OmegaConf accepts exactly these
-# names (any other value is one line: "Invalid value 'x', expected one of [...]"), and a member
-# compares, formats and serialises as its string.
-class ModelName(StrEnum):
-    cnn = "cnn"
-    mlp = "mlp"
-    resnet18 = "resnet18"
-
-
-class Storage(StrEnum):
-    auto = "auto"
-    memory = "memory"
-    streamed = "streamed"
-
-
-class Augment(StrEnum):
-    none = "none"
-    crop_flip = "crop_flip"
-
-
-class Pool(StrEnum):
-    each = "each"
-    last = "last"
-
-
-class Activation(StrEnum):
-    relu = "relu"
-    tanh = "tanh"
-
-
-class OptimizerName(StrEnum):
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
-
-
-class Schedule(StrEnum):
-    constant = "constant"
-    cosine = "cosine"
-
-
-class Accelerator(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    gpu = "gpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class DistributedStrategy(StrEnum):
-    auto = "auto"
-    ddp = "ddp"
-
-
-class Retention(StrEnum):
-    any = "any"
-    none = "none"
-
-
-# "class" is a keyword: the functional form names that member.
-Scenario = StrEnum("Scenario", [("task", "task"), ("domain", "domain"), ("class", "class")])
 SCENARIOS = tuple(s.value for s in Scenario)
 BENCHMARKS = ("split", "split_mnist", "permuted_mnist", "rotated_mnist")
 #: The task kinds besides the catalogue's datasets: generated, an image folder, arrays.

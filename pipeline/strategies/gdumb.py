@@ -42,7 +42,7 @@ from typing_extensions import override
 
 from pipeline import distributed
 from pipeline.augment import apply_crop_flip, draw_crop_flip
-from pipeline.config.schema import Augment
+from pipeline.config.choices import Augment
 from pipeline.data.shards import StreamedImages
 from pipeline.data.tasks import Batch
 from pipeline.errors import ConfigError

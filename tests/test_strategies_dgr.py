@@ -26,7 +26,7 @@ from pipeline.experiment import compose
 from pipeline.models import build_model
 from pipeline.module import ContinualModule
 from pipeline.strategies import REGISTRY, TaskContext, parse_params
-from pipeline.strategies._generative import VAE
+from pipeline.strategies._generative import VAE, share_rows
 from pipeline.strategies.dgr import DGRDistillParams, DGRParams, GenerativeReplay
 
 TASKS = "data.tasks=[" + ",".join(f"{{dataset: synthetic, seed: {i}}}" for i in range(3)) + "]"
@@ -221,6 +221,30 @@ def test_fixed_weighting_uses_the_constant_share(tmp_path):
     replay = expected_replay_loss(rig, torch.randn(16, 8, generator=rng), "domain", soft=False)
     assert penalty is not None and torch.allclose(penalty, 3 * replay, rtol=1e-4)  # 0.75/0.25
     assert s.current_share == 0.25
+
+
+def test_a_replay_size_draws_that_many_samples_beside_each_batch(tmp_path):
+    """``replay_size`` (Avalanche's count beside each batch): that many generated samples,
+    labelled and weighted as the batch-sized replay is; over processes, the replayed rows are
+    split as the batch's rows are, covering every row once."""
+    rig = Rig(tmp_path / "mlruns", "dgr", "domain", weighting="fixed", ratio=0.25, replay_size=5)
+    rig.train_task(0)
+    rig.module.start_task(rig.ctx(1))
+    s = rig.strategy
+    rng = rng_copy(s)
+    penalty = rig.backward(rig.batch(1))
+    z = torch.randn(5, SMALL["latent"], generator=rng)
+    assert s._step is not None and s._step.replay is not None
+    assert s._step.replay.shape[0] == 5 and s._step.replay_rows == (5, 0, 5)  # the batch: 16
+    replay = expected_replay_loss(rig, z, "domain", soft=False)
+    assert penalty is not None and torch.allclose(penalty, 3 * replay, rtol=1e-4)
+    for sizes, size in [([16], 5), ([6, 5, 5], 100), ([3, 3], 7), ([8, 8], 0)]:
+        slices = [share_rows((sum(sizes), sum(sizes[:r]), n), size) for r, n in enumerate(sizes)]
+        assert all(total == size for total, _, _ in slices)
+        covered = [i for _, first, n in slices for i in range(first, first + n)]
+        assert covered == list(range(size))
+    with pytest.raises(ConfigError, match=r"strategies\.dgr\.replay_size: must be >= 0"):
+        compose("synthetic_forgetting", ["strategy=[dgr]", "strategies.dgr.replay_size=-1"])
 
 
 # -- the generator's own step --------------------------------------------------------------------

@@ -194,6 +194,14 @@ class Normalisation:
         return (x + self.means[batch.task].view(shape)).clamp_(0.0, 1.0)
 
 
+def share_rows(rows: tuple[int, int, int], size: int) -> tuple[int, int, int]:
+    """``size`` rows split over the processes as the step's ``rows`` are: this process's first
+    one and its count, the slices of every process covering ``[0, size)`` once."""
+    total, first, n = rows
+    start, end = size * first // total, size * (first + n) // total
+    return size, start, end - start
+
+
 def global_rows(batch: Batch) -> tuple[int, int, int]:
     """The step's rows over every process, this process's first one, and its count (one
     gather of the sizes in a distributed run: a batch's slices may differ by a row)."""

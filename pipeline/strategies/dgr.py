@@ -29,6 +29,7 @@ from pipeline.strategies._generative import (
     average_gradients,
     global_rows,
     optimizer_to,
+    share_rows,
     target_loss,
 )
 from pipeline.strategies.base import Strategy, TaskContext, register
@@ -64,6 +65,10 @@ class DGRParams:
             distilled.
         temperature: the distillation's ``T`` (their ``--temp``, 2); the loss carries Hinton
             et al.'s ``T^2`` factor, as theirs does. Only for ``soft`` targets.
+        replay_size: generated samples per step, over every process; 0 (the default, van de
+            Ven and Tolias's): as many as the step's batch. Avalanche's ``GenerativeReplay``
+            draws its own count beside each batch (100 beside 16 in continual-learning-
+            baselines). The shares of the loss are ``weighting``'s whatever the sizes.
     """
 
     latent: int = 100
@@ -74,6 +79,7 @@ class DGRParams:
     ratio: float = 0.5
     targets: str = "hard"
     temperature: float = 2.0
+    replay_size: int = 0
 
 
 @dataclass
@@ -95,11 +101,13 @@ class _Step(NamedTuple):
         current: the step's batch as the classifier saw it, in pixels ([0, 1]).
         replay: the replayed batch (pixels), or None before the first task has ended.
         rows: the step's rows over every process, this process's first one, and its count.
+        replay_rows: the same for the replayed batch.
     """
 
     current: Tensor
     replay: Tensor | None
     rows: tuple[int, int, int]
+    replay_rows: tuple[int, int, int]
 
 
 class GenerativeReplay(Strategy[GP]):
@@ -177,6 +185,7 @@ class GenerativeReplay(Strategy[GP]):
             (0 < params.ratio <= 1, "ratio", "must be in (0, 1]"),
             (params.targets in ("hard", "soft"), "targets", "must be hard or soft"),
             (params.temperature > 0, "temperature", "must be > 0"),
+            (params.replay_size >= 0, "replay_size", "must be >= 0 (0: the batch's size)"),
         ]
         for ok, key, rule in rules:
             if not ok:
@@ -219,10 +228,11 @@ class GenerativeReplay(Strategy[GP]):
         rows = global_rows(batch)
         current = self._norm.pixels(batch)
         if self.old is None:
-            self._step = _Step(current, None, rows)
+            self._step = _Step(current, None, rows, rows)
             return None
-        replay = self.generate(rows, logits.device)
-        self._step = _Step(current, replay, rows)
+        replay_rows = share_rows(rows, self.params.replay_size or rows[0])
+        replay = self.generate(replay_rows, logits.device)
+        self._step = _Step(current, replay, rows, replay_rows)
         return self.replay_scale * self.replay_loss(model, replay)
 
     @override
@@ -236,7 +246,7 @@ class GenerativeReplay(Strategy[GP]):
         with torch.enable_grad(), torch.autocast(device.type, enabled=False):
             loss = generator(step.current, self._latents(step.rows, device))
             if step.replay is not None:
-                replayed = generator(step.replay, self._latents(step.rows, device))
+                replayed = generator(step.replay, self._latents(step.replay_rows, device))
                 loss = self.current_share * loss + (1.0 - self.current_share) * replayed
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -206,3 +206,55 @@ def test_bad_tables_and_cells_are_refused_in_one_line(tiny_table: str, tmp_path:
             load_table("bad")
         assert "\n" not in str(e.value)
     assert not (tmp_path / "none").exists()  # refused before any run
+
+
+def test_sigterm_stops_the_workers_and_starts_no_queued_run(tiny_table: str, tmp_path: Path):
+    """``JOBS=2`` stopped by SIGTERM while both workers train: the two runs end KILLED (the
+    parent too, resumable), the workers end, and none of the queued runs starts (the process
+    pool catches a task's SystemExit and would hand the worker the next run)."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    from pipeline.exiting import unwind_on_sigterm
+
+    store = tmp_path / "mlruns"
+    small_synthetic(store)
+    slow = [o for o in SHRINK if not o.startswith("trainer.iterations")]
+    where = [f"paths.store={store}", *slow, "trainer.iterations=1000000"]
+    mlflow = client(store)
+    sent: list[float] = []
+    returned = threading.Event()
+
+    def stop_when_both_train() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            runs = mlflow.search_runs([e.experiment_id for e in mlflow.search_experiments()])
+            if sum(r.info.status == "RUNNING" and "-seed" in r.info.run_name for r in runs) >= 2:
+                sent.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGTERM)
+                break
+            time.sleep(0.5)
+        if not returned.wait(90):  # a worker took a queued run: fail, do not hang
+            for worker in multiprocessing.active_children():
+                worker.kill()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    unwind_on_sigterm()
+    try:
+        threading.Thread(target=stop_when_both_train, daemon=True).start()
+        with pytest.raises(SystemExit) as stopped:
+            reproduce(tiny_table, [0, 1], where, jobs=2, log=lambda _: None)
+    finally:
+        returned.set()
+        signal.signal(signal.SIGTERM, previous)
+    assert sent and stopped.value.code == 143
+    assert time.monotonic() - sent[0] < 60  # not after a queued run's million steps
+    assert multiprocessing.active_children() == []
+    runs = mlflow.search_runs([e.experiment_id for e in mlflow.search_experiments()])
+    children = [r for r in runs if "-seed" in r.info.run_name]
+    assert len(children) == 2 and all(r.info.status == "KILLED" for r in children)
+    (parent,) = [r for r in runs if r.info.run_name.startswith("reproduce-")]
+    assert parent.info.status == "KILLED"

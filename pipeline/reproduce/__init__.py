@@ -31,7 +31,7 @@ from pipeline.compare.table import COLUMNS
 from pipeline.config.schema import ExperimentConfig
 from pipeline.disk import room_for
 from pipeline.errors import ConfigError
-from pipeline.exiting import unwind_on_sigterm
+from pipeline.exiting import exit_now, unwind_on_sigterm
 from pipeline.experiment import compose, require_one_process
 from pipeline.metrics import percent
 from pipeline.reproduce.spec import Cell, Table, load_table, tables
@@ -216,7 +216,7 @@ def _children(
         cfg.trainer.threads = cfg.trainer.threads or share
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, spawn, initializer=unwind_on_sigterm) as pool:
-        running = {pool.submit(_child, cfg, metric, parent_id): cfg for cfg in todo}
+        running = {pool.submit(_pooled_child, cfg, metric, parent_id): cfg for cfg in todo}
         log(f"{total} runs, {jobs} at a time")
         try:
             for place, future in enumerate(as_completed(running), 1):
@@ -233,10 +233,23 @@ def _children(
 
 
 def _child(cfg: ExperimentConfig, metric: str, parent_id: str) -> tuple[str, float]:
-    """One child run under ``parent_id``: its id and the compared number in %. Module level:
-    a process pool's worker calls it."""
+    """One child run under ``parent_id``: its id and the compared number in %."""
     result = run_sequence(cfg, Run.of(cfg, parent_id))
     return result.run_id, percent(COLUMNS[metric][1](result))
+
+
+def _pooled_child(cfg: ExperimentConfig, metric: str, parent_id: str) -> tuple[str, float]:
+    """:func:`_child` in a process pool's worker (module level, so the pool can send it).
+
+    A worker stopped (SIGTERM from the parent process, or the terminal's Ctrl-C) ends its run
+    KILLED and then its own process: the pool catches every exception of a task, ``SystemExit``
+    too, and would hand the worker the next queued run.
+    """
+    try:
+        return _child(cfg, metric, parent_id)
+    except (KeyboardInterrupt, SystemExit) as e:
+        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130
+        exit_now(code)
 
 
 def _cores() -> int:

@@ -208,3 +208,31 @@ def test_resume_reruns_a_finished_run_whose_method_settings_changed(tmp_path, mo
     assert again.row("naive").results[0].run_id == first.row("naive").results[0].run_id
     assert again.row("l2").results[0].run_id != first.row("l2").results[0].run_id
     assert any("(strategies.l2.lam 0.1, now 0.25); running it again" in line for line in lines)
+
+
+def test_a_key_added_at_its_default_is_no_changed_setting(tmp_path):
+    """``changed_settings``: a key the old run did not log (added since) counts only when its
+    value now is not its default; a logged value counts when it differs."""
+    from helpers.runs import small_synthetic
+
+    from pipeline.compare import changed_settings
+    from pipeline.experiment import compose
+
+    small_synthetic(tmp_path / "mlruns")
+    store = Store.at(tmp_path / "mlruns")
+    mlflow = client_for(tmp_path / "mlruns")
+    experiment = mlflow.create_experiment("settings")
+
+    def run_with(params: dict[str, str]) -> str:
+        run_id = mlflow.create_run(experiment).info.run_id
+        for key, value in params.items():
+            mlflow.log_param(run_id, key, value)
+        return run_id
+
+    default = compose("synthetic_forgetting", ["strategy=[l2]"])
+    other = compose("synthetic_forgetting", ["strategy=[l2]", "strategies.l2.lam=0.5"])
+    assert changed_settings(store, run_with({"strategies.l2.lam": "0.1"}), default) == ""
+    assert changed_settings(store, run_with({}), default) == ""  # added since, at its default
+    assert changed_settings(store, run_with({}), other) == "strategies.l2.lam unset, now 0.5"
+    logged = run_with({"strategies.l2.lam": "0.1"})
+    assert changed_settings(store, logged, other) == "strategies.l2.lam 0.1, now 0.5"

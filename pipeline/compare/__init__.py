@@ -16,7 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from pipeline import runfiles
 from pipeline.compare.figures import plot_accuracy_vs_kept, plot_along_sequence
@@ -31,7 +33,7 @@ from pipeline.landscape import Options
 from pipeline.metrics import percent
 from pipeline.runner import run_sequence
 from pipeline.store import Store
-from pipeline.strategies import StrategyRefused, default_order
+from pipeline.strategies import REGISTRY, StrategyRefused, default_order
 from pipeline.tracking import Run, flatten, param_text
 
 __all__ = ["Comparison", "compare", "default_strategies", "format_text", "table"]
@@ -246,15 +248,24 @@ def run_all(
 def changed_settings(store: Store, run_id: str, cfg: ExperimentConfig) -> str:
     """What the method's settings (``strategies.*``) of the finished run ``run_id`` differ in
     from ``cfg``'s, or ``""``. A resumed comparison or reproduction runs such a child again
-    rather than reading it back: its settings changed since (a key added, a default or a
-    table cell's override changed)."""
+    rather than reading it back: its settings changed since (a default or a table cell's
+    override changed). A key added since, at its default, is no change: the run trained what
+    that default does."""
     logged = store.client().get_run(run_id).data.params
-    flat = flatten(to_dict(cfg))
-    now = {k: param_text(v) for k, v in flat.items() if k.startswith("strategies.")}
+    now = _strategy_params(to_dict(cfg)["strategies"])
+    added = _strategy_params({name: asdict(REGISTRY[name].Params()) for name in cfg.strategies})
     for key in sorted(now.keys() | {k for k in logged if k.startswith("strategies.")}):
-        if logged.get(key) != now.get(key):
-            return f"{key} {logged.get(key, 'unset')}, now {now.get(key, 'unset')}"
+        before = logged.get(key)
+        if before is None and now.get(key) == added.get(key):
+            continue
+        if before != now.get(key):
+            return f"{key} {before or 'unset'}, now {now.get(key, 'unset')}"
     return ""
+
+
+def _strategy_params(strategies: dict[str, Any]) -> dict[str, str]:
+    """The ``strategies.*`` params a run logs for these settings (name -> its fields)."""
+    return {k: param_text(v) for k, v in flatten({"strategies": strategies}).items()}
 
 
 def finished_children(

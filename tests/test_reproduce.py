@@ -208,6 +208,7 @@ def test_bad_tables_and_cells_are_refused_in_one_line(tiny_table: str, tmp_path:
     assert not (tmp_path / "none").exists()  # refused before any run
 
 
+@pytest.mark.slow  # 70 s: two workers start, train and are stopped; `make test-slow` runs it
 def test_sigterm_stops_the_workers_and_starts_no_queued_run(tiny_table: str, tmp_path: Path):
     """``JOBS=2`` stopped by SIGTERM while both workers train: the two runs end KILLED (the
     parent too, resumable), the workers end, and none of the queued runs starts (the process

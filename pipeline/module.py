@@ -79,6 +79,10 @@ class ContinualModule(pl.LightningModule):
         # percent, at the epoch's end.
         self._correct, self._counted = torch.zeros((), dtype=torch.long), 0
         self._val_correct, self._val_counted = torch.zeros((), dtype=torch.long), 0
+        #: The optimizer's state at the end of the last task (``state_dict``), which the next
+        #: task's optimizer starts from when ``optim.carry_state``; a resume restores it from
+        #: the checkpoint.
+        self.carried: dict[str, Any] | None = None
 
     @override
     def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
@@ -212,6 +216,11 @@ class ContinualModule(pl.LightningModule):
         return data.batch_from(black, index, index, index).x.reshape(n, channels)
 
     @override
+    def on_train_end(self) -> None:
+        if self.optim.carry_state:
+            self.carried = self.trainer.optimizers[0].state_dict()
+
+    @override
     def on_train_epoch_start(self) -> None:
         self._correct, self._counted = torch.zeros((), dtype=torch.long, device=self.device), 0
 
@@ -284,6 +293,12 @@ class ContinualModule(pl.LightningModule):
         else:
             cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
             optimizer = cls(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.carry_state and self.carried is not None:
+            # The moments and step counts only: lr and the rest are this task's (the groups
+            # of the fresh optimizer). The parameters are the same on every task (the heads
+            # are built whole), in the same order, which is how a state_dict matches them.
+            fresh = optimizer.state_dict()["param_groups"]
+            optimizer.load_state_dict({"state": self.carried["state"], "param_groups": fresh})
         if o.schedule == "constant":
             return optimizer
         # Cosine to 0 over this task's steps (the Trainer is per task, so is the schedule).

@@ -39,6 +39,7 @@ CASES: list[tuple[str, list[str]]] = [
     ("huge lr", [*EXP, "optim.lr=1e308"]),
     ("nan lr", [*EXP, "optim.lr=nan"]),
     ("an unknown lr schedule", [*EXP, "optim.schedule=banana"]),
+    ("carry_state not a boolean", [*EXP, "optim.carry_state=banana"]),
     ("zero lr", [*EXP, "optim.lr=0"]),
     ("negative lr", [*EXP, "optim.lr=-1"]),
     ("negative weight decay", [*EXP, "optim.weight_decay=-1"]),

@@ -113,6 +113,34 @@ def test_optimizer_is_fresh_per_task(toy, store, monkeypatch):
     assert len(made) == 2 and made[0] is not made[1]
 
 
+def test_optimizer_state_carries_over_tasks_with_carry_state(store, monkeypatch):
+    """optim.carry_state=true (van de Ven and Tolias's Adam): the next task's Adam starts
+    from the moments and step count the last one ended with."""
+    made, ended = [], []
+    real, real_end = ContinualModule.configure_optimizers, ContinualModule.on_train_end
+
+    def state(opt):  # a copy: the next task's optimizer updates the carried tensors in place
+        by_index = opt.state_dict()["state"]
+        return {i: {k: v.clone() for k, v in s.items()} for i, s in by_index.items()}
+
+    def spy(self):
+        opt = real(self)
+        made.append(state(opt["optimizer"]))  # with its schedule
+        return opt
+
+    def end(self):
+        real_end(self)
+        ended.append(state(self.trainer.optimizers[0]))
+
+    monkeypatch.setattr(ContinualModule, "configure_optimizers", spy)
+    monkeypatch.setattr(ContinualModule, "on_train_end", end)
+    run(small_synthetic(store, "optim.carry_state=true", "optim.schedule=cosine"))
+    assert len(made) == 2 and not made[0]
+    assert int(ended[0][0]["step"]) > 3 and made[1].keys() == ended[0].keys()
+    for i, s in ended[0].items():
+        assert all(torch.equal(made[1][i][k], v) for k, v in s.items())
+
+
 def test_cosine_schedule_falls_to_zero_within_each_task(store, monkeypatch):
     """optim.schedule=cosine: each task starts at optim.lr and ends near 0 (per task)."""
     seen: list[list[float]] = []

@@ -200,3 +200,16 @@ def test_unreadable_checkpoints_are_named_and_the_run_restarts_where_one_loads(
     with runfiles.scratch_dir() as tmp:
         for f in checkpoints.latest_checkpoints(r).values():
             checkpoints.fetch_checkpoint(r, f, tmp)  # written again: they load
+
+
+def test_a_carried_optimizer_state_is_resumed_from_the_checkpoint(tmp_path: Path) -> None:
+    """optim.carry_state=true: a run killed in its second task carries on from the first
+    task's optimizer state, not a fresh one, and ends as an uninterrupted run does."""
+    store, carry = tmp_path / "mlruns", "optim.carry_state=true"
+    start = ["run", "synthetic_forgetting", carry, *SMALL, f"paths.reports={tmp_path}"]
+    killed(store, "pipeline.module:ContinualModule.training_step", 9, "before", *start)
+    run_id = the_run(store)
+    assert main(["run", "--resume", run_id, "trainer.threads=1", f"paths.store={store}"]) == 0
+    expected = run(small_synthetic(tmp_path / "uninterrupted", carry, *SMALL))
+    got = runfiles.read_result(Store.at(store), run_id)
+    np.testing.assert_array_equal(got.matrix["test"], expected.matrix["test"])

@@ -220,7 +220,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer, rebuilt fresh at the start of every task.
+    """Optimizer, built at the start of every task.
 
     Attributes:
         name: ``adam``, ``adamw`` or ``sgd``.
@@ -229,6 +229,11 @@ class OptimConfig:
         momentum: SGD's momentum.
         schedule: ``constant``, or ``cosine``: the rate falls from ``lr`` to 0 along each task's
             training steps (cosine annealing, restarted per task).
+        carry_state: keep the optimizer's state from one task to the next (Adam's moment
+            estimates and step count, SGD's momentum buffers), as van de Ven and Tolias's code
+            does (its default ``--optimizer adam``). The default, false, starts each task with
+            a fresh state (their ``adam_reset``; Avalanche's default). The learning rate and
+            schedule are each task's own either way.
     """
 
     name: OptimizerName = OptimizerName.adam
@@ -236,6 +241,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: Schedule = Schedule.constant
+    carry_state: bool = False
 
 
 @dataclass

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from helpers.servers import (
     ADMIN_PASSWORD,
-    FAKE_MLFLOW,
     Team,
     database,
     free_port,
     mlflow_server,
     postgres_cluster,
+    spawn_fake_mlflow,
     team_server,
 )
 
@@ -405,15 +405,7 @@ def test_a_server_killed_while_starting_is_started_once_more(
     spawned: list[int] = []
 
     def spawn(s: server.Settings, folder: Path, backend: str, password: str | None) -> int:
-        argv = [
-            sys.executable,
-            "-c",
-            FAKE_MLFLOW,
-            str(s.port),
-            *tracking_server.mlflow_marker(folder).split(),
-        ]
-        proc = subprocess.Popen(argv, start_new_session=True)
-        tracking_server._CHILDREN[proc.pid] = proc
+        proc = spawn_fake_mlflow(s, folder)
         if len(spawned) < deaths:
             proc.kill()
         spawned.append(proc.pid)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.servers import FAKE_MLFLOW, require_postgres
+from helpers.servers import require_postgres, spawn_fake_mlflow
 
 from pipeline import server
 from pipeline.server import postgres, tracking_server
@@ -106,16 +106,7 @@ def test_an_unreachable_checkout_gets_its_cluster_placed_where_postgres_reaches_
     them. MLflow is a stand-in that answers /health: the cluster is what is tested here."""
 
     def spawn(s: server.Settings, folder: Path, backend: str, password: str | None) -> int:
-        argv = [
-            sys.executable,
-            "-c",
-            FAKE_MLFLOW,
-            str(s.port),
-            *tracking_server.mlflow_marker(folder).split(),
-        ]
-        proc = subprocess.Popen(argv, start_new_session=True)
-        tracking_server._CHILDREN[proc.pid] = proc
-        return proc.pid
+        return spawn_fake_mlflow(s, folder).pid
 
     monkeypatch.setattr(tracking_server, "spawn_mlflow", spawn)
     folder = closed_checkout / ".server"

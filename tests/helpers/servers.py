@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import server
+from pipeline.server import tracking_server
 from pipeline.server.common import free_port, free_ports
 from pipeline.server.postgres import throwaway_cluster
 
@@ -40,6 +43,18 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
+
+
+def spawn_fake_mlflow(s: server.Settings, folder: Path) -> subprocess.Popen[bytes]:
+    """:data:`FAKE_MLFLOW` on ``s.port``, started as ``spawn_mlflow`` starts MLflow: in a
+    session of its own, its output in ``folder/mlflow.log`` (which a failed start quotes: CI
+    once lost a stand-in with nothing to say why), known to ``tracking_server`` as a child."""
+    argv = [sys.executable, "-c", FAKE_MLFLOW, str(s.port)]
+    argv += tracking_server.mlflow_marker(folder).split()
+    with open(folder / "mlflow.log", "ab") as log:
+        proc = subprocess.Popen(argv, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    tracking_server._CHILDREN[proc.pid] = proc
+    return proc
 
 
 def require_postgres() -> None:

@@ -7,8 +7,16 @@ import pytest
 from helpers.stores import client as client_for
 
 from pipeline.compare import compare, configs_of
-from pipeline.compare.table import format_markdown, table
+from pipeline.compare.table import (
+    Comparison,
+    Row,
+    format_markdown,
+    per_seed,
+    scenarios_table,
+    table,
+)
 from pipeline.errors import ConfigError
+from pipeline.results import SequenceResult, TaskRecord
 from pipeline.store import Store
 from pipeline.tracking import Run
 
@@ -236,3 +244,45 @@ def test_a_key_added_at_its_default_is_no_changed_setting(tmp_path):
     assert changed_settings(store, run_with({}), other) == "strategies.l2.lam unset, now 0.5"
     logged = run_with({"strategies.l2.lam": "0.1"})
     assert changed_settings(store, logged, other) == "strategies.l2.lam 0.1, now 0.5"
+
+
+def _result(run_id: str, test: list[list[float]], fwt: float, kept: int) -> SequenceResult:
+    r = SequenceResult(run_id, "0", ["a", "b"], ["A", "B"], {"test": np.array(test)}, {})
+    r.summary = {"test": {"avg_acc": float(np.mean(test[-1])), "fwt": fwt}}
+    r.records = [TaskRecord(1.0, 10, 1.0, {"raw_samples": kept, "raw_bytes": 0, "state_bytes": 0})]
+    return r
+
+
+def test_per_seed_rows_are_each_task_when_trained_and_at_the_end_with_their_mean():
+    rows = [
+        Row(
+            "naive",
+            [
+                _result("0", [[0.99, 0.1], [0.3, 0.9]], 0.02, 0),
+                _result("1", [[0.97, 0.1], [0.4, 0.8]], -0.01, 0),
+            ],
+        )
+    ]
+    c = Comparison("x", ["a", "b"], ["A", "B"], "domain", [0, 1], rows, {})
+    assert per_seed(c) == [
+        ["seed", "A", "B", "A at the end", "FWT"],
+        ["0", "99.0", "90.0", "30.0", "+2.0"],
+        ["1", "97.0", "80.0", "40.0", "-1.0"],
+        ["mean", "98.0", "85.0", "35.0", "+0.5"],
+    ]
+
+
+def test_scenarios_side_by_side_with_what_each_strategy_keeps():
+    def one(scenario: str, acc: float) -> Comparison:
+        rows = [
+            Row("naive", [_result("n", [[1, 0], [0, acc]], 0, 0)]),
+            Row("replay", [_result("r", [[1, 0], [acc, acc]], 0, 500)]),
+        ]
+        return Comparison("x", ["a", "b"], ["A", "B"], scenario, [0], rows, {})
+
+    got = scenarios_table({"task": one("task", 1.0), "class": one("class", 0.5)})
+    assert got == [
+        ["strategy", "task-IL", "class-IL", "raw samples kept"],
+        ["naive", "50.0 ± 0.0", "25.0 ± 0.0", "0"],
+        ["replay", "100.0 ± 0.0", "50.0 ± 0.0", "500"],
+    ]

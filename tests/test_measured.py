@@ -138,3 +138,33 @@ def test_a_record_of_an_older_measurement_renders_what_is_not_recorded() -> None
         "recorded; machine: 2 cores, no GPU (CPU model, platform and load not recorded)."
     )
     assert HEADER.match(line)
+
+
+def test_the_suite_benchmark_runs_the_ci_steps_and_reads_pytests_lines() -> None:
+    """benchmarks/suite.py times the make lines of .ci/run and reads pytest's count line and
+    slowest tests, as `make test -q --durations` prints them."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # it imports record as a sibling
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "suite", REPO_ROOT / "benchmarks" / "suite.py"
+        )
+        assert spec and spec.loader
+        suite = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(suite)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    assert suite.steps(REPO_ROOT / ".ci" / "run") == ["make lint", "make test", "make docs"]
+    out = (
+        "....\n============ slowest 15 durations ============\n"
+        "70.12s call     tests/test_x.py::test_y[a-b]\n"
+        "3.01s setup    tests/test_z.py::test_w\n"
+        "1061 passed, 7 skipped, 3 deselected in 668.23s (0:11:08)\n"
+    )
+    assert suite.COUNTS.findall(out) == [
+        "1061 passed, 7 skipped, 3 deselected in 668.23s (0:11:08)"
+    ]
+    assert suite.DURATION.findall(out) == [
+        ("70.12", "call", "tests/test_x.py::test_y[a-b]"),
+        ("3.01", "setup", "tests/test_z.py::test_w"),
+    ]
+    assert suite.minutes(668.23) == "11 min 08 s" and suite.minutes(28.4) == "28 s"

@@ -135,6 +135,42 @@ def table(c: Comparison) -> list[list[str]]:
     return out
 
 
+def per_seed(c: Comparison) -> list[list[str]]:
+    """The first strategy's runs, a row per seed and a mean row: each task's test accuracy
+    right after training it, each earlier task's at the end, and FWT (the founding run's
+    table: MNIST, Fashion-MNIST, MNIST afterwards)."""
+    n = len(c.tasks)
+    header = ["seed", *c.displays, *[f"{d} at the end" for d in c.displays[:-1]], "FWT"]
+    rows = []
+    for r in c.rows[0].results:  # in the order of c.seeds
+        m = r.matrix["test"]
+        fwt = r.summary["test"].get("fwt", float("nan"))
+        rows.append([m[j, j] for j in range(n)] + [m[-1, j] for j in range(n - 1)] + [fwt])
+    values = np.array(rows, dtype=float) * 100
+    out = [header]
+    out += [[str(s), *_cells(v)] for s, v in zip(c.seeds, values, strict=True)]
+    return [*out, ["mean", *_cells(values.mean(axis=0))]]
+
+
+def _cells(values: np.ndarray) -> list[str]:
+    """Accuracies in % to one decimal; the last value (FWT) signed."""
+    return [f"{v:.1f}" for v in values[:-1]] + [f"{values[-1]:+.1f}"]
+
+
+def scenarios_table(by_scenario: dict[str, Comparison]) -> list[list[str]]:
+    """One comparison per scenario, side by side: each strategy's average accuracy (mean ±
+    std over seeds) per scenario, and the raw samples it keeps (in the last scenario)."""
+    cs = list(by_scenario.values())
+    header = ["strategy", *[f"{s}-IL" for s in by_scenario], "raw samples kept"]
+    out = [header]
+    for row in cs[0].rows:
+        rows = [c.row(row.strategy) for c in cs]
+        cells = [_pm(r.values("avg_acc")) if r else "n/a" for r in rows]
+        kept = next((r for r in reversed(rows) if r), row).values("raw_samples").mean()
+        out.append([row.strategy, *cells, f"{kept:,.0f}"])
+    return out
+
+
 def format_text(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [

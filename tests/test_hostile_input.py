@@ -88,6 +88,7 @@ CASES: list[tuple[str, list[str]]] = [
     ("infinite strength", [*EXP, "strategy=[ewc]", "strategies.ewc.lam=inf"]),
     ("infinite DER++ alpha", [*EXP, "strategy=[derpp]", "strategies.derpp.alpha=inf"]),
     ("negative strength", [*EXP, "strategy=[ewc]", "strategies.ewc.lam=-1"]),
+    ("an unknown kind of Fisher label", [*EXP, "strategy=[ewc]", "strategies.ewc.fisher_labels=x"]),
     ("an empty buffer", [*EXP, "strategy=[replay]", "strategies.replay.size=0"]),
     ("a threshold above 1", [*EXP, "strategy=[gpm]", "strategies.gpm.threshold=2"]),
     ("temperature 0", [*EXP, "strategy=[lwf]", "strategies.lwf.temperature=0"]),

@@ -22,7 +22,7 @@ from pipeline.experiment import compose
 from pipeline.models import Classifier, build_head, build_model
 from pipeline.strategies import REGISTRY, Strategy, parse_params
 from pipeline.strategies._anchor import trainable
-from pipeline.strategies.ewc import empirical_fisher
+from pipeline.strategies.ewc import diagonal_fisher, empirical_fisher
 from pipeline.strategies.mas import output_sensitivity
 
 NAMES = ["ewc", "online_ewc", "si", "mas", "l2"]
@@ -135,6 +135,22 @@ def test_fisher_matches_per_sample_brute_force(scenario: str) -> None:
         assert (fisher[n] >= 0).all()
     if scenario == "task":  # the other task's head sees no gradient
         assert fisher["head.heads.0.weight"].abs().sum() == 0
+
+
+@pytest.mark.parametrize("network", ["mlp", "cnn"])
+def test_predicted_label_fisher_takes_the_models_own_class(network: str) -> None:
+    """fisher_labels=predicted (van de Ven and Tolias's estimate): each sample's term is the
+    gradient of -log p(argmax | x), not of its training label; both paths (vmap, by layer)."""
+    model = tiny("class") if network == "mlp" else tiny_cnn("class")
+    model.head.start_task(1)
+    data = (batches if network == "mlp" else image_batches)(1, offset=2)
+    got = diagonal_fisher(model, ctx_for(model, data, 1), 1000, "predicted")
+    own = (lambda logits, y: F.cross_entropy(logits, logits.argmax(1)), torch.square)
+    expected = brute_force(model, data, own)
+    for n in got:
+        assert torch.allclose(got[n], expected[n], rtol=1e-4, atol=1e-6), n
+    true = diagonal_fisher(model, ctx_for(model, data, 1), 1000, "true")
+    assert any(not torch.allclose(got[n], true[n]) for n in got)  # the labels differ somewhere
 
 
 def test_fisher_samples_caps_the_estimate() -> None:

@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from pipeline.strategies._anchor import AnchorStrategy, require, snapshot, trainable
 from pipeline.strategies.base import TaskContext, register
-from pipeline.strategies.ewc import EWCParams, check_fisher_params, empirical_fisher
+from pipeline.strategies.ewc import EWCParams, check_fisher_params, diagonal_fisher
 
 if TYPE_CHECKING:
     from pipeline.config.schema import ExperimentConfig
@@ -25,11 +25,14 @@ class OnlineEWCParams:
         gamma: decay of the running Fisher, in (0, 1]; 1 sums the tasks' Fishers.
         fisher_samples: training samples of each task the Fisher is estimated on (its cost and
             error: :class:`pipeline.strategies.ewc.EWCParams`).
+        fisher_labels: ``true`` or ``predicted``: the class each sample's Fisher term takes
+            (:func:`pipeline.strategies.ewc.diagonal_fisher`).
     """
 
     lam: float = 1000.0
     gamma: float = 1.0
     fisher_samples: int = EWCParams.fisher_samples  # one default for both (see EWCParams)
+    fisher_labels: str = EWCParams.fisher_labels
 
 
 @register
@@ -64,7 +67,8 @@ class OnlineEWC(AnchorStrategy[OnlineEWCParams]):
     def on_task_end(self, ctx: TaskContext) -> None:
         """Decay the running Fisher, add this task's, re-anchor at the current weights."""
         model = ctx.model
-        fisher = empirical_fisher(model, ctx, self.params.fisher_samples)
+        p = self.params
+        fisher = diagonal_fisher(model, ctx, p.fisher_samples, p.fisher_labels)
         old = self.quad.importance
         if old is not None:
             gamma = self.params.gamma

@@ -115,8 +115,7 @@ class Resume:
         return Progress.from_record(self.checkpoint["pipeline"]["progress"])
 
     def restore(self, module: ContinualModule) -> None:
-        """Load the checkpoint's weights, strategy states and, where the optimizer's state
-        carries over tasks, that state, into a freshly built module."""
+        """Load the checkpoint's weights, strategy states and carried optimizer state."""
         if self.checkpoint is not None:
             module.load_state_dict(self.checkpoint["state_dict"])
             module.load_strategy_states(self.checkpoint["strategies"])

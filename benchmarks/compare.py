@@ -23,7 +23,7 @@ import argparse
 
 import record
 
-from pipeline.compare import compare, default_strategies
+from pipeline.compare import compare, strategy_list
 from pipeline.compare.table import format_markdown, per_seed, scenarios_table, table
 from pipeline.exiting import unwind_on_sigterm
 
@@ -43,8 +43,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="override of every run")
     record.add_argument(parser)
     args = parser.parse_args()
-    all_ = args.strategies == "all"
-    strategies = default_strategies() if all_ else args.strategies.split(",")
+    strategies = strategy_list(args.strategies)
     seeds = list(range(args.seeds))
     overrides = [f"paths.data={args.root}", *args.set]
     scenarios = [s for s in args.scenarios.split(",") if s]

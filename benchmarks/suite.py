@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,31 +57,24 @@ def main() -> None:
             print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", flush=True)
             if done.returncode:
                 print(f"failed: {step} (exit {done.returncode})", file=sys.stderr)
-                shutil.rmtree(clone, ignore_errors=True)
-                sys.exit(done.returncode)
-            rows.append(f"| `{step}` | {minutes(took)} |")
+                sys.exit(done.returncode)  # the scratch folder goes as the exit unwinds
+            rows.append([f"`{step}`", minutes(took)])
             if step.startswith("make test"):
                 out = done.stdout
     counts = COUNTS.findall(out)
-    slowest = [
-        f"| {float(s):.0f} s | {when} | `{test}` |" for s, when, test in DURATION.findall(out)
-    ]
+    slowest = [[f"{float(s):.0f} s", when, f"`{test}`"] for s, when, test in DURATION.findall(out)]
     body = "\n".join(
         [
             "From a fresh clone, the steps of `.ci/run` (the environment from uv's cache, then "
             "the linters, the tests, the docs site):",
             "",
-            "| step | time |",
-            "|---|---|",
-            *rows,
+            record.table(["step", "time"], rows),
             "",
             f"pytest: {counts[-1] if counts else 'no count line'}.",
             "",
             "The slowest tests (pytest's `--durations`, each in its own process's time):",
             "",
-            "| time | phase | test |",
-            "|---|---|---|",
-            *slowest,
+            record.table(["time", "phase", "test"], slowest),
             "",
         ]
     )

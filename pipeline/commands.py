@@ -147,11 +147,11 @@ def cmd_landscape(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.compare import compare, default_strategies, format_text, table
+    from pipeline.compare import compare, format_text, strategy_list, table
     from pipeline.store import Store
 
     require_count(args.seeds, "--seeds", "make compare SEEDS=<n>")  # 0 seeds: no row to report
-    names = default_strategies() if args.strategies == "all" else args.strategies.split(",")
+    names = strategy_list(args.strategies)
     seeds = list(range(args.seeds))
     print(f"comparing {', '.join(names)} on {args.experiment}, seeds {seeds}")
     c = compare(

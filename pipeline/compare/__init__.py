@@ -36,12 +36,18 @@ from pipeline.store import Store
 from pipeline.strategies import REGISTRY, StrategyRefused, default_order
 from pipeline.tracking import Run, flatten, param_text
 
-__all__ = ["Comparison", "compare", "default_strategies", "format_text", "table"]
+__all__ = ["Comparison", "compare", "default_strategies", "format_text", "strategy_list", "table"]
 
 
 def default_strategies() -> list[str]:
     """Every registered strategy, baseline and reference first (``all`` on the command line)."""
     return default_order()
+
+
+def strategy_list(spec: str) -> list[str]:
+    """The strategies a ``STRATEGIES=`` value names: ``all`` (:func:`default_strategies`) or
+    ``a,b,c+d``."""
+    return default_strategies() if spec == "all" else spec.split(",")
 
 
 def configs_of(

@@ -62,7 +62,8 @@ help: ## list the targets
 	@echo "             else MLFLOW_TRACKING_URI / OPTUNA_STORAGE, else mlruns/)"
 	@echo "             RESUME=<run id> (run: a run cut off; compare: the parent run of a comparison)"
 	@echo "             STRATEGIES=all|a,b,c+d SEEDS=3 (compare)"
-	@echo "             TABLE=<conf/table name> SEEDS=5 JOBS=1 (reproduce: JOBS runs at a time)"
+	@echo "             TABLE=<conf/table name> SEEDS=5 JOBS=1 CELLS=<key>,... (reproduce: JOBS runs at a time,"
+	@echo "             CELLS only those cells, e.g. domain-ewc,class-lwf)"
 	@echo "             STRATEGY=ewc TRIALS=30 WORKERS=1 SWEEP=default STUDY=<name> RULE=knee (sweep, best)"
 	@echo "             multi-objective sweeps (SWEEP=default, prefix) are not pruned: Optuna cannot prune them"
 	@echo "             PG_DATA=<folder> (server): PostgreSQL's files there; as root in a folder the postgres user"
@@ -95,8 +96,8 @@ run: install ## run any experiment: make run EXP=<name> ARGS="key=value ..." (RE
 runs: install ## the newest runs, what became of them, which can be resumed [EXP=<MLflow experiment>]
 	$(call pipeline,runs $(if $(filter command line,$(origin EXP)),$(call q,$(EXP))))
 
-reproduce: install data ## a published table (conf/table/): every cell over seeds, ours beside theirs: make reproduce TABLE=<name> [SEEDS=5] [JOBS=1] [RESUME=<parent run>]
-	$(call pipeline,reproduce $(call q,$(TABLE)) --seeds $(call q,$(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),5)) $(if $(JOBS),--jobs $(call q,$(JOBS))) $(if $(RESUME),--resume $(call q,$(RESUME))))
+reproduce: install data ## a published table (conf/table/): every cell over seeds, ours beside theirs: make reproduce TABLE=<name> [SEEDS=5] [JOBS=1] [CELLS=<key>,...] [RESUME=<parent run>]
+	$(call pipeline,reproduce $(call q,$(TABLE)) --seeds $(call q,$(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),5)) $(if $(JOBS),--jobs $(call q,$(JOBS))) $(if $(CELLS),--cells $(call q,$(CELLS))) $(if $(RESUME),--resume $(call q,$(RESUME))))
 
 compare: install data ## strategies x seeds on EXP: table, report in reports/, MLflow parent run (RESUME=<its id>)
 	$(call pipeline,compare $(call q,$(EXP)) --strategies $(call q,$(STRATEGIES)) --seeds $(call q,$(SEEDS)) $(if $(RESUME),--resume $(call q,$(RESUME))))

@@ -159,6 +159,7 @@ def _table_command(sub: Any) -> None:
     p.add_argument("table", help=f"a file of conf/table/ ({', '.join(available('table'))})")
     _parent_options(p, "reproduce", 5, "a reproduction cut off (same arguments, or more seeds)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, one process each")
+    p.add_argument("--cells", default="", help="only these cells: their keys, comma-separated")
     p.add_argument("overrides", nargs="*", help="key=value for every run (after each cell's)")
 
 

@@ -187,6 +187,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         Path(args.out) if args.out else None,
         resume=args.resume or None,
         jobs=args.jobs,
+        cells=[c for c in args.cells.split(",") if c],
     )
     print("\n".join(done.report.read_text().splitlines()[2:]))
     print(f"report: {done.report}")

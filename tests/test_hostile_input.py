@@ -103,6 +103,10 @@ CASES: list[tuple[str, list[str]]] = [
         ["reproduce", "vandeven2019-split-mnist", "--seeds", "0", f"paths.store={FRESH}"],
     ),
     (
+        "a cell a table lacks",
+        ["reproduce", "vandeven2019-split-mnist", "--cells", "domain-ewk", f"paths.store={FRESH}"],
+    ),
+    (
         "a bad key for a table",
         ["reproduce", "vandeven2019-split-mnist", "trainer.iterationz=3", f"paths.store={FRESH}"],
     ),

@@ -17,7 +17,7 @@ from pipeline.config import compose as conf
 from pipeline.errors import ConfigError
 from pipeline.keys import summary_key
 from pipeline.reproduce import load_table, reproduce, tables
-from pipeline.reproduce.spec import Cell, Published, Table
+from pipeline.reproduce.spec import Cell, Published, Table, select
 from pipeline.reproduce.verdict import Outcome, Verdict, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,6 +206,28 @@ def test_bad_tables_and_cells_are_refused_in_one_line(tiny_table: str, tmp_path:
             load_table("bad")
         assert "\n" not in str(e.value)
     assert not (tmp_path / "none").exists()  # refused before any run
+
+
+def test_cells_select_a_part_of_the_table_in_its_order():
+    table = load_table("vandeven2019-split-mnist")
+    part = select(table, ["domain-ewc", "class-lwf"])
+    assert [c.key for c in part.cells] == ["class-lwf", "domain-ewc"]
+    assert select(table, []) is table and len(table.cells) == 20  # the table is not changed
+    with pytest.raises(ConfigError, match=r"has no cell domain-ewk \(its cells: class-none,"):
+        select(table, ["domain-ewc", "domain-ewk"])
+
+
+def test_a_part_run_first_is_resumed_by_the_whole_table(tiny_table: str, tmp_path: Path):
+    store = tmp_path / "mlruns"
+    small_synthetic(store)
+    where = [f"paths.store={store}", f"paths.reports={tmp_path / 'reports'}", *SHRINK]
+    part = reproduce(tiny_table, [0], where, cells=["domain-none"], log=lambda _: None)
+    assert [len(o.values) for o in part.outcomes] == [1]
+    assert part.report.read_text().count("Only these cells of the table ran: domain-none.") == 1
+    whole = reproduce(tiny_table, [0], where, resume=part.parent_run_id, log=lambda _: None)
+    assert whole.outcomes[0].run_ids == part.outcomes[0].run_ids  # read back, not run again
+    assert [len(o.values) for o in whole.outcomes] == [1, 1, 0]
+    assert "Only these cells" not in whole.report.read_text()
 
 
 @pytest.mark.slow  # 70 s: two workers start, train and are stopped; `make test-slow` runs it

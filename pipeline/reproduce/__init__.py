@@ -7,6 +7,8 @@ anything runs), :mod:`~pipeline.reproduce.verdict` (ours beside theirs, pure) an
 runs and the report. A reproduction cut off is carried on like a comparison, with
 ``RESUME=<parent run id>``: its finished children are read back, not run again; resumed with
 more seeds, it runs only the new ones (``SEEDS=5`` after a first look at one seed).
+``CELLS=<key>,<key>`` runs only those cells (``domain-ewc,class-lwf``); the children are found
+again by name, so a later run of the whole table resumed from it runs only the rest.
 
 ``JOBS=<n>`` runs n children at a time, each in its own process (the standard library's
 process pool, spawned: torch and Lightning do not survive a fork well), each with an equal
@@ -34,7 +36,7 @@ from pipeline.errors import ConfigError
 from pipeline.exiting import exit_now, unwind_on_sigterm
 from pipeline.experiment import compose, require_one_process
 from pipeline.metrics import percent
-from pipeline.reproduce.spec import Cell, Table, load_table, tables
+from pipeline.reproduce.spec import Cell, Table, load_table, select, tables
 from pipeline.reproduce.verdict import Outcome, Verdict, count, markdown
 from pipeline.runner import run_sequence
 from pipeline.store import Store
@@ -110,6 +112,7 @@ def reproduce(
     log: Callable[[str], None] = print,
     resume: str | None = None,
     jobs: int = 1,
+    cells: Sequence[str] = (),
 ) -> Reproduction:
     """Run every cell of the table ``conf/table/<name>.yaml`` on every seed and write the
     report (published beside ours, a verdict per cell).
@@ -123,12 +126,15 @@ def reproduce(
         resume: the parent run of a reproduction cut off, with the same arguments (or more
             seeds: the new ones run).
         jobs: children run at a time, each in its own process.
+        cells: the keys of the cells to run (:attr:`~pipeline.reproduce.spec.Cell.key`); all
+            when empty.
 
     Raises:
-        ConfigError: a bad table, cell or override; a ``resume`` run that is not the same
-            reproduction, or had seeds that are not asked now (before anything runs).
+        ConfigError: a bad table, cell or override; a cell key the table lacks; a ``resume``
+            run that is not the same reproduction, or had seeds that are not asked now (before
+            anything runs).
     """
-    table = load_table(name)
+    table = select(load_table(name), cells)
     planned = plan(table, seeds, overrides)
     ready = [configs for _, configs in planned if configs]
     if not ready:
@@ -153,6 +159,8 @@ def reproduce(
                 outcome.run_ids.append(run_id)
                 outcome.values.append(value)
         lines = markdown(table, outcomes, seeds)
+        if cells:
+            lines = [f"Only these cells of the table ran: {', '.join(cells)}.", "", *lines]
         report = write_report(table, lines, overrides, out_dir, parent, outcomes)
     return Reproduction(table, list(seeds), outcomes, parent.run_id, report)
 

@@ -7,7 +7,8 @@ before anything runs; nothing here imports torch."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from omegaconf import MISSING, OmegaConf
 
@@ -116,6 +117,25 @@ def load_table(name: str) -> Table:
     table.name = name
     check(table, source)
     return table
+
+
+def select(table: Table, keys: Sequence[str]) -> Table:
+    """The table with only the cells named (their :attr:`Cell.key`, in the table's order); all
+    of them when none is named.
+
+    Raises:
+        ConfigError: a key that is no cell of the table (one line, with the keys there are).
+    """
+    if not keys:
+        return table
+    known = [c.key for c in table.cells]
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"reproduce: conf/{GROUP}/{table.name}.yaml has no cell {', '.join(unknown)} "
+            f"(its cells: {', '.join(known)})"
+        )
+    return replace(table, cells=[c for c in table.cells if c.key in keys])
 
 
 def check(table: Table, source: str) -> None:

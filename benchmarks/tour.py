@@ -58,19 +58,29 @@ FORGET = "make forget"
 UI_WAIT_S = 120  # the UI's first start compiles nothing, but a loaded machine is slow
 
 
-def run(step: Step, clone: Path) -> tuple[float, str]:
-    """Run one step in the clone: its wall time and its standard output (make's own echo of
-    each command left out). Exits with the step's code when it fails."""
+def run(step: Step, clone: Path) -> tuple[float, float, str]:
+    """Run one step in the clone: its wall time, the peak resident memory of its largest
+    process in GiB (``wait4``'s ``ru_maxrss``: the maximum over make and every process it
+    waited for), and its standard output (make's own echo of each command left out). Exits
+    with the step's code when it fails."""
     print(f"$ {step.command}", flush=True)
     started = time.perf_counter()
-    done = subprocess.run(step.command.split(), cwd=clone, capture_output=True, text=True)
-    took = time.perf_counter() - started
-    print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", flush=True)
-    if done.returncode:
-        print(f"failed: {step.command} (exit {done.returncode})", file=sys.stderr)
-        sys.exit(done.returncode)  # the scratch folder goes as the exit unwinds
-    shown = [line for line in done.stdout.splitlines() if not line.startswith(".venv/bin/")]
-    return took, "\n".join(shown).strip()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            step.command.split(), cwd=clone, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        assert proc.stdout is not None
+        out = proc.stdout.read()  # to the end (stderr goes to a file: no pipe to fill)
+        _, status, usage = os.wait4(proc.pid, 0)  # not proc.wait(): wait4 gives its usage
+        took = time.perf_counter() - started
+        code = proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        print(out[-3000:], err.read()[-3000:], sep="\n", flush=True)
+    if code:
+        print(f"failed: {step.command} (exit {code})", file=sys.stderr)
+        sys.exit(code)  # the scratch folder goes as the exit unwinds
+    shown = [line for line in out.splitlines() if not line.startswith(".venv/bin/")]
+    return took, usage.ru_maxrss / 2**20, "\n".join(shown).strip()
 
 
 def free_port() -> int:
@@ -118,16 +128,16 @@ def main() -> None:
         subprocess.run(["git", "clone", "-q", str(record.ROOT), str(clone)], check=True)
         total = 0.0
         for step in STEPS:
-            took, out = run(step, clone)
+            took, peak, out = run(step, clone)
             total += took
-            rows.append([step.name, f"`{step.command}`", minutes(took)])
+            rows.append([step.name, f"`{step.command}`", minutes(took), f"{peak:.2f} GiB"])
             if step.command == FORGET:
                 forget = out
             if step.tail:
                 tail = "\n".join(out.splitlines()[-step.tail :])
                 ends += [f"`{step.command}` ended:", "", *fenced(tail), ""]
         rows.append(
-            ["browse", "`make ui`, then the printed link", f"up in {minutes(ui_start(clone))}"]
+            ["browse", "`make ui`, then the printed link", f"up in {minutes(ui_start(clone))}", ""]
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True
@@ -138,7 +148,7 @@ def main() -> None:
             f"From a fresh clone, one after the other ({minutes(total)} for the steps in all; "
             f"`git status` at the end: {clean}):",
             "",
-            record.table(["step", "command", "time"], rows),
+            record.table(["step", "command", "time", "peak memory"], rows),
             "",
             *ends,
         ]

@@ -19,6 +19,7 @@ from pipeline.keys import summary_key
 from pipeline.reproduce import load_table, reproduce, tables
 from pipeline.reproduce.spec import Cell, Published, Table, select
 from pipeline.reproduce.verdict import Outcome, Verdict, markdown
+from pipeline.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 SHRINK = [
@@ -198,6 +199,14 @@ def test_bad_tables_and_cells_are_refused_in_one_line(tiny_table: str, tmp_path:
             text.replace("note: a written reason", "tolerance: -1"),
             "cell domain-l2: tolerance must be in",
         ),
+        (
+            text.replace("note: a written reason", "tune: {trials: 0}"),
+            "cell domain-l2: tune.trials must be at least 1",
+        ),
+        (
+            text.replace("note: a written reason", "tune: {sweep: nope}"),
+            r"cell domain-l2: tune.sweep: no conf/sweep/nope.yaml",
+        ),
     ]:
         path.write_text(broken)
         with pytest.raises(ConfigError, match=message) as e:
@@ -228,6 +237,49 @@ def test_a_part_run_first_is_resumed_by_the_whole_table(tiny_table: str, tmp_pat
     assert whole.outcomes[0].run_ids == part.outcomes[0].run_ids  # read back, not run again
     assert [len(o.values) for o in whole.outcomes] == [1, 1, 0]
     assert "Only these cells" not in whole.report.read_text()
+
+
+def test_a_tuned_cell_takes_the_best_trial_of_a_study_on_validation(
+    tiny_table: str, tmp_path: Path
+):
+    """``tune:``: a study on the validation split (trial 0: the published values) chooses the
+    cell's hyperparameters before its runs, the report says so, and a resumed reproduction
+    finds the study finished and runs nothing again."""
+    from pipeline import runfiles
+    from pipeline.sweep.study import load_study
+    from pipeline.tracking import Run
+
+    table = conf.CONF_DIR / "table" / "tiny.yaml"
+    table.write_text(
+        table.read_text().replace("a written reason", "a written reason\n    tune: {trials: 3}")
+    )
+    store, studies = tmp_path / "mlruns", tmp_path / "studies.jsonl"
+    small_synthetic(store)
+    where = [f"paths.store={store}", f"paths.studies={studies}", *SHRINK]
+    where.append(f"paths.reports={tmp_path / 'reports'}")
+    done = reproduce(tiny_table, [0, 1], where, cells=["domain-l2"], log=lambda _: None)
+    study = load_study("reproduce-tiny-domain-l2", str(studies))
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 3 and trials[0].params == {"strategies.l2.lam": 0.5}  # the published
+    lam = study.best_trial.params["strategies.l2.lam"]
+    (l2,) = done.outcomes
+    assert l2.tuned.startswith(
+        "tuned: an Optuna study on the validation split (3 trials, study "
+        f"reproduce-tiny-domain-l2) chose strategies.l2.lam={lam}"
+    )
+    for run_id in l2.run_ids:  # every seed's run took the chosen value
+        config = runfiles.read_config(Run.get(Store.at(store), run_id))
+        assert config["strategies"]["l2"]["lam"] == lam
+    assert "| tuned: an Optuna study" in done.report.read_text()
+    again = reproduce(
+        tiny_table, [0, 1], where, cells=["domain-l2"], resume=done.parent_run_id, log=print
+    )
+    assert len(load_study("reproduce-tiny-domain-l2", str(studies)).trials) == 3
+    assert again.outcomes[0].run_ids == l2.run_ids and again.outcomes[0].tuned == l2.tuned
+    # a study of two objectives has no best trial to take
+    table.write_text(table.read_text().replace("tune: {trials: 3}", "tune: {sweep: default}"))
+    with pytest.raises(ConfigError, match=r"cell domain-l2: tune.sweep: .* objective 'pareto'"):
+        reproduce(tiny_table, [0], [f"paths.store={tmp_path / 'none'}"])
 
 
 @pytest.mark.slow  # 70 s: two workers start, train and are stopped; `make test-slow` runs it

@@ -7,8 +7,11 @@ anything runs), :mod:`~pipeline.reproduce.verdict` (ours beside theirs, pure) an
 runs and the report. A reproduction cut off is carried on like a comparison, with
 ``RESUME=<parent run id>``: its finished children are read back, not run again; resumed with
 more seeds, it runs only the new ones (``SEEDS=5`` after a first look at one seed).
-``CELLS=<key>,<key>`` runs only those cells (``domain-ewc,class-lwf``); the children are found
-again by name, so a later run of the whole table resumed from it runs only the rest.
+A cell whose published hyperparameters do not reproduce may carry ``tune:``: an Optuna study
+on the validation split chooses them first (:mod:`~pipeline.reproduce.tuning`), and the report
+says so beside the cell. ``CELLS=<key>,<key>`` runs only those cells
+(``domain-ewc,class-lwf``); the children are found again by name, so a later run of the whole
+table resumed from it runs only the rest.
 
 ``JOBS=<n>`` runs n children at a time, each in its own process (the standard library's
 process pool, spawned: torch and Lightning do not survive a fork well), each with an equal
@@ -36,6 +39,7 @@ from pipeline.errors import ConfigError
 from pipeline.exiting import exit_now, unwind_on_sigterm
 from pipeline.experiment import compose, require_one_process
 from pipeline.metrics import percent
+from pipeline.reproduce import tuning
 from pipeline.reproduce.spec import Cell, Table, load_table, select, tables
 from pipeline.reproduce.verdict import Outcome, Verdict, count, markdown
 from pipeline.runner import run_sequence
@@ -83,6 +87,8 @@ def plan(
             planned.append((outcome, []))
             continue
         try:
+            if cell.tune is not None:
+                tuning.check(cell)
             configs = [_config(table, cell, seed, overrides) for seed in seeds]
         except StrategyRefused as e:
             outcome.not_run = str(e).removeprefix("strategy: ")
@@ -151,6 +157,11 @@ def reproduce(
             parent.log_params({**params, "seeds": _seed_list(seeds)})
         parent.set_tags({SEEDS_TAG: _seed_list(seeds)})  # grows when resumed with more seeds
         log(f"parent run {parent.run_id} (if cut off, resume it: RESUME={parent.run_id})")
+        for outcome, cell_configs in planned:
+            if outcome.cell.tune is not None and cell_configs:
+                cell = outcome.cell
+                chosen, outcome.tuned = tuning.tune(table, cell, overrides, jobs, log)
+                cell_configs[:] = [_config(table, cell, s, [*chosen, *overrides]) for s in seeds]
         configs = [cfg for _, cell_configs in planned for cfg in cell_configs]
         results = _children(configs, table.metric, store, parent.run_id, done, log, jobs)
         for outcome, cell_configs in planned:

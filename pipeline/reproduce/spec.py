@@ -38,6 +38,24 @@ class Published:
 
 
 @dataclass
+class Tune:
+    """The fallback for a cell whose published hyperparameters do not reproduce: an Optuna
+    study on the validation split chooses the method's own (``make sweep``'s machinery, one
+    objective: the final average accuracy), and the cell's runs take the best trial's values.
+    Trial 0 runs the published values; the test split is not read.
+
+    Attributes:
+        sweep: the sweep file (``conf/sweep/``), single-objective (``objective: accuracy``).
+        trials: the study's trials.
+        seed: the run seed of every trial (the cell's runs keep theirs).
+    """
+
+    sweep: str = "method"
+    trials: int = 20
+    seed: int = 0
+
+
+@dataclass
 class Cell:
     """One published number and how we run it.
 
@@ -51,6 +69,7 @@ class Cell:
         note: a reason written beside the cell (a known difference of protocol or loss form).
         tolerance: this cell's tolerance in points, where the source gives each number its
             own (continual-learning-baselines' tests); unset: the table's.
+        tune: unset: the published hyperparameters; set: a study on validation chooses them.
     """
 
     method: str = MISSING
@@ -60,6 +79,7 @@ class Cell:
     published: Published = field(default_factory=Published)
     note: str = ""
     tolerance: float | None = None
+    tune: Tune | None = None
 
     @property
     def key(self) -> str:
@@ -161,6 +181,12 @@ def check(table: Table, source: str) -> None:
         require(0 <= cell.published.sd <= 100, f"{where}: published sd outside 0..100")
         own = table.tolerance_of(cell)
         require(0 < own <= 100, f"{where}: tolerance must be in (0, 100] points")
+        if cell.tune is not None:
+            require(cell.tune.trials >= 1, f"{where}: tune.trials must be at least 1")
+            require(
+                cell.tune.sweep in available("sweep"),
+                f"{where}: tune.sweep: no conf/sweep/{cell.tune.sweep}.yaml",
+            )
 
 
 def tables() -> list[str]:

@@ -31,12 +31,14 @@ class Outcome:
         not_run: why the cell did not run (a strategy not implemented, refused in its
             scenario); empty when it ran.
         run_ids: the child runs, one per seed.
+        tuned: how a study on validation chose the hyperparameters (empty: the published).
     """
 
     cell: Cell
     values: list[float] = field(default_factory=list)
     not_run: str = ""
     run_ids: list[str] = field(default_factory=list)
+    tuned: str = ""
 
     @property
     def mean(self) -> float:
@@ -85,7 +87,7 @@ def markdown(table: Table, outcomes: Sequence[Outcome], seeds: Sequence[int]) ->
         ours = _pm(o.mean, o.sd) if ran else "-"
         gap = f"{o.mean - p.mean:+.1f}" if ran else "-"
         own = f"tolerance {o.cell.tolerance:g} points" if o.cell.tolerance is not None else ""
-        why = "; ".join(x for x in (o.not_run, own, o.cell.note) if x)
+        why = "; ".join(x for x in (o.not_run, own, o.tuned, o.cell.note) if x)
         lines.append(
             f"| {o.cell.scenario} | {o.cell.method} | {_pm(p.mean, p.sd)} | {ours} | {gap} "
             f"| {verdict.value} | {why} |"

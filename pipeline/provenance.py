@@ -51,15 +51,23 @@ def default_run_name(cfg: ExperimentConfig) -> str:
     return f"{'+'.join(cfg.strategy)}-{cfg.scenario}-seed{cfg.seed}-{stamp}-{os.urandom(2).hex()}"
 
 
-def git_commit() -> str:
-    """Commit of the working tree (with ``-dirty`` when it has uncommitted changes)."""
+#: What the benchmarks write into the repository (``benchmarks/record.py``: the measured tables
+#: and the figures the docs show): outputs, not code, so a tree changed only there is not dirty;
+#: else every benchmark run after another in one clone would name its commit ``-dirty``.
+OUTPUTS = ("docs/measured", "docs/img")
+
+
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """Commit of the working tree at ``root`` (with ``-dirty`` when it has uncommitted changes
+    outside :data:`OUTPUTS`)."""
+    outside = ["--", ".", *(f":(exclude){p}" for p in OUTPUTS)]
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
+            ["git", "status", "--porcelain", "--untracked-files=no", *outside],
+            cwd=root,
             capture_output=True,
             text=True,
         ).stdout.strip()

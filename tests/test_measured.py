@@ -168,3 +168,28 @@ def test_the_suite_benchmark_runs_the_ci_steps_and_reads_pytests_lines() -> None
         ("3.01", "setup", "tests/test_z.py::test_w"),
     ]
     assert suite.minutes(668.23) == "11 min 08 s" and suite.minutes(28.4) == "28 s"
+
+
+def test_a_tree_changed_only_in_the_benchmarks_outputs_is_not_dirty(tmp_path: Path) -> None:
+    """A measured table or figure written into a clone leaves its commit clean; any other
+    change makes it dirty."""
+    import subprocess
+
+    from pipeline.provenance import OUTPUTS, git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for path in [*(f"{o}/a.md" for o in OUTPUTS), "pipeline/code.py"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("before\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    clean = git_commit(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{40}", clean), clean
+    for output in OUTPUTS:
+        (tmp_path / output / "a.md").write_text("measured again\n")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "pipeline" / "code.py").write_text("changed\n")
+    assert git_commit(tmp_path) == f"{clean}-dirty"

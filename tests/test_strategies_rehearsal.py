@@ -376,6 +376,32 @@ def test_lwf_class_outputs_seen_distils_every_output_with_zero_padded_targets():
         compose("synthetic_forgetting", ["strategy=[lwf]", "strategies.lwf.class_outputs=all"])
 
 
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_lwf_outputs_mean_averages_the_distillation_over_the_outputs(scenario):
+    """``outputs=mean`` (van de Ven and Tolias's 2019 ``loss_fn_kd``: the mean over the batch
+    and the outputs): the summed form divided by the number of outputs compared, each head's
+    own, or every output seen so far with ``class_outputs=seen``."""
+    h = Harness("lwf", scenario, alpha=1.0)
+    s = h.strategy
+    h.train_task(0)
+    h.module.start_task(h.ctx(1))
+    with torch.no_grad():
+        for p in h.model.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = h.batch(1)
+    logits = h.model(batch.x, batch.task)
+    s.params = dataclasses.replace(s.params, class_outputs="seen")
+    summed = s.penalty(h.model, batch, logits)
+    s.params = dataclasses.replace(s.params, outputs="mean")
+    mean = s.penalty(h.model, batch, logits)
+    assert summed is not None and mean is not None and float(summed) > 0
+    # the outputs compared: a task's head (as wide as the current one), the shared head, or
+    # every class seen so far
+    assert torch.allclose(mean, summed / logits.shape[1])
+    with pytest.raises(ConfigError, match=r"strategies\.lwf\.outputs: must be sum or mean"):
+        compose("synthetic_forgetting", ["strategy=[lwf]", "strategies.lwf.outputs=avg"])
+
+
 # -- checkpoints ---------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["replay", "agem", "derpp", "lwf"])
 def test_restored_state_behaves_identically(name):

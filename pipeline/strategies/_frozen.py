@@ -29,8 +29,13 @@ def frozen_copy(model: M) -> M:
     return old.eval()
 
 
-def distillation(new: Tensor, old: Tensor, temperature: float) -> Tensor:
+def distillation(new: Tensor, old: Tensor, temperature: float, per_output: bool = False) -> Tensor:
     """``T^2 * KL(softmax(old / T) || softmax(new / T))``, averaged over the batch.
+
+    ``per_output``: divided by the number of ``new``'s outputs as well, the mean over the batch
+    and the outputs that van de Ven and Tolias's 2019 code takes (``loss_fn_kd``:
+    ``(-targets * log_scores).mean()``); the sum over the outputs is the KL divergence, Hinton
+    et al.'s and Li and Hoiem's form.
 
     ``new`` may have more outputs than ``old`` (the class scenario's new classes): ``old``'s
     probabilities are then 0 on them, as van de Ven's ``loss_fn_kd`` pads its targets, so the
@@ -43,4 +48,5 @@ def distillation(new: Tensor, old: Tensor, temperature: float) -> Tensor:
     t = temperature
     log_old = F.log_softmax(old.float() / t, dim=1)
     log_new = F.log_softmax(new.float() / t, dim=1)[:, : old.shape[1]]
-    return t * t * (log_old.exp() * (log_old - log_new)).sum(1).mean()
+    kl = t * t * (log_old.exp() * (log_old - log_new)).sum(1).mean()
+    return kl / new.shape[1] if per_output else kl

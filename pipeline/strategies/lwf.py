@@ -45,12 +45,18 @@ class LwFParams:
             far, the current task's classes too, against the old model's probabilities padded
             with 0 on them, which also pulls the new classes' probability down on the current
             data. The other scenarios have no new outputs and ignore it.
+        outputs: how the distillation adds up over the outputs it compares. ``sum`` (the
+            default): the KL divergence, Hinton et al.'s and Li and Hoiem's form; ``mean``:
+            divided by their number, as van de Ven and Tolias's 2019 code averages its
+            ``loss_fn_kd`` over the batch and the outputs (2 in the domain scenario, every
+            output seen so far in the class scenario).
     """
 
     alpha: float = 0.25
     temperature: float = 2.0
     weighting: str = "fixed"
     class_outputs: str = "old"
+    outputs: str = "sum"
 
 
 @register
@@ -105,6 +111,10 @@ class LwF(Strategy[LwFParams]):
             raise ConfigError(
                 f"strategies.lwf.class_outputs: must be old or seen, got {params.class_outputs!r}"
             )
+        if params.outputs not in ("sum", "mean"):
+            raise ConfigError(
+                f"strategies.lwf.outputs: must be sum or mean, got {params.outputs!r}"
+            )
 
     @override
     def on_task_start(self, ctx: TaskContext) -> None:
@@ -138,6 +148,7 @@ class LwF(Strategy[LwFParams]):
         if self.old is None:
             return None
         old, t = self.old, self.params.temperature
+        mean = self.params.outputs == "mean"
         if next(old.parameters()).device != logits.device:
             old.to(logits.device)
         head = cast(Classifier, model).head
@@ -154,12 +165,13 @@ class LwF(Strategy[LwFParams]):
             for s in range(self.old_tasks):
                 with torch.no_grad():
                     target = old_head.heads[s](old_features)
-                loss = loss + distillation(head.heads[s](features), target, t)
+                loss = loss + distillation(head.heads[s](features), target, t, mean)
         else:
             with torch.no_grad():
                 target = old(batch.x, batch.task)
             old_only = isinstance(head, IncrementalHead) and self.params.class_outputs == "old"
-            loss = distillation(logits[:, : self.old_active] if old_only else logits, target, t)
+            new = logits[:, : self.old_active] if old_only else logits
+            loss = distillation(new, target, t, mean)
         if self.params.weighting == "tasks":  # the mean over the old heads, times t - 1
             heads = self.old_tasks if isinstance(head, MultiHead) else 1
             return self.params.alpha * self.old_tasks * loss / heads

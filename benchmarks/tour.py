@@ -52,7 +52,7 @@ STEPS = (
         12,
     ),
     Step("a sweep", "make sweep EXP=quick_forgetting STRATEGY=ewc TRIALS=4 WORKERS=2", 12),
-    Step("choose and test", "make best STUDY=quick_forgetting-ewc", 16),
+    Step("choose and test", "make best STUDY=quick_forgetting-ewc", 24),
 )
 FORGET = "make forget"
 UI_WAIT_S = 120  # the UI's first start compiles nothing, but a loaded machine is slow

@@ -145,7 +145,7 @@ def server_run(tracking_uri: str, printed: str) -> str:
     files = sorted(a.path for a in client.list_artifacts(run.info.run_id))
     return (
         f"server: run {run.info.run_id[:8]} {run.info.status}, artifacts at "
-        f"{run.info.artifact_uri.split('://')[0]}:/ ({', '.join(files)})"
+        f"{run.info.artifact_uri} ({', '.join(files)})"
     )
 
 
@@ -174,11 +174,11 @@ def report(
         for line in forget_out.splitlines()
         if "% -> after" in line or line.startswith(("line: ", "server: "))
     ]
-    shown = [
-        line
-        for line in sweep_out.splitlines()
-        if "crashed" in line or "worker exit codes" in line or "/12 done" in line
-    ]
+    lines = sweep_out.splitlines()
+    done = [line for line in lines if "/12 done" in line]
+    crashed = [line for line in lines if "crashed" in line or "queued again" in line]
+    exits = [line for line in lines if "worker exit codes" in line]
+    shown = [*done[:2], "...", *crashed, "...", *done[-1:], *exits]
     return "\n".join(
         [
             f"The servers (PostgreSQL, then MLflow) answered {minutes(up)} after the start.",
@@ -195,7 +195,7 @@ def report(
             "Among its lines:",
             "",
             "```",
-            *(shown[:3] + (["..."] if len(shown) > 4 else []) + shown[-2:]),
+            *shown,
             "```",
             "",
             f"The study then held: {held}.",

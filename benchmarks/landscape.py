@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -38,7 +37,6 @@ from pipeline.landscape import Options, draw
 from pipeline.landscape.evaluation import QUANTITIES
 from pipeline.store import Store
 
-RUN_ID = re.compile(r"MLflow run ([0-9a-f]{32})")
 ALPHA = "\N{GREEK SMALL LETTER ALPHA}"
 LINE = f"θ({ALPHA}) = (1 \N{MINUS SIGN} {ALPHA}) θ_A + {ALPHA} θ_B"
 
@@ -48,7 +46,7 @@ def train(experiment: str, strategy: str, where: list[str]) -> str:
     cmd = [sys.executable, "-m", "pipeline", "run", experiment, f"strategy=[{strategy}]", *where]
     print(f"$ {' '.join(cmd)}", flush=True)
     _, _, out = measure(cmd, dict(os.environ))
-    found = RUN_ID.findall(out)
+    found = record.RUN_ID.findall(out)
     if not found:
         sys.exit(f"no MLflow run id in the output of {' '.join(cmd)}:\n{out[-2000:]}")
     return found[-1]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -29,8 +28,6 @@ from pipeline import runfiles
 from pipeline.experiment import compose
 from pipeline.metrics import percent
 from pipeline.store import Store
-
-RUN_ID = re.compile(r"MLflow run ([0-9a-f]{32})")
 
 
 def main() -> None:
@@ -50,7 +47,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "pipeline", "run", args.experiment, *overrides]
             print(f"$ {' '.join(cmd)}", flush=True)
             wall, peak, out = measure(cmd, dict(os.environ))
-            found = RUN_ID.findall(out)
+            found = record.RUN_ID.findall(out)
             if not found:
                 sys.exit(f"no MLflow run id in the output of {' '.join(cmd)}:\n{out[-2000:]}")
             store = Store.of(compose(args.experiment, where).paths)

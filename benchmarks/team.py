@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,13 +38,6 @@ from pipeline.server import Settings, start, stop
 SWEEP = ["quick_forgetting", "--strategy", "ewc", "--trials", "12", "--workers", "3"]
 SHORT = ["trainer.epochs=1", "trainer.max_batches=150", "trainer.progress_bar=false"]
 STUDY = "team-ewc"
-RUN_ID = re.compile(r"MLflow run ([0-9a-f]{32})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
@@ -93,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pipeline-team-") as scratch:
         folder = Path(scratch) / "server"
-        settings = Settings(folder=folder, port=free_port(), pg_port=free_port())
+        settings = Settings(folder=folder, port=record.free_port(), pg_port=record.free_port())
         started = time.perf_counter()
         info = start(settings)
         up = time.perf_counter() - started
@@ -137,7 +128,7 @@ def server_run(tracking_uri: str, printed: str) -> str:
     """The run as the server holds it: its status and its artifacts (one line)."""
     from mlflow import MlflowClient
 
-    found = RUN_ID.findall(printed)
+    found = record.RUN_ID.findall(printed)
     if not found:
         return "server: (no run id printed)"
     client = MlflowClient(tracking_uri)

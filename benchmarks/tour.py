@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -83,15 +82,9 @@ def run(step: Step, clone: Path) -> tuple[float, float, str]:
     return took, usage.ru_maxrss / 2**20, "\n".join(shown).strip()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def ui_start(clone: Path) -> float:
     """``make ui`` on a free port: the seconds until its page answers; then it is stopped."""
-    port = free_port()
+    port = record.free_port()
     command = ["make", "ui", f"PORT={port}"]
     print(f"$ {' '.join(command)}", flush=True)
     started = time.perf_counter()

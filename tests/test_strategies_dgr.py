@@ -180,7 +180,10 @@ def test_replay_is_the_previous_generators_labelled_by_the_previous_classifier(
     soft = name == "dgr_distill"
     replay = expected_replay_loss(rig, z, scenario, soft)
     # the t-th task (t = 3) weighs the replay (t - 1) times the current batch
-    assert penalty is not None and torch.allclose(penalty, 2 * replay, rtol=1e-4, atol=1e-7)
+    # atol: a distillation near 0 (the task and domain heads barely moved) is a difference of
+    # nearly equal float32 log-probabilities, exact only to about eps * |log p|; the two forms
+    # (ours, F.kl_div) round differently by CPU: 2e-7 apart on an AMD EPYC, 0 on an Intel Xeon
+    assert penalty is not None and torch.allclose(penalty, 2 * replay, rtol=1e-4, atol=1e-6)
     # the live generator's images, or other latents, would give another loss
     old_generator, s.old_generator = s.old_generator, s.generator
     assert not torch.allclose(replay, expected_replay_loss(rig, z, scenario, soft))

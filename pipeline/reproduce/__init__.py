@@ -157,11 +157,7 @@ def reproduce(
             parent.log_params({**params, "seeds": _seed_list(seeds)})
         parent.set_tags({SEEDS_TAG: _seed_list(seeds)})  # grows when resumed with more seeds
         log(f"parent run {parent.run_id} (if cut off, resume it: RESUME={parent.run_id})")
-        for outcome, cell_configs in planned:
-            if outcome.cell.tune is not None and cell_configs:
-                cell = outcome.cell
-                chosen, outcome.tuned = tuning.tune(table, cell, overrides, jobs, log)
-                cell_configs[:] = [_config(table, cell, s, [*chosen, *overrides]) for s in seeds]
+        _tune(table, planned, seeds, overrides, jobs, log)
         configs = [cfg for _, cell_configs in planned for cfg in cell_configs]
         results = _children(configs, table.metric, store, parent.run_id, done, log, jobs)
         for outcome, cell_configs in planned:
@@ -174,6 +170,23 @@ def reproduce(
             lines = [f"Only these cells of the table ran: {', '.join(cells)}.", "", *lines]
         report = write_report(table, lines, overrides, out_dir, parent, outcomes)
     return Reproduction(table, list(seeds), outcomes, parent.run_id, report)
+
+
+def _tune(
+    table: Table,
+    planned: list[tuple[Outcome, list[ExperimentConfig]]],
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    jobs: int,
+    log: Callable[[str], None],
+) -> None:
+    """For each cell with ``tune:`` that can run, its study on validation (run or resumed);
+    its configs then take the chosen values, and its outcome says how they were chosen."""
+    for outcome, cell_configs in planned:
+        cell = outcome.cell
+        if cell.tune is not None and cell_configs:
+            chosen, outcome.tuned = tuning.tune(table, cell, overrides, jobs, log)
+            cell_configs[:] = [_config(table, cell, s, [*chosen, *overrides]) for s in seeds]
 
 
 def _seed_list(seeds: Sequence[int]) -> str:

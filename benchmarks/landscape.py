@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import record
-from overhead import measure
+from overhead import run_pipeline
 
 from pipeline.experiment import compose
 from pipeline.landscape import Options, draw
@@ -43,13 +41,7 @@ LINE = f"θ({ALPHA}) = (1 \N{MINUS SIGN} {ALPHA}) θ_A + {ALPHA} θ_B"
 
 def train(experiment: str, strategy: str, where: list[str]) -> str:
     """One run of ``experiment`` with ``strategy`` (seed 0): its run id."""
-    cmd = [sys.executable, "-m", "pipeline", "run", experiment, f"strategy=[{strategy}]", *where]
-    print(f"$ {' '.join(cmd)}", flush=True)
-    _, _, out = measure(cmd, dict(os.environ))
-    found = record.RUN_ID.findall(out)
-    if not found:
-        sys.exit(f"no MLflow run id in the output of {' '.join(cmd)}:\n{out[-2000:]}")
-    return found[-1]
+    return run_pipeline(experiment, [f"strategy=[{strategy}]", *where])[2]
 
 
 def point(values: dict[str, float]) -> list[str]:

@@ -15,13 +15,11 @@ Lightning gives each of n processes an equal share of the cores.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from pathlib import Path
 
 import record
-from overhead import measure
+from overhead import run_pipeline
 from suite import minutes
 
 from pipeline import runfiles
@@ -44,14 +42,9 @@ def main() -> None:
         for n in counts:
             where = [f"paths.data={args.root}", f"paths.store={Path(scratch) / f'mlruns-{n}'}"]
             overrides = [f"trainer.devices={n}", "trainer.progress_bar=false", *where]
-            cmd = [sys.executable, "-m", "pipeline", "run", args.experiment, *overrides]
-            print(f"$ {' '.join(cmd)}", flush=True)
-            wall, peak, out = measure(cmd, dict(os.environ))
-            found = record.RUN_ID.findall(out)
-            if not found:
-                sys.exit(f"no MLflow run id in the output of {' '.join(cmd)}:\n{out[-2000:]}")
+            wall, peak, run_id = run_pipeline(args.experiment, overrides)
             store = Store.of(compose(args.experiment, where).paths)
-            result = runfiles.read_result(store, found[-1])
+            result = runfiles.read_result(store, run_id)
             test = result.matrix["test"]
             displays = result.displays
             rows.append(

@@ -64,6 +64,18 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 2**20, out  # ru_maxrss: KiB on Linux
 
 
+def run_pipeline(experiment: str, overrides: list[str]) -> tuple[float, float, str]:
+    """``python -m pipeline run <experiment> <overrides>`` as :func:`measure` runs it: wall
+    seconds, peak RSS (GiB) and the id of the MLflow run it printed; exits when it prints none."""
+    cmd = [sys.executable, "-m", "pipeline", "run", experiment, *overrides]
+    print(f"$ {' '.join(cmd)}", flush=True)
+    wall, peak, out = measure(cmd, dict(os.environ))
+    found = record.RUN_ID.findall(out)
+    if not found:
+        sys.exit(f"no MLflow run id in the output of {' '.join(cmd)}:\n{out[-2000:]}")
+    return wall, peak, found[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

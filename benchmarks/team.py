@@ -102,10 +102,11 @@ def main() -> None:
             forget_s, forget_out = timed(forget, env)
             forget_out += "\n" + server_run(info.tracking_uri, forget_out)
             finished = threading.Event()
-            storage = info.storage_url  # the password: PGPASSWORD, set below
             killer: list[str] = []
             watcher = threading.Thread(
-                target=lambda: killer.extend(kill_a_worker(storage, args.kill_after, finished))
+                target=lambda: killer.extend(
+                    kill_a_worker(info.storage_url, args.kill_after, finished)
+                )
             )
             os.environ["PGPASSWORD"] = env["PGPASSWORD"]  # the watcher's own connection
             watcher.start()

@@ -323,19 +323,25 @@ def test_lwf_loss_is_zero_when_the_model_equals_its_old_copy(scenario):
     assert r.raw_samples == {} and r.raw_bytes == 0 and r.state_bytes > 0
 
 
-@pytest.mark.parametrize("scenario", ["domain", "class"])
-def test_lwf_weighted_by_tasks_is_van_de_vens_loss_times_t(scenario):
-    """``weighting=tasks``: ``CE + alpha (t - 1) KD`` at the t-th task (van de Ven and Tolias's
-    ``(1/t) CE + (1 - 1/t) KD``, times t); ``fixed``: ``CE + alpha KD`` whatever t."""
-    h = Harness("lwf", scenario, alpha=0.5)
-    s = h.strategy
+def lwf_at_the_second_task(scenario: str, alpha: float) -> tuple[Harness, Batch, torch.Tensor]:
+    """LwF after the first task, at the start of the second, the backbone nudged away from
+    its old copy: the harness, a batch of the second task and the model's logits on it."""
+    h = Harness("lwf", scenario, alpha=alpha)
     h.train_task(0)
     h.module.start_task(h.ctx(1))
     with torch.no_grad():
         for p in h.model.backbone.parameters():
             p.add_(0.05 * torch.randn_like(p))
     batch = h.batch(1)
-    logits = h.model(batch.x, batch.task)
+    return h, batch, h.model(batch.x, batch.task)
+
+
+@pytest.mark.parametrize("scenario", ["domain", "class"])
+def test_lwf_weighted_by_tasks_is_van_de_vens_loss_times_t(scenario):
+    """``weighting=tasks``: ``CE + alpha (t - 1) KD`` at the t-th task (van de Ven and Tolias's
+    ``(1/t) CE + (1 - 1/t) KD``, times t); ``fixed``: ``CE + alpha KD`` whatever t."""
+    h, batch, logits = lwf_at_the_second_task(scenario, alpha=0.5)
+    s = h.strategy
     fixed = s.penalty(h.model, batch, logits)
     s.old_tasks = 3  # as at the fourth task
     assert fixed is not None and torch.equal(s.penalty(h.model, batch, logits), fixed)
@@ -381,15 +387,8 @@ def test_lwf_outputs_mean_averages_the_distillation_over_the_outputs(scenario):
     """``outputs=mean`` (van de Ven and Tolias's 2019 ``loss_fn_kd``: the mean over the batch
     and the outputs): the summed form divided by the number of outputs compared, each head's
     own, or every output seen so far with ``class_outputs=seen``."""
-    h = Harness("lwf", scenario, alpha=1.0)
+    h, batch, logits = lwf_at_the_second_task(scenario, alpha=1.0)
     s = h.strategy
-    h.train_task(0)
-    h.module.start_task(h.ctx(1))
-    with torch.no_grad():
-        for p in h.model.backbone.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    batch = h.batch(1)
-    logits = h.model(batch.x, batch.task)
     s.params = dataclasses.replace(s.params, class_outputs="seen")
     summed = s.penalty(h.model, batch, logits)
     s.params = dataclasses.replace(s.params, outputs="mean")

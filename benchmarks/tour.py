@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import record
 from suite import minutes
+
+from pipeline.server.common import end_session
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,7 @@ def ui_start(clone: Path) -> float:
                 time.sleep(0.2)
         sys.exit(f"failed: make ui did not answer within {UI_WAIT_S} s")
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        ui.wait(30)
+        end_session(ui)
 
 
 def fenced(text: str) -> list[str]:

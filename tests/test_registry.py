@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from pipeline import runfiles
 from pipeline.checkpoints import read_checkpoint
 from pipeline.cli import main
 from pipeline.registry import CHAMPION, follow_erasure, lineage, versions
-from pipeline.server.common import free_port
+from pipeline.server.common import end_session, free_port
 from pipeline.store import Store
 from pipeline.tracking import Run
 
@@ -196,12 +195,7 @@ def served(runs: Runs, tracking: str) -> Iterator[str]:
     try:
         yield _wait_until_up(server, f"http://127.0.0.1:{port}")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        end_session(server, timeout=20)
 
 
 def _wait_until_up(server: subprocess.Popen[bytes], url: str, timeout: float = 90) -> str:

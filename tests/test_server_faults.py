@@ -20,7 +20,7 @@ from helpers.servers import require_postgres, spawn_fake_mlflow
 
 from pipeline import server
 from pipeline.server import postgres, tracking_server
-from pipeline.server.common import free_port, free_ports, process_group
+from pipeline.server.common import end_session, free_port, free_ports, process_group
 
 
 @contextlib.contextmanager
@@ -175,3 +175,48 @@ def test_a_stale_pid_file_never_signals_the_process_that_took_its_pid(tmp_path: 
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_starting_server_is_not_taken_for_dead_when_proc_misleads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI twice lost a starting MLflow server: the look at /proc (`pid_of`) missed it while it
+    ran, the start waited 10 s for an exit status that did not come, called it "exited" and
+    stopped it. Our own child is asked directly, for the start and for the stop."""
+    seen: list[int] = []
+    real = tracking_server.pid_of
+
+    def blind_at_first(pid_file: Path, marker: str) -> int | None:
+        seen.append(1)
+        return None if len(seen) <= 2 else real(pid_file, marker)
+
+    def spawn(s: server.Settings, folder: Path, backend: str, password: str | None) -> int:
+        return spawn_fake_mlflow(s, folder, delay=1.5).pid
+
+    monkeypatch.setattr(tracking_server, "spawn_mlflow", spawn)
+    monkeypatch.setattr(tracking_server, "pid_of", blind_at_first)
+    settings = server.Settings(folder=tmp_path, port=free_port(), timeout=60)
+    pid = tracking_server.start_mlflow(settings, "postgresql://x@127.0.0.1/mlflow")
+    assert process_group(pid) == [pid]
+    monkeypatch.setattr(tracking_server, "pid_of", lambda pid_file, marker: None)
+    assert tracking_server.stop_mlflow(tmp_path) == pid
+    assert process_group(pid) == [] and pid not in tracking_server._CHILDREN
+    assert not (tmp_path / "mlflow.pid").exists()
+
+
+def test_end_session_signals_only_a_group_whose_leader_is_not_reaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leader that ignores SIGTERM is killed after the timeout; one already reaped (it ended
+    early, `poll()` saw it) gets no signal: its number may be another group's by now."""
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    leader = subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True)
+    time.sleep(1)  # its handler is set
+    end_session(leader, timeout=1)
+    assert leader.returncode == -9 and process_group(leader.pid) == []
+    sent: list[int] = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: sent.append(pgid))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    ended.wait()
+    end_session(ended)
+    assert sent == []

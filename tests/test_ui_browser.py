@@ -33,7 +33,7 @@ from pipeline.catalogue import dataset
 from pipeline.config.paths import REPO_ROOT
 from pipeline.data.provision import problem
 from pipeline.provenance import git_commit
-from pipeline.server.common import free_port
+from pipeline.server.common import end_session, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -84,8 +84,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str
         _wait(f"{base}/health", server)
         yield base, link.group(0).replace(":5000/", f":{port}/"), run_id, tasks
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
+        end_session(server)
 
 
 def _wait(url: str, server: subprocess.Popen[bytes]) -> None:

@@ -8,7 +8,9 @@ import ipaddress
 import os
 import random
 import secrets
+import signal
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +95,24 @@ def process_group(pgid: int) -> list[int]:
             if stat[0] != "Z" and int(stat[2]) == pgid:
                 alive.append(int(proc.name))
     return alive
+
+
+def end_session(leader: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Stop the process group that ``leader`` leads (started with ``start_new_session``):
+    SIGTERM, then SIGKILL after ``timeout`` seconds; reap the leader.
+
+    The group is signalled only while the leader is not reaped: until then no other process
+    can take its number. A leader found ended earlier (``poll()`` reaps it) may have passed its
+    number on already, and a signal to it could stop a stranger's group (CI lost freshly
+    started servers to signals sent to reused numbers).
+    """
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, None)):
+        if leader.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leader.wait(wait)
 
 
 def failed(what: str, log: Path) -> ServerError:

@@ -68,44 +68,65 @@ def start_mlflow(s: Settings, backend: str, password: str | None = None) -> int:
         with contextlib.suppress(OSError), opener.open(health, timeout=2) as answer:
             if answer.status == 200:
                 return pid
-        dead = not pid_of(pid_file, mlflow_marker(folder))
-        if dead and not retried and (code := _exit_code(pid)) is not None and code <= 0:
+        ended, code = _ended(pid, pid_file, folder)
+        if ended and not retried and code is not None and code <= 0:
             # Stopped from outside before it answered: killed by a signal (code < 0), or told
             # to stop, which uvicorn obeys with a clean exit (0: a server that fails exits
             # non-zero). Nothing of ours sends either here; seen on a loaded CI machine. Start
             # it once more rather than fail; a second end is reported.
             retried = True
-            _CHILDREN.pop(pid).wait()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # its uvicorn, should it outlive it
+            _kill_group(pid)  # its uvicorn, should it outlive it: the port must be free
             pid = spawn_mlflow(s, folder, backend, password)
             pid_file.write_text(f"{pid}\n")
             continue
-        if dead or time.monotonic() > deadline:
-            how = _how_it_ended(pid) if dead else "is silent"
+        if ended or time.monotonic() > deadline:
+            how = _how_it_ended(code) if ended else "is silent"
             stop_mlflow(folder)
-            if dead and pid in _CHILDREN:  # stop_mlflow reaps only a live one
-                _CHILDREN.pop(pid).wait()
+            if pid in _CHILDREN:  # ended, or missed by stop_mlflow's look at /proc
+                _kill_group(pid)
             raise failed(f"MLflow {how} on port {s.port}", log)
         time.sleep(0.5)
 
 
-def _exit_code(pid: int) -> int | None:
-    """The exit status of a server this process spawned, once it has ended (else None).
+def _ended(pid: int, pid_file: Path, folder: Path) -> tuple[bool, int | None]:
+    """Whether the server ``pid`` has ended, and its exit status when it was our child.
 
-    Called when :func:`pid_of` no longer sees it: a dying process loses its command line before
-    it becomes a zombie, so it is waited for a moment rather than polled once.
+    Our own child is asked directly: while it is not reaped no other process can take its
+    pid, and /proc is not read. What /proc says misleads now and then (a dying process loses
+    its command line before it is a zombie), and CI twice took a starting server for dead
+    there while it ran (no exit status came in 10 s; the stop that followed found it and
+    ended it). One found running from an earlier start is not our child: :func:`pid_of`
+    decides.
     """
-    if pid not in _CHILDREN:
-        return None
-    try:
-        return _CHILDREN[pid].wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        return None
+    if (child := _CHILDREN.get(pid)) is not None:
+        code = child.poll()
+        return code is not None, code
+    return not pid_of(pid_file, mlflow_marker(folder)), None
 
 
-def _how_it_ended(pid: int) -> str:
-    code = _exit_code(pid)
+def _running_child(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if it is a server this process started and it runs (see
+    :func:`_ended`)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int(pid_file.read_text().split()[0])
+        if (child := _CHILDREN.get(pid)) is not None and child.poll() is None:
+            return pid
+    return None
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of an ended server's process group, reap the server, and wait (at
+    most 5 s) until the group is gone, so that its port is free for a new start."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    if (child := _CHILDREN.pop(pgid, None)) is not None:
+        child.wait()
+    deadline = time.monotonic() + 5
+    while process_group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _how_it_ended(code: int | None) -> str:
     if code is None:
         return "exited"
     if code < 0:
@@ -154,7 +175,7 @@ def spawn_mlflow(s: Settings, folder: Path, backend: str, password: str | None) 
 def stop_mlflow(folder: Path, timeout: float = 30.0) -> int | None:
     """Stop the server's whole process group (SIGTERM, then SIGKILL); return its pid, if any."""
     pid_file = folder.resolve() / "mlflow.pid"
-    if pid := pid_of(pid_file, mlflow_marker(folder)):
+    if pid := pid_of(pid_file, mlflow_marker(folder)) or _running_child(pid_file):
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)

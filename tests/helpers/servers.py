@@ -45,11 +45,15 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 
-def spawn_fake_mlflow(s: server.Settings, folder: Path) -> subprocess.Popen[bytes]:
+def spawn_fake_mlflow(
+    s: server.Settings, folder: Path, delay: float = 0.0
+) -> subprocess.Popen[bytes]:
     """:data:`FAKE_MLFLOW` on ``s.port``, started as ``spawn_mlflow`` starts MLflow: in a
     session of its own, its output in ``folder/mlflow.log`` (which a failed start quotes: CI
-    once lost a stand-in with nothing to say why), known to ``tracking_server`` as a child."""
-    argv = [sys.executable, "-c", FAKE_MLFLOW, str(s.port)]
+    once lost a stand-in with nothing to say why), known to ``tracking_server`` as a child.
+    It listens after ``delay`` seconds, as MLflow does after its imports."""
+    code = f"import time; time.sleep({delay})\n{FAKE_MLFLOW}"
+    argv = [sys.executable, "-c", code, str(s.port)]
     argv += tracking_server.mlflow_marker(folder).split()
     with open(folder / "mlflow.log", "ab") as log:
         proc = subprocess.Popen(argv, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)

@@ -4,7 +4,9 @@ wrote (docs/measured/, by benchmarks/record.py), and every such file names its c
 - each `--8<--` include in docs/ names a file that exists in docs/measured/;
 - each docs/measured/*.md starts with its header line, naming a command that exists (a script
   in benchmarks/ or a make target), or is a placeholder naming the command to run;
-- record.py's writer, given a tiny body, writes that header with the date, machine and commit.
+- record.py's writer, given a tiny body, writes that header with the date, machine and commit;
+- docs/index.md's table of measured tables leads to each one: a click to its page, at a heading
+  it sits under, and it is there (two clicks from the home page with the site's navigation).
 """
 
 from __future__ import annotations
@@ -193,3 +195,31 @@ def test_a_tree_changed_only_in_the_benchmarks_outputs_is_not_dirty(tmp_path: Pa
     assert git_commit(tmp_path) == clean
     (tmp_path / "pipeline" / "code.py").write_text("changed\n")
     assert git_commit(tmp_path) == f"{clean}-dirty"
+
+
+def sections_holding(page: Path, path: str) -> set[str]:
+    """The anchors of the headings a reader passes on ``page`` to reach the include of
+    ``path``: the last heading of each level above it ("" for the page's top)."""
+    from markdown.extensions.toc import slugify  # what mkdocs' toc names a heading's anchor
+
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code: no headings
+    above: dict[int, str] = {}
+    for line in text[: text.index(f"measured/{path}")].splitlines():
+        if m := re.match(r"^(#{1,6})\s+(.+?)\s*$", line):
+            level = len(m[1])
+            above = {k: v for k, v in above.items() if k < level}
+            above[level] = slugify(m[2].replace("`", ""), "-")
+    return {"", *above.values()}
+
+
+def test_every_measured_table_is_two_clicks_from_the_docs_home() -> None:
+    """docs/index.md's table of measured tables links each one's page, at a heading above it."""
+    home = (DOCS / "index.md").read_text()
+    table = home[home.index("## Every measured table") :]
+    links = {tuple(f"{t}#".split("#")[:2]) for t in re.findall(r"\]\(([^)\s]+)\)", table)}
+    unreached = [
+        f"{page} ({path})"
+        for page, path in includes()
+        if not any((page, a) in links for a in sections_holding(DOCS / page, path.split("/")[1]))
+    ]
+    assert not unreached, f"no row of index.md's measured tables leads to: {unreached}"

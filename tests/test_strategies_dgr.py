@@ -92,10 +92,13 @@ def rng_copy(strategy: GenerativeReplay[Any]) -> torch.Generator:
     return torch.Generator().set_state(strategy.rng.get_state())
 
 
-def expected_replay_loss(rig: Rig, z: torch.Tensor, scenario: str, soft: bool) -> torch.Tensor:
+def expected_replay_loss(
+    rig: Rig, z: torch.Tensor, scenario: str, soft: bool, per_output: bool = False
+) -> torch.Tensor:
     """The replay loss written out: the previous generator's images for ``z``, normalised as
     the classifier saw each previous task (task scenario) or with the moments of the equal
-    mixture of the previous tasks (the others), the current model against the previous one."""
+    mixture of the previous tasks (the others), the current model against the previous one.
+    ``per_output``: the distillation averaged over the outputs too (their 2019 ``loss_fn_kd``)."""
     s = rig.strategy
     assert s.old is not None and s.old_generator is not None
     x = torch.sigmoid(s.old_generator.decode(z))
@@ -108,7 +111,8 @@ def expected_replay_loss(rig: Rig, z: torch.Tensor, scenario: str, soft: bool) -
             return F.cross_entropy(new, old.argmax(1))
         t = 2.0  # van de Ven's loss_fn_kd: targets padded with 0 for the outputs old lacks
         target = F.pad(F.softmax(old / t, dim=1), (0, new.shape[1] - old.shape[1]))
-        return t * t * F.kl_div(F.log_softmax(new / t, dim=1), target, reduction="batchmean")
+        kd = t * t * F.kl_div(F.log_softmax(new / t, dim=1), target, reduction="batchmean")
+        return kd / new.shape[1] if per_output else kd
 
     with torch.no_grad():
         if scenario == "task":
@@ -192,6 +196,25 @@ def test_replay_is_the_previous_generators_labelled_by_the_previous_classifier(
     if scenario == "class":  # scored on all 30 classes now active, against the old 20
         assert rig.model.head.num_active == 30 and s.old is not None
         assert s.old.head.num_active == 20
+
+
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_outputs_mean_averages_the_distillation_over_the_outputs(tmp_path, scenario):
+    """``outputs=mean``: van de Ven and Tolias's 2019 loss_fn_kd, the mean over the batch and
+    the outputs compared (here a head's 10, or the 30 classes seen), 1/10 or 1/30 of the sum."""
+    rig = Rig(tmp_path / "mlruns", "dgr_distill", scenario, outputs="mean")
+    rig.train_task(0)
+    rig.train_task(1)
+    rig.train_task(2, steps=5, end=False)  # the live model has moved from the previous one
+    rng = rng_copy(rig.strategy)
+    penalty = rig.backward(rig.batch(2, 80))
+    z = torch.randn(16, SMALL["latent"], generator=rng)
+    mean = expected_replay_loss(rig, z, scenario, soft=True, per_output=True)
+    assert penalty is not None and torch.allclose(penalty, 2 * mean, rtol=1e-4, atol=1e-7)
+    summed = expected_replay_loss(rig, z, scenario, soft=True)
+    outputs = 30 if scenario == "class" else 10
+    assert torch.allclose(summed, outputs * mean, rtol=1e-5)
+    assert not torch.allclose(penalty, 2 * summed, rtol=1e-3)
 
 
 def test_the_replay_is_labelled_by_the_old_classifier_not_the_live_one(tmp_path):
@@ -332,7 +355,13 @@ def test_the_defaults_are_van_de_vens_and_distill_differs_only_by_its_targets():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("targets", "bogus"), ("weighting", "bogus"), ("ratio", 0.0), ("temperature", 0.0)],
+    [
+        ("targets", "bogus"),
+        ("weighting", "bogus"),
+        ("ratio", 0.0),
+        ("temperature", 0.0),
+        ("outputs", "bogus"),
+    ],
 )
 def test_a_bad_value_is_refused_naming_its_key(key, value):
     with pytest.raises(ConfigError, match=rf"strategies\.dgr_distill\.{key}: must"):

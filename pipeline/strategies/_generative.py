@@ -132,18 +132,21 @@ def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None
                 state[key] = value.to(device)
 
 
-def target_loss(new: Tensor, old: Tensor, temperature: float | None) -> Tensor:
+def target_loss(
+    new: Tensor, old: Tensor, temperature: float | None, outputs: str = "sum"
+) -> Tensor:
     """The current model's outputs ``new`` against the previous model's ``old`` on replayed
     samples, averaged over the batch.
 
     ``new`` has as many outputs as ``old`` or more (the class scenario's new classes).
     Hard targets (``temperature`` None): the cross-entropy of ``new`` against ``old``'s
     argmax. Soft: :func:`~pipeline.strategies._frozen.distillation` (van de Ven's
-    ``loss_fn_kd``: zero-padded targets, the ``T^2`` factor).
+    ``loss_fn_kd``: zero-padded targets, the ``T^2`` factor), summed over the outputs or, with
+    ``outputs="mean"``, averaged over them as well.
     """
     if temperature is None:
         return F.cross_entropy(new, old.argmax(1))
-    return distillation(new, old, temperature)
+    return distillation(new, old, temperature, per_output=outputs == "mean")
 
 
 class Normalisation:

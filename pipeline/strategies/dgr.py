@@ -65,6 +65,9 @@ class DGRParams:
             distilled.
         temperature: the distillation's ``T`` (their ``--temp``, 2); the loss carries Hinton
             et al.'s ``T^2`` factor, as theirs does. Only for ``soft`` targets.
+        outputs: how the distillation adds up over the outputs it compares (``soft``
+            targets only), as LwF's key: ``sum`` (the default) the KL divergence; ``mean``
+            divided by their number, as their 2019 ``loss_fn_kd`` averages.
         replay_size: generated samples per step, over every process; 0 (the default, van de
             Ven and Tolias's): as many as the step's batch. Avalanche's ``GenerativeReplay``
             draws its own count beside each batch (100 beside 16 in continual-learning-
@@ -79,6 +82,7 @@ class DGRParams:
     ratio: float = 0.5
     targets: str = "hard"
     temperature: float = 2.0
+    outputs: str = "sum"
     replay_size: int = 0
 
 
@@ -185,6 +189,7 @@ class GenerativeReplay(Strategy[GP]):
             (0 < params.ratio <= 1, "ratio", "must be in (0, 1]"),
             (params.targets in ("hard", "soft"), "targets", "must be hard or soft"),
             (params.temperature > 0, "temperature", "must be > 0"),
+            (params.outputs in ("sum", "mean"), "outputs", "must be sum or mean"),
             (params.replay_size >= 0, "replay_size", "must be >= 0 (0: the batch's size)"),
         ]
         for ok, key, rule in rules:
@@ -310,8 +315,8 @@ class GenerativeReplay(Strategy[GP]):
 
     def _target(self, new: Tensor, old: Tensor) -> Tensor:
         """:func:`~pipeline.strategies._generative.target_loss` with this strategy's targets."""
-        soft = self.params.targets == "soft"
-        return target_loss(new, old, self.params.temperature if soft else None)
+        p = self.params
+        return target_loss(new, old, p.temperature if p.targets == "soft" else None, p.outputs)
 
     # -- helpers -----------------------------------------------------------------------------
     def _build(self, ctx: TaskContext) -> None:

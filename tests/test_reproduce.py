@@ -333,3 +333,28 @@ def test_sigterm_stops_the_workers_and_starts_no_queued_run(tiny_table: str, tmp
     assert len(children) == 2 and all(r.info.status == "KILLED" for r in children)
     (parent,) = [r for r in runs if r.info.run_name.startswith("reproduce-")]
     assert parent.info.status == "KILLED"
+
+
+def test_a_stopped_pool_raises_nothing_in_its_own_thread() -> None:
+    """Ctrl-C with runs queued: the pool, broken by its stopped workers, fails the futures it
+    holds; Python 3.11's raised InvalidStateError in its manager thread on those the caller had
+    cancelled (CPython gh-107219), a traceback on the terminal (2 stops in 3 here)."""
+    import multiprocessing
+    import threading
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.reproduce import stop_workers
+
+    errors: list[BaseException | None] = []
+    hook, threading.excepthook = threading.excepthook, lambda a: errors.append(a.exc_value)
+    try:
+        for _ in range(3):
+            with ProcessPoolExecutor(2, multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(time.sleep, 60) for _ in range(10)]
+                time.sleep(2)  # both workers sleep in a task; the rest wait
+                stop_workers()
+            assert all(f.done() for f in futures)
+    finally:
+        threading.excepthook = hook
+    assert errors == []

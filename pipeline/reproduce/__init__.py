@@ -256,12 +256,22 @@ def _children(
                 results[name] = future.result()
                 log(f"[{place}/{total}] {name}: {results[name][1]:.1f} (run {results[name][0]})")
         except BaseException:  # a child failed, Ctrl-C, SIGTERM: the others stop as well
-            for future in running:
-                future.cancel()  # those not started
-            for worker in multiprocessing.active_children():
-                worker.terminate()  # SIGTERM: their runs end KILLED
+            stop_workers()
             raise
     return results
+
+
+def stop_workers() -> None:
+    """SIGTERM the process pool's workers (their runs end KILLED); no queued run starts after.
+
+    A worker stopped ends its own process (:func:`_pooled_child`), which breaks the pool: it
+    fails every future it still holds, so the queued runs never start. They are not cancelled
+    first: Python 3.11's broken pool raises InvalidStateError in its own thread on a future the
+    caller cancelled, a traceback on the terminal after Ctrl-C (CPython gh-107219), and one
+    that cancels them itself (``shutdown(cancel_futures=True)``) left them pending here.
+    """
+    for worker in multiprocessing.active_children():
+        worker.terminate()
 
 
 def _child(cfg: ExperimentConfig, metric: str, parent_id: str) -> tuple[str, float]:

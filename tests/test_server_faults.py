@@ -209,10 +209,14 @@ def test_end_session_signals_only_a_group_whose_leader_is_not_reaped(
 ) -> None:
     """A leader that ignores SIGTERM is killed after the timeout; one already reaped (it ended
     early, `poll()` saw it) gets no signal: its number may be another group's by now."""
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    leader = subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True)
-    time.sleep(1)  # its handler is set
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1)"
+    stubborn += "; time.sleep(60)"
+    leader = subprocess.Popen(
+        [sys.executable, "-u", "-c", stubborn], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert leader.stdout is not None and leader.stdout.readline()  # SIGTERM is ignored now
     end_session(leader, timeout=1)
+    leader.stdout.close()
     assert leader.returncode == -9 and process_group(leader.pid) == []
     sent: list[int] = []
     monkeypatch.setattr(os, "killpg", lambda pgid, sig: sent.append(pgid))

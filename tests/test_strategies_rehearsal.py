@@ -393,7 +393,7 @@ def test_lwf_outputs_mean_averages_the_distillation_over_the_outputs(scenario):
     summed = s.penalty(h.model, batch, logits)
     s.params = dataclasses.replace(s.params, outputs="mean")
     mean = s.penalty(h.model, batch, logits)
-    assert summed is not None and mean is not None and float(summed) > 0
+    assert summed is not None and mean is not None and float(summed.detach()) > 0
     # the outputs compared: a task's head (as wide as the current one), the shared head, or
     # every class seen so far
     assert torch.allclose(mean, summed / logits.shape[1])

@@ -35,11 +35,13 @@ class ICaRLParams:
     """Hyperparameters of iCaRL.
 
     Attributes:
-        budget: exemplars per class with ``memory=per_class``: 100, van de Ven and Tolias's
-            ``--budget`` for Split MNIST (``param_values.py``); with ``memory=total``, the
-            memory's size ``K`` (Rebuffi et al. used 2000 on CIFAR-100).
-        memory: ``per_class`` (the default, van de Ven and Tolias's): every class keeps
-            ``budget`` exemplars whatever the number of classes; ``total`` (Rebuffi et al.'s):
+        budget: exemplars per class with ``memory=per_class``: 100, the ``--budget`` of van
+            de Ven's later code for Split MNIST (``param_values.py``); with ``memory=total``,
+            the memory's size ``K``: 2000 in Rebuffi et al.'s CIFAR-100 runs and in the code
+            of van de Ven and Tolias's 2019 paper ("iCaRL (budget = 2000)").
+        memory: ``per_class`` (the default, van de Ven's later code): every class keeps
+            ``budget`` exemplars whatever the number of classes; ``total`` (Rebuffi et al.'s,
+            and the 2019 paper's code: ``floor(budget / classes seen)`` in its train.py):
             the ``t`` classes seen share ``K``, ``m = floor(K / t)`` each, and each earlier
             class's set is cut to its first ``m`` when classes arrive.
         temperature: the distillation targets of the old classes are

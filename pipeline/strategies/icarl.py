@@ -35,13 +35,11 @@ class ICaRLParams:
     """Hyperparameters of iCaRL.
 
     Attributes:
-        budget: exemplars per class with ``memory=per_class``: 100, the ``--budget`` of van
-            de Ven's later code for Split MNIST (``param_values.py``); with ``memory=total``,
-            the memory's size ``K``: 2000 in Rebuffi et al.'s CIFAR-100 runs and in the code
-            of van de Ven and Tolias's 2019 paper ("iCaRL (budget = 2000)").
+        budget: exemplars per class with ``memory=per_class`` (100: van de Ven's later code
+            for Split MNIST); with ``memory=total``, the memory's size ``K`` (2000: Rebuffi et
+            al.'s, and the code of van de Ven and Tolias's 2019 paper).
         memory: ``per_class`` (the default, van de Ven's later code): every class keeps
-            ``budget`` exemplars whatever the number of classes; ``total`` (Rebuffi et al.'s,
-            and the 2019 paper's code: ``floor(budget / classes seen)`` in its train.py):
+            ``budget`` exemplars; ``total`` (Rebuffi et al.'s, and the 2019 paper's code):
             the ``t`` classes seen share ``K``, ``m = floor(K / t)`` each, and each earlier
             class's set is cut to its first ``m`` when classes arrive.
         temperature: the distillation targets of the old classes are

@@ -225,12 +225,3 @@ def write_json(path: str | Path, report: dict[str, Any]) -> Path:
 
 #: The line a pipeline run prints at its end, ``MLflow run <id> (store: ...)``: the run's id.
 RUN_ID = re.compile(r"MLflow run ([0-9a-f]{32})")
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now (for a server a benchmark starts)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

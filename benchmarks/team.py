@@ -34,6 +34,7 @@ import record
 from suite import minutes
 
 from pipeline.server import Settings, start, stop
+from pipeline.server.common import free_ports
 
 SWEEP = ["quick_forgetting", "--strategy", "ewc", "--trials", "12", "--workers", "3"]
 SHORT = ["trainer.epochs=1", "trainer.max_batches=150", "trainer.progress_bar=false"]
@@ -84,7 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pipeline-team-") as scratch:
         folder = Path(scratch) / "server"
-        settings = Settings(folder=folder, port=record.free_port(), pg_port=record.free_port())
+        port, pg_port = free_ports(2)  # distinct, below the ephemeral range
+        settings = Settings(folder=folder, port=port, pg_port=pg_port)
         started = time.perf_counter()
         info = start(settings)
         up = time.perf_counter() - started

@@ -29,7 +29,7 @@ from pathlib import Path
 import record
 from suite import minutes
 
-from pipeline.server.common import end_session
+from pipeline.server.common import end_session, free_port
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def run(step: Step, clone: Path) -> tuple[float, float, str]:
 
 def ui_start(clone: Path) -> float:
     """``make ui`` on a free port: the seconds until its page answers; then it is stopped."""
-    port = record.free_port()
+    port = free_port()
     command = ["make", "ui", f"PORT={port}"]
     print(f"$ {' '.join(command)}", flush=True)
     started = time.perf_counter()

@@ -338,7 +338,7 @@ def test_sigterm_stops_the_workers_and_starts_no_queued_run(tiny_table: str, tmp
 def test_a_stopped_pool_raises_nothing_in_its_own_thread() -> None:
     """Ctrl-C with runs queued: the pool, broken by its stopped workers, fails the futures it
     holds; Python 3.11's raised InvalidStateError in its manager thread on those the caller had
-    cancelled (CPython gh-107219), a traceback on the terminal (2 stops in 3 here)."""
+    cancelled (CPython gh-107219), a traceback on the terminal (5 stops in 13 here)."""
     import multiprocessing
     import threading
     import time
